@@ -1,0 +1,104 @@
+"""Wire one bot process: settings -> registry, knowledge, engine, store, chat service, watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bots.chat.service import ChatService
+from bots.chat.store import ConversationStore
+from bots.engine.base import Engine
+from bots.engine.factory import make_engine
+from bots.knowledge.library import KnowledgeBase
+from bots.persona.model import PERSONA_FILE
+from bots.persona.registry import PersonaRegistry
+from bots.persona.watcher import Watcher
+from bots.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    """Everything a running bot holds; adapters receive it and use `service`."""
+
+    settings: Settings
+    registry: PersonaRegistry
+    knowledge: KnowledgeBase
+    engine: Engine
+    store: ConversationStore
+    service: ChatService
+    watcher: Watcher | None = None
+    started_at: float = 0.0
+    adapters: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, settings: Settings, engine: Engine | None = None) -> App:
+        """Build the parts (no model loaded, no thread started yet)."""
+        knowledge = KnowledgeBase(settings.personas_dir, settings.knowledge_dir, settings.index_dir)
+        registry = PersonaRegistry(settings.personas_dir, knowledge.library_names)
+        engine = engine or make_engine(settings)
+        store = ConversationStore(settings.db_path)
+        service = ChatService(settings, registry, knowledge, engine, store)
+        return cls(settings, registry, knowledge, engine, store, service)
+
+    async def start(self, *, watch: bool = True) -> None:
+        """Load personas and indexes, load the model, start watching files."""
+        self.started_at = time.time()
+        await asyncio.to_thread(self.registry.load_all)
+        await asyncio.to_thread(self._refresh_indexes)
+        await self.engine.start()
+        if watch:
+            self.watcher = Watcher(
+                [self.settings.personas_dir, self.settings.knowledge_dir], self.on_files_changed
+            )
+            self.watcher.start()
+
+    async def close(self) -> None:
+        if self.watcher is not None:
+            await asyncio.to_thread(self.watcher.stop)
+        await self.engine.close()
+        self.store.close()
+
+    def _refresh_indexes(self) -> None:
+        for persona in self.registry.personas():
+            self.knowledge.index_for_persona(persona.id).refresh()
+            for library in persona.knowledge:
+                self.knowledge.index_for_library(library).refresh()
+
+    def on_files_changed(self, paths: set[Path]) -> None:
+        """Reload the personas and re-index the documents a batch of file events touched."""
+        personas_root = self.settings.personas_dir.resolve()
+        knowledge_root = self.settings.knowledge_dir.resolve()
+        reload_ids: set[str] = set()
+        libraries_changed = False
+        for path in paths:
+            absolute = path.absolute()
+            for root, kind in ((personas_root, "persona"), (knowledge_root, "library")):
+                try:
+                    relative = absolute.relative_to(root)
+                except ValueError:
+                    continue
+                if not relative.parts:
+                    continue
+                if kind == "persona":
+                    reload_ids.add(relative.parts[0])
+                    if len(relative.parts) > 1 and relative.parts[1:] != (PERSONA_FILE,):
+                        self._refresh_documents(path)
+                else:
+                    libraries_changed |= len(relative.parts) == 1
+                    self._refresh_documents(path)
+        if libraries_changed:
+            # A library appeared or vanished: personas naming it may become valid or invalid.
+            reload_ids |= {s.id for s in self.registry.states()}
+        for persona_id in sorted(reload_ids):
+            self.registry.reload(persona_id)
+
+    def _refresh_documents(self, path: Path) -> None:
+        try:
+            self.knowledge.refresh_path(path)
+        except Exception:  # a bad document is reported by the index; watching goes on
+            log.exception("re-indexing after a change to %s failed", path)

@@ -1,0 +1,1 @@
+"""`bots bench`: a reproducible workload against the real engine and its baselines."""

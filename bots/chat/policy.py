@@ -1,0 +1,85 @@
+"""Who may talk: persona access lists, global allow/deny lists, per-user rate limits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bots.persona.model import Persona
+from bots.settings import PolicySettings
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Allowed, or refused with a short reason a user may see and a wait before retrying."""
+
+    allowed: bool
+    reason: str = ""
+    retry_after_s: float = 0.0
+
+
+ALLOW = Decision(True)
+
+
+class RateLimiter:
+    """At most `limit` messages per user in any `window_s` seconds (sliding window)."""
+
+    def __init__(
+        self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str) -> Decision:
+        if self.limit <= 0:
+            return ALLOW
+        now = self._clock()
+        with self._lock:
+            times = self._seen.setdefault(key, deque())
+            while times and times[0] <= now - self.window_s:
+                times.popleft()
+            if len(times) >= self.limit:
+                wait = times[0] + self.window_s - now
+                return Decision(False, f"You're sending messages too fast; try again in {wait:.0f}s.", wait)
+            times.append(now)
+            if len(self._seen) > 10_000:
+                self._seen = {k: v for k, v in self._seen.items() if v}
+        return ALLOW
+
+
+class Policy:
+    """Applies the global lists and per-persona access before any work is done."""
+
+    def __init__(self, settings: PolicySettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.rate = RateLimiter(settings.rate_limit_messages, settings.rate_limit_window_s, clock)
+
+    def place_allowed(self, *, guild_id: str = "", channel_id: str = "", team_id: str = "") -> bool:
+        """Global allowlists/denylists of guilds, workspaces and channels (empty allow = all)."""
+        s = self.settings
+        if guild_id and (guild_id in s.deny_guilds or (s.allow_guilds and guild_id not in s.allow_guilds)):
+            return False
+        if team_id and s.allow_teams and team_id not in s.allow_teams:
+            return False
+        if channel_id in s.deny_channels and channel_id:
+            return False
+        return not (s.allow_channels and channel_id and channel_id not in s.allow_channels)
+
+    @staticmethod
+    def persona_allows(persona: Persona, user_id: str, roles: tuple[str, ...] = ()) -> bool:
+        """Persona `access`: empty lists let everyone in; otherwise the user or a role must match."""
+        access = persona.access
+        if not access.users and not access.roles:
+            return True
+        return user_id in access.users or any(r in access.roles for r in roles)
+
+    def check(self, persona: Persona, platform: str, user_id: str, roles: tuple[str, ...] = ()) -> Decision:
+        if not self.persona_allows(persona, user_id, roles):
+            return Decision(False, f"Sorry, you don't have access to {persona.display_name}.")
+        return self.rate.check(f"{platform}:{user_id}")

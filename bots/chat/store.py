@@ -1,0 +1,289 @@
+"""Conversation store: turns in SQLite (WAL), keyed by platform + place.
+
+One connection guarded by a lock; the async methods run the (millisecond) queries on a worker
+thread so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+TurnStatus = Literal["complete", "pending", "interrupted"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY,
+    platform TEXT NOT NULL,
+    place TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (platform, place)
+);
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    persona_id TEXT NOT NULL,
+    user_id TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'complete',
+    sources TEXT NOT NULL DEFAULT '[]',
+    platform_message_id TEXT NOT NULL DEFAULT '',
+    forgotten INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (conversation_id, id);
+CREATE INDEX IF NOT EXISTS turns_by_message ON turns (platform_message_id);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY,
+    turn_id INTEGER NOT NULL REFERENCES turns(id),
+    user_id TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (turn_id, user_id)
+);
+CREATE TABLE IF NOT EXISTS seen_events (
+    key TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One stored message of a conversation."""
+
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    persona_id: str
+    user_id: str
+    status: TurnStatus
+    sources: tuple[dict[str, Any], ...]
+    platform_message_id: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A thumbs up (+1) or down (-1) on a bot reply, with the exchange it judged."""
+
+    turn_id: int
+    persona_id: str
+    platform: str
+    user_id: str
+    value: int
+    created_at: float
+    question: str
+    answer: str
+    sources: tuple[dict[str, Any], ...]
+
+
+class ConversationStore:
+    """Turns, feedback and the de-duplication record of one bot, in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            # A reply that was streaming when the process died stays visibly interrupted.
+            self._db.execute("UPDATE turns SET status='interrupted' WHERE status='pending'")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store method on a worker thread."""
+        return await asyncio.to_thread(fn, *args)
+
+    def conversation_id(self, platform: str, place: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "INSERT INTO conversations (platform, place, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (platform, place) DO UPDATE SET platform=excluded.platform "
+                "RETURNING id",
+                (platform, place, time.time()),
+            ).fetchone()
+        return int(row[0])
+
+    def history(self, conversation_id: int, limit: int = 50) -> list[Turn]:
+        """The latest `limit` remembered turns, oldest first (interrupted replies excluded)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM turns WHERE conversation_id=? AND forgotten=0 "
+                "AND status='complete' ORDER BY id DESC LIMIT ?",
+                (conversation_id, limit),
+            ).fetchall()
+        return [_turn(r) for r in reversed(rows)]
+
+    def turns(self, conversation_id: int) -> list[Turn]:
+        """Every turn, in order, whatever its status (for inspection and tests)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM turns WHERE conversation_id=? ORDER BY id", (conversation_id,)
+            ).fetchall()
+        return [_turn(r) for r in rows]
+
+    def add_turn(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        persona_id: str,
+        *,
+        user_id: str = "",
+        status: TurnStatus = "complete",
+        sources: Sequence[dict[str, Any]] = (),
+        platform_message_id: str = "",
+    ) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO turns (conversation_id, role, content, persona_id, user_id, status, "
+                "sources, platform_message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conversation_id,
+                    role,
+                    content,
+                    persona_id,
+                    user_id,
+                    status,
+                    json.dumps(list(sources)),
+                    platform_message_id,
+                    time.time(),
+                ),
+            )
+        return int(cur.lastrowid or 0)
+
+    def finish_turn(
+        self,
+        turn_id: int,
+        content: str,
+        status: TurnStatus,
+        sources: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE turns SET content=?, status=?, sources=? WHERE id=?",
+                (content, status, json.dumps(list(sources)), turn_id),
+            )
+
+    def set_message_id(self, turn_id: int, platform_message_id: str) -> None:
+        """Remember which platform message shows a turn (for replies and reactions)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE turns SET platform_message_id=? WHERE id=?", (platform_message_id, turn_id)
+            )
+
+    def forget(self, conversation_id: int) -> int:
+        """`/reset`: later replies no longer see earlier turns; they stay for feedback."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE turns SET forgotten=1 WHERE conversation_id=? AND forgotten=0",
+                (conversation_id,),
+            )
+        return cur.rowcount
+
+    def turn_by_message(self, platform: str, platform_message_id: str) -> Turn | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT t.* FROM turns t JOIN conversations c ON c.id=t.conversation_id "
+                "WHERE c.platform=? AND t.platform_message_id=? ORDER BY t.id DESC LIMIT 1",
+                (platform, platform_message_id),
+            ).fetchone()
+        return _turn(row) if row else None
+
+    def place_of(self, conversation_id: int) -> tuple[str, str] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT platform, place FROM conversations WHERE id=?", (conversation_id,)
+            ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def add_feedback(self, turn_id: int, user_id: str, value: int) -> None:
+        """Record a reaction; a user's later reaction on the same reply replaces the earlier."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO feedback (turn_id, user_id, value, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (turn_id, user_id) DO UPDATE SET value=excluded.value, "
+                "created_at=excluded.created_at",
+                (turn_id, user_id, value, time.time()),
+            )
+
+    def remove_feedback(self, turn_id: int, user_id: str, value: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM feedback WHERE turn_id=? AND user_id=? AND value=?",
+                (turn_id, user_id, value),
+            )
+
+    def feedback(self, persona_id: str | None = None) -> list[Feedback]:
+        """Feedback with the question and answer it was about, newest first."""
+        query = (
+            "SELECT f.turn_id, t.persona_id, c.platform, f.user_id, f.value, f.created_at, "
+            "t.content AS answer, t.sources, "
+            "(SELECT q.content FROM turns q WHERE q.conversation_id=t.conversation_id "
+            " AND q.id<t.id AND q.role='user' ORDER BY q.id DESC LIMIT 1) AS question "
+            "FROM feedback f JOIN turns t ON t.id=f.turn_id "
+            "JOIN conversations c ON c.id=t.conversation_id "
+        )
+        args: tuple[Any, ...] = ()
+        if persona_id:
+            query += "WHERE t.persona_id=? "
+            args = (persona_id,)
+        with self._lock:
+            rows = self._db.execute(query + "ORDER BY f.created_at DESC", args).fetchall()
+        return [
+            Feedback(
+                turn_id=r["turn_id"],
+                persona_id=r["persona_id"],
+                platform=r["platform"],
+                user_id=r["user_id"],
+                value=r["value"],
+                created_at=r["created_at"],
+                question=r["question"] or "",
+                answer=r["answer"],
+                sources=tuple(json.loads(r["sources"])),
+            )
+            for r in rows
+        ]
+
+    def first_sighting(self, key: str, ttl_s: float) -> bool:
+        """True the first time `key` is seen within `ttl_s`; persisted across restarts."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("DELETE FROM seen_events WHERE seen_at < ?", (now - ttl_s,))
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO seen_events (key, seen_at) VALUES (?, ?)", (key, now)
+            )
+        return cur.rowcount == 1
+
+
+def _turn(row: sqlite3.Row) -> Turn:
+    return Turn(
+        id=row["id"],
+        conversation_id=row["conversation_id"],
+        role=row["role"],
+        content=row["content"],
+        persona_id=row["persona_id"],
+        user_id=row["user_id"],
+        status=row["status"],
+        sources=tuple(json.loads(row["sources"])),
+        platform_message_id=row["platform_message_id"],
+        created_at=row["created_at"],
+    )

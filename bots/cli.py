@@ -1,0 +1,236 @@
+"""The `bots` command: chat, ask, serve, check, new, status, bench."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bots.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("bots")
+
+
+def setup_logging(verbose: int, json_logs: bool = False) -> None:
+    """Human-readable logs on stderr by default; `-v` for more."""
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group()
+@click.option("--config", type=click.Path(path_type=Path), help="bots.toml to read")
+@click.option("--personas", "personas_dir", type=click.Path(path_type=Path), help="persona folders")
+@click.option("--knowledge", "knowledge_dir", type=click.Path(path_type=Path), help="shared libraries")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="conversations and index cache")
+@click.option("--model", "model_path", help="GGUF model file (default: embedded SmolLM2-135M)")
+@click.option("--endpoint", help="OpenAI-compatible endpoint to use instead of a local model")
+@click.option("--engine", type=click.Choice(["batched", "simple"]), help="local engine")
+@click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, verbose: int, **flags: Any) -> None:
+    """Turn a folder of instructions and documents into a chat bot."""
+    overrides = {
+        "personas_dir": flags["personas_dir"],
+        "knowledge_dir": flags["knowledge_dir"],
+        "data_dir": flags["data_dir"],
+        "model.path": flags["model_path"],
+        "model.endpoint": flags["endpoint"],
+        "model.engine": flags["engine"],
+    }
+    ctx.obj = {"config": config, "overrides": overrides, "verbose": verbose}
+    setup_logging(verbose)
+
+
+def settings_of(ctx: click.Context, **more: Any) -> Settings:
+    """Settings from bots.toml + environment + the group's and the command's flags."""
+    obj = ctx.obj
+    try:
+        return load_settings(config=obj["config"], overrides={**obj["overrides"], **more})
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def default_persona(settings: Settings, registry_ids: list[str]) -> str:
+    if settings.default_persona:
+        return settings.default_persona
+    if not registry_ids:
+        raise click.ClickException(f"no personas in {settings.personas_dir}: try `bots new NAME`")
+    return registry_ids[0]
+
+
+@main.command()
+@click.argument("persona", required=False)
+@click.pass_context
+def chat(ctx: click.Context, persona: str | None) -> None:
+    """Chat in the terminal (streams; /persona NAME, /reset, /sources, /quit)."""
+    from bots.adapters.terminal import TerminalChat
+    from bots.app import App
+
+    settings = settings_of(ctx)
+
+    async def run() -> None:
+        app = App.create(settings)
+        await app.start()
+        try:
+            chosen = persona or default_persona(settings, [p.id for p in app.registry.personas()])
+            for error in app.registry.errors():
+                click.echo(f"warning: {error}", err=True)
+            if app.registry.get(chosen) is None:
+                raise click.ClickException(f"no persona {chosen!r} in {settings.personas_dir}")
+            await TerminalChat(app, chosen).run()
+        finally:
+            await app.close()
+
+    asyncio.run(run())
+
+
+@main.command()
+@click.argument("persona")
+@click.argument("question")
+@click.option("--json", "as_json", is_flag=True, help="print answer, sources and timings as JSON")
+@click.option("--temperature", type=float, help="override the persona's temperature")
+@click.option("--seed", type=int, help="sampling seed, for repeatable answers")
+@click.option("--max-tokens", type=int, help="reply length limit")
+@click.pass_context
+def ask(
+    ctx: click.Context,
+    persona: str,
+    question: str,
+    as_json: bool,
+    temperature: float | None,
+    seed: int | None,
+    max_tokens: int | None,
+) -> None:
+    """Ask one question and print the answer (streamed unless --json)."""
+    from bots.app import App
+    from bots.chat.service import ChatRefused, Incoming
+    from bots.engine.base import EngineError
+
+    settings = settings_of(ctx)
+
+    async def run() -> int:
+        started = time.perf_counter()
+        app = App.create(settings)
+        await app.start(watch=False)
+        ready = time.perf_counter()
+        try:
+            incoming = Incoming(
+                "cli", "", "cli", question, persona, remember=False,
+                temperature=temperature, seed=seed, max_tokens=max_tokens,
+            )
+            reply = await app.service.start(incoming, check_policy=False)
+            async for piece in reply:
+                if not as_json:
+                    click.echo(piece, nl=False)
+        except ChatRefused as exc:
+            raise click.ClickException(exc.user_message) from exc
+        except EngineError as exc:
+            raise click.ClickException(str(exc)) from exc
+        finally:
+            await app.close()
+        done = time.perf_counter()
+        if not as_json:
+            click.echo()
+            return 0
+        usage = reply.usage
+        timings = {
+            "load_ms": round((ready - started) * 1000, 1),
+            "total_ms": round((done - ready) * 1000, 1),
+            "ttft_ms": round(usage.ttft_ms, 1) if usage else None,
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "cached_tokens": usage.cached_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "tokens_per_s": round(usage.tokens_per_s, 1) if usage else None,
+        }
+        out = {
+            "persona": reply.persona.id,
+            "answer": reply.text,
+            "sources": [
+                {"path": h.path, "title": h.title, "score": round(h.score, 4)} for h in reply.sources
+            ],
+            "timings": timings,
+        }
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+
+    sys.exit(asyncio.run(run()))
+
+
+@main.command()
+@click.argument("name")
+@click.pass_context
+def new(ctx: click.Context, name: str) -> None:
+    """Create personas/NAME/persona.md from a commented template."""
+    from bots.persona.scaffold import ScaffoldError, new_persona
+
+    settings = settings_of(ctx)
+    try:
+        path = new_persona(settings.personas_dir, name)
+    except ScaffoldError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"created {path}: edit it, drop documents next to it, then `bots chat {name}`")
+
+
+@main.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Validate every persona and library; print problems as file:line; exit 1 if any."""
+    from bots.checks import run_checks
+
+    settings = settings_of(ctx)
+    problems, summary = run_checks(settings)
+    for problem in problems:
+        click.echo(problem)
+    click.echo(summary, err=True)
+    sys.exit(1 if problems else 0)
+
+
+@main.command()
+@click.option("--host", help="address to bind (default 127.0.0.1)")
+@click.option("--port", type=int, help="port (default 8321)")
+@click.option("--log-json", is_flag=True, default=None, help="JSON log lines")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool | None) -> None:
+    """Run the HTTP API, the workbench and every configured adapter (Discord, Slack)."""
+    from bots.app import App
+    from bots.serve import serve as run_server
+
+    settings = settings_of(ctx, **{"server.host": host, "server.port": port, "server.log_json": log_json})
+    if settings.server.log_json:
+        setup_logging(max(ctx.obj["verbose"], 1), json_logs=True)
+    elif ctx.obj["verbose"] == 0:
+        logging.getLogger().setLevel(logging.INFO)
+    asyncio.run(run_server(App.create(settings)))
+
+
+@main.command()
+@click.option("--url", default=None, help="server address (default from settings)")
+@click.pass_context
+def status(ctx: click.Context, url: str | None) -> None:
+    """Show a running server's personas, reload errors, adapters and queue."""
+    import httpx
+
+    settings = settings_of(ctx)
+    base = url or f"http://{settings.server.host}:{settings.server.port}"
+    headers = {"Authorization": f"Bearer {settings.server.api_token}"} if settings.server.api_token else {}
+    try:
+        body = httpx.get(f"{base}/status", headers=headers, timeout=5).raise_for_status().json()
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {base}/status: {exc}") from exc
+    engine = body["engine"]
+    click.echo(f"engine  {engine['model']}  healthy={engine['healthy']}  "
+               f"queue {engine['queue_depth']}/{engine['queue_capacity']}  active {engine['active']}")
+    for name, state in body["adapters"].items():
+        click.echo(f"adapter {name}: {state}")
+    for p in body["personas"]:
+        mark = "ok " if not p["errors"] else "ERR"
+        click.echo(f"{mark} {p['id']:<16} {p['content_hash'] or '-':<16} reloads={p['reloads']}")
+        for e in p["errors"]:
+            click.echo(f"      {e['path']}:{e['line']}: {e['key']}: {e['message']}")
+    sys.exit(0 if all(not p["errors"] for p in body["personas"]) else 1)

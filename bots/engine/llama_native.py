@@ -1,0 +1,330 @@
+"""Typed wrappers over llama-cpp-python's low-level (ctypes) API, as the batched engine uses it.
+
+The high-level `Llama` class copies the whole logits array and samples in Python on every token;
+these wrappers keep everything per-token in llama.cpp: one `llama_decode` per step for all
+sequences, and llama.cpp's own sampler chain. Only the engine's worker thread may touch a
+`NativeContext`; a `NativeModel`'s vocabulary is read-only after loading, so tokenizing is safe
+from any thread (llama-server tokenizes on its HTTP threads the same way).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from bots.engine.base import ChatMessage
+
+TokenArray = npt.NDArray[np.int32]
+
+CHAT_TEMPLATE_KEY = b"tokenizer.chat_template"
+META_VALUE_MAX_BYTES = 1 << 20
+PIECE_BUFFER_BYTES = 256
+# How far back the repetition penalty looks, as llama.cpp's own default.
+PENALTY_LAST_N = 64
+# Spin this long (ggml's 0-100 scale) between graph computations, as llama.cpp's tools do: waking
+# sleeping threads for every token costs more than the spinning on a small model.
+THREADPOOL_POLL = 50
+GGML_MAX_N_THREADS = 512
+
+_LIB_DIR = Path(llama_cpp.__file__).parent / "lib"
+
+
+class NativeError(RuntimeError):
+    """llama.cpp refused an operation (load, context creation, state restore)."""
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * GGML_MAX_N_THREADS),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+def _load_threadpool_api() -> tuple[Any, Any, Any] | None:
+    """ggml's threadpool functions, which llama-cpp-python does not bind; None if unavailable."""
+    try:
+        cpu = ctypes.CDLL(str(_LIB_DIR / "libggml-cpu.so"))
+        base = ctypes.CDLL(str(_LIB_DIR / "libggml-base.so"))
+        attach = llama_cpp.llama_cpp._lib.llama_attach_threadpool
+    except (OSError, AttributeError):
+        return None
+    base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
+    base.ggml_threadpool_params_default.restype = _ThreadpoolParams
+    cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
+    cpu.ggml_threadpool_new.restype = ctypes.c_void_p
+    cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+    cpu.ggml_threadpool_free.restype = None
+    attach.argtypes = [llama_cpp.llama_context_p_ctypes, ctypes.c_void_p, ctypes.c_void_p]
+    attach.restype = None
+    return base, cpu, attach
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampler settings of one request; temperature <= 0 means greedy."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    repeat_penalty: float
+    seed: int | None
+
+
+class NativeModel:
+    """A GGUF model loaded once; tokenizer, chat template and special tokens."""
+
+    def __init__(self, path: Path, *, n_gpu_layers: int = 0) -> None:
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = False
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not model:
+            raise NativeError(f"{path}: llama.cpp could not load this model file")
+        self.path = path
+        self.ptr = model
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(model))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.bos_text = self.piece(llama_cpp.llama_vocab_bos(self.vocab), special=True).decode(
+            errors="replace"
+        )
+        self.eos_text = self.piece(llama_cpp.llama_vocab_eos(self.vocab), special=True).decode(
+            errors="replace"
+        )
+        template = self.metadata(CHAT_TEMPLATE_KEY)
+        if not template:
+            raise NativeError(f"{path}: the model has no tokenizer.chat_template; it cannot chat")
+        self._prompt_formatter = Jinja2ChatFormatter(
+            template, self.eos_text, self.bos_text, add_generation_prompt=True
+        )
+        self._history_formatter = Jinja2ChatFormatter(
+            template, self.eos_text, self.bos_text, add_generation_prompt=False
+        )
+
+    def metadata(self, key: bytes) -> str | None:
+        """A GGUF metadata value as text, or None when the key is absent."""
+        buf = ctypes.create_string_buffer(META_VALUE_MAX_BYTES)
+        n = llama_cpp.llama_model_meta_val_str(self.ptr, key, buf, META_VALUE_MAX_BYTES)
+        return buf.value.decode(errors="replace") if n >= 0 else None
+
+    def render(self, messages: tuple[ChatMessage, ...], *, generation_prompt: bool) -> str:
+        """The chat template applied to `messages` (Jinja, from the GGUF metadata)."""
+        formatter = self._prompt_formatter if generation_prompt else self._history_formatter
+        dicts: Any = [{"role": m.role, "content": m.content} for m in messages]
+        return formatter(messages=dicts).prompt
+
+    def tokenize(self, text: str, *, template_output: bool = False) -> TokenArray:
+        """Token ids of `text`; a rendered template may contain special tokens, others are text."""
+        data = text.encode()
+        add_special = template_output and self.add_bos and not text.startswith(self.bos_text)
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(
+            self.vocab, data, len(data), buf, capacity, add_special, template_output
+        )
+        if n < 0:
+            raise NativeError(f"tokenizer needed {-n} slots for {len(data)} bytes")
+        return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes one token stands for (possibly part of a UTF-8 character)."""
+        buf = ctypes.create_string_buffer(PIECE_BUFFER_BYTES)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, PIECE_BUFFER_BYTES, 0, special)
+        return buf.raw[: max(n, 0)]
+
+    def is_end_of_generation(self, token: int) -> bool:
+        """EOS, EOT and the template's other end tokens."""
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        """Free the weights; no context may use the model afterwards."""
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class Batch:
+    """A reusable `llama_batch` over numpy arrays, filled with slices instead of per-token ctypes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.tokens = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.seq = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        self._n_seq_id = np.ones(capacity, dtype=np.int32)
+        seq_base = self.seq.ctypes.data
+        self._seq_ptrs = (ctypes.POINTER(llama_cpp.llama_seq_id) * capacity)(
+            *(
+                ctypes.cast(seq_base + 4 * i, ctypes.POINTER(llama_cpp.llama_seq_id))
+                for i in range(capacity)
+            )
+        )
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.n
+
+    def add(self, tokens: TokenArray, start_pos: int, seq_id: int, *, logits_last: bool) -> int:
+        """Append `tokens` at positions start_pos.. of `seq_id`; return the last token's index."""
+        k = len(tokens)
+        lo, hi = self.n, self.n + k
+        self.tokens[lo:hi] = tokens
+        self.pos[lo:hi] = np.arange(start_pos, start_pos + k, dtype=np.int32)
+        self.seq[lo:hi] = seq_id
+        self.logits[lo:hi] = 0
+        if logits_last:
+            self.logits[hi - 1] = 1
+        self.n = hi
+        return hi - 1
+
+    def as_llama_batch(self) -> llama_cpp.llama_batch:
+        batch = llama_cpp.llama_batch()
+        batch.n_tokens = self.n
+        batch.token = self.tokens.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token))
+        batch.embd = None
+        batch.pos = self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))
+        batch.n_seq_id = self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        batch.seq_id = self._seq_ptrs
+        batch.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        return batch
+
+
+class Sampler:
+    """One request's llama.cpp sampler chain: penalties, top-k, top-p, temperature, draw."""
+
+    def __init__(self, model: NativeModel, sampling: Sampling) -> None:
+        params = llama_cpp.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = llama_cpp.llama_sampler_chain_init(params)
+        add = llama_cpp.llama_sampler_chain_add
+        if sampling.repeat_penalty != 1.0:
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    PENALTY_LAST_N, sampling.repeat_penalty, 0.0, 0.0
+                ),
+            )
+        if sampling.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if sampling.top_k > 0:
+                add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+            if 0 < sampling.top_p < 1:
+                add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
+            seed = llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed
+            add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        self.ptr = chain
+
+    def accept_prompt(self, tokens: TokenArray) -> None:
+        """Feed the prompt's tail to the penalty window, as the high-level API does."""
+        for token in tokens[-PENALTY_LAST_N:]:
+            llama_cpp.llama_sampler_accept(self.ptr, int(token))
+
+    def sample(self, ctx: NativeContext, index: int) -> int:
+        """Draw (and accept) a token from the logits at batch position `index`."""
+        return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, index))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+class NativeContext:
+    """A llama context with one unified KV cache shared by many sequence ids."""
+
+    def __init__(
+        self,
+        model: NativeModel,
+        *,
+        kv_cells: int,
+        n_seq_max: int,
+        n_threads: int,
+        n_batch: int,
+        threadpool: bool = True,
+    ) -> None:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = kv_cells
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq_max
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.kv_unified = True
+        params.no_perf = True
+        # Flash attention on the CPU skips the cells a sequence cannot see, so a unified cache
+        # full of other conversations costs a stream little; AUTO picks it where supported.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        ctx = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not ctx:
+            raise NativeError(
+                f"llama.cpp could not create a context of {kv_cells} cells for {n_seq_max} sequences"
+            )
+        self.ptr = ctx
+        self.model = model
+        self.kv_cells = int(llama_cpp.llama_n_ctx(ctx))
+        self.memory = llama_cpp.llama_get_memory(ctx)
+        self._threadpool: int | None = None
+        self._tp_api = _load_threadpool_api() if threadpool else None
+        if self._tp_api is not None:
+            base, cpu, attach = self._tp_api
+            tp_params = base.ggml_threadpool_params_default(n_threads)
+            tp_params.poll = THREADPOOL_POLL
+            pool = cpu.ggml_threadpool_new(ctypes.byref(tp_params))
+            if pool:
+                attach(ctx, pool, pool)
+                self._threadpool = pool
+
+    def decode(self, batch: Batch) -> int:
+        """llama_decode: 0 on success, 1 when the KV cache has no room (state unchanged)."""
+        return int(llama_cpp.llama_decode(self.ptr, batch.as_llama_batch()))
+
+    def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> None:
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """Make `dst` see `src`'s cells at positions [p0, p1): metadata only in a unified cache."""
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        return int(llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id))
+
+    def save_seq(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
+        """A copy of one sequence's KV cells in RAM (no logits: unlike `LlamaRAMCache`)."""
+        size = llama_cpp.llama_state_seq_get_size(self.ptr, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ptr, buf, size, seq_id)
+        if written != size:
+            raise NativeError(f"saving sequence {seq_id} wrote {written} of {size} bytes")
+        return buf
+
+    def restore_seq(self, seq_id: int, data: ctypes.Array[ctypes.c_uint8]) -> bool:
+        """Load a saved sequence into `seq_id`; False when the cache has no room for it."""
+        return bool(llama_cpp.llama_state_seq_set_data(self.ptr, data, len(data), seq_id))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
+        if self._threadpool is not None and self._tp_api is not None:
+            self._tp_api[1].ggml_threadpool_free(self._threadpool)
+            self._threadpool = None

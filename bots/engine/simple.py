@@ -1,0 +1,211 @@
+"""The simple engine: llama-cpp-python's high-level chat API on one worker thread.
+
+It evaluates each prompt from the longest prefix it shares with the previous request only, so
+interleaved personas pay their full prompt every time. It is the baseline `bots bench` compares
+against, and the most conservative path (e.g. for an unusual GGUF or GPU build).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bots.engine.model_files import without_extra_buffers
+from bots.engine.base import (
+    EngineBusy,
+    EngineError,
+    EngineStatus,
+    EngineTimeout,
+    GenerationRequest,
+    Piece,
+    Usage,
+)
+
+STOP_JOB = None
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Piece | BaseException]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def emit(self, item: Piece | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+class SimpleEngine:
+    """One `Llama` owned by one thread; requests wait in a bounded queue."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        queue_size: int = 16,
+    ) -> None:
+        self.model_path = model_path
+        self._n_ctx = n_ctx
+        self._n_threads = n_threads or os.cpu_count() or 1
+        self._n_gpu_layers = n_gpu_layers
+        self._queue_size = queue_size
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._pending = 0
+        self._active = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._llm: Any = None
+        self._vocab: Any = None
+
+    @property
+    def context_size(self) -> int:
+        return self._n_ctx
+
+    async def start(self) -> None:
+        """Load the model on the worker thread and wait until it is ready."""
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            try:
+                self._load()
+            except BaseException as exc:  # report any load failure to the caller
+                loop.call_soon_threadsafe(ready.set_exception, EngineError(str(exc)))
+                return
+            loop.call_soon_threadsafe(ready.set_result, None)
+            self._work()
+
+        self._thread = threading.Thread(target=run, name="bots-engine", daemon=True)
+        self._thread.start()
+        await ready
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+
+        with without_extra_buffers():
+            self._vocab = Llama(str(self.model_path), vocab_only=True, verbose=False)
+            self._llm = Llama(
+                str(self.model_path),
+                n_ctx=self._n_ctx,
+                n_threads=self._n_threads,
+                n_threads_batch=self._n_threads,
+                n_gpu_layers=self._n_gpu_layers,
+                verbose=False,
+            )
+
+    async def close(self) -> None:
+        """Stop the worker after the current job."""
+        if self._thread is not None:
+            self._jobs.put(STOP_JOB)
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` with the model's tokenizer (a vocab-only copy, safe off-thread)."""
+        return len(self._vocab.tokenize(text.encode(), add_bos=False, special=True))
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            model=self.model_path.name,
+            queue_depth=self._pending,
+            queue_capacity=self._queue_size,
+            active=self._active,
+            healthy=self._thread is not None and self._thread.is_alive(),
+        )
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
+        """Stream the reply; leaving the loop early cancels the generation."""
+        with self._lock:
+            if self._pending >= self._queue_size:
+                raise EngineBusy()
+            self._pending += 1
+        job = _Job(request, asyncio.get_running_loop(), asyncio.Queue())
+        self._jobs.put(job)
+        try:
+            while True:
+                item = await job.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            job.cancelled.set()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            with self._lock:
+                self._pending -= 1
+                self._active += 1
+            try:
+                if not job.cancelled.is_set():
+                    self._generate(job)
+            except Exception as exc:  # the caller gets the error, the worker keeps serving
+                job.emit(EngineError(f"generation failed: {exc}"))
+            finally:
+                with self._lock:
+                    self._active -= 1
+
+    def _generate(self, job: _Job) -> None:
+        req = job.request
+        started = time.perf_counter()
+        deadline = started + req.timeout_s
+        chunks = self._llm.create_chat_completion(
+            messages=[{"role": m.role, "content": m.content} for m in req.messages],
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            repeat_penalty=req.repeat_penalty,
+            seed=req.seed,
+            stop=list(req.stop) or None,
+            stream=True,
+        )
+        first: float | None = None
+        completion = 0
+        finish: str = "stop"
+        try:
+            for chunk in chunks:
+                if job.cancelled.is_set():
+                    finish = "cancelled"
+                    break
+                if time.perf_counter() > deadline:
+                    job.emit(EngineTimeout(f"no complete reply within {req.timeout_s:.0f}s"))
+                    return
+                choice = chunk["choices"][0]
+                text = choice["delta"].get("content") or ""
+                if text:
+                    first = first or time.perf_counter()
+                    completion += 1
+                    job.emit(Piece(text))
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+        finally:
+            with contextlib.suppress(Exception):
+                chunks.close()
+        end = time.perf_counter()
+        prompt_tokens = max(0, int(self._llm.n_tokens) - completion)
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            queue_ms=(started - job.submitted) * 1000,
+            ttft_ms=((first or end) - started) * 1000,
+            total_ms=(end - started) * 1000,
+        )
+        job.emit(Piece("", finish_reason="length" if finish == "length" else "stop", usage=usage)
+                 if finish != "cancelled" else Piece("", finish_reason="cancelled", usage=usage))

@@ -1,0 +1,92 @@
+"""The data that crosses the knowledge seam: documents, chunks, hits and index figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+# A hit's `score` is the chunk's BM25 score divided by what a chunk of average length holding each
+# distinct query term exactly once would score (see `lexical.LexicalIndex.search`). So 1.0 means
+# "every query term is here, once"; 0.5 roughly "half the query's weight is here"; terms the index
+# has never seen count with the weight of the rarest term, so a question about something the
+# documents never mention scores near 0. Scores can pass 1.0 when terms repeat.
+#
+# A persona with `grounding: strict` should decline when no hit reaches this. Chosen on the test
+# fixtures: on-topic questions score 0.5 and more, off-topic ones that share a stray word stay
+# under 0.2.
+GROUNDING_MIN_SCORE = 0.3
+
+
+@dataclass(frozen=True)
+class Section:
+    """A stretch of a document's text under one heading (`""` before the first heading)."""
+
+    heading: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """What a reader extracted from one file: its title and its sections in reading order."""
+
+    title: str
+    sections: tuple[Section, ...]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document small enough to put into a prompt, with where it came from."""
+
+    path: str  # relative to the index root, "/" separated
+    title: str
+    heading: str  # the heading trail inside the document, "Install > Linux"; "" for none
+    text: str
+    position: int  # 0-based order of the chunk within its document
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A chunk found for a query."""
+
+    path: str  # relative to the persona folder, or "<library>/<path>" (relative to knowledge/)
+    title: str
+    heading: str
+    text: str
+    score: float  # see GROUNDING_MIN_SCORE for what the number means
+    library: str | None  # None for the persona's own folder
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """What one index holds; `skipped` names each file left out and why."""
+
+    documents: int
+    chunks: int
+    skipped: tuple[str, ...]
+    bytes: int = 0  # total size of the indexed documents
+    last_refresh_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """What one `KnowledgeIndex.refresh` did.
+
+    `read` counts documents whose text was extracted again; a document whose size or mtime changed
+    but whose content hash did not is hashed, counted `unchanged`, and not read.
+    """
+
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+    read: int
+    duration_ms: float
+    skipped: tuple[str, ...] = ()
+
+
+class Retriever(Protocol):
+    """Finds the chunks that best answer a query; what the prompt builder calls."""
+
+    def search(self, query: str, k: int = 4) -> list[Hit]:
+        """Return at most `k` hits, best first, each scored as GROUNDING_MIN_SCORE describes."""
+        ...

@@ -1,0 +1,263 @@
+"""Settings: `bots.toml` + environment (and `.env`) + command-line flags -> one object, read once.
+
+Precedence, lowest first: defaults, `bots.toml`, environment variables, flags. Every setting has
+an environment name `BOTS_<SECTION>_<KEY>` (e.g. `BOTS_MODEL_N_CTX=8192`); the platform secrets
+also keep their usual names (`DISCORD_TOKEN`, `SLACK_BOT_TOKEN`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+SETTINGS_FILE = "bots.toml"
+
+# Settings that are also read from their conventional environment names.
+ALIASES: dict[str, tuple[str, str]] = {
+    "DISCORD_TOKEN": ("discord", "token"),
+    "DISCORD_API_URL": ("discord", "api_url"),
+    "DISCORD_GATEWAY_URL": ("discord", "gateway_url"),
+    "SLACK_BOT_TOKEN": ("slack", "bot_token"),
+    "SLACK_APP_TOKEN": ("slack", "app_token"),
+    "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
+    "SLACK_HTTP_PORT": ("slack", "http_port"),
+    "SLACK_API_URL": ("slack", "api_url"),
+    "BOTS_API_TOKEN": ("server", "api_token"),
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the setting and where it came from."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    path: str = ""
+    endpoint: str = ""
+    endpoint_model: str = ""
+    endpoint_api_key: str = field(default="", repr=False)
+    engine: str = "batched"
+    n_ctx: int = 8192
+    n_threads: int = 0
+    n_gpu_layers: int = 0
+    parallel: int = 8
+    queue_size: int = 32
+    timeout_s: float = 120.0
+    retries: int = 2
+    max_tokens: int = 400
+    temperature: float = 0.3
+    top_p: float = 0.9
+    repeat_penalty: float = 1.15
+    quantize_q8: bool = True
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    top_k: int = 4
+    min_score: float = 0.25
+    max_knowledge_tokens: int = 1200
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8321
+    api_token: str = field(default="", repr=False)
+    max_request_bytes: int = 1_000_000
+    cors_origins: tuple[str, ...] = ()
+    log_json: bool = False
+    shutdown_grace_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    rate_limit_messages: int = 6
+    rate_limit_window_s: float = 60.0
+    allow_guilds: tuple[str, ...] = ()
+    deny_guilds: tuple[str, ...] = ()
+    allow_channels: tuple[str, ...] = ()
+    deny_channels: tuple[str, ...] = ()
+    allow_teams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DiscordSettings:
+    token: str = field(default="", repr=False)
+    api_url: str = ""
+    gateway_url: str = ""
+    persona_tokens: tuple[str, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    bot_token: str = field(default="", repr=False)
+    app_token: str = field(default="", repr=False)
+    signing_secret: str = field(default="", repr=False)
+    http_port: int = 3000
+    api_url: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, in one immutable object passed explicitly."""
+
+    root: Path = Path(".")
+    personas_dir: Path = Path("personas")
+    knowledge_dir: Path = Path("knowledge")
+    data_dir: Path = Path(".bots")
+    default_persona: str = ""
+    model: ModelSettings = field(default_factory=ModelSettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    discord: DiscordSettings = field(default_factory=DiscordSettings)
+    slack: SlackSettings = field(default_factory=SlackSettings)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "conversations.sqlite3"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    def secrets(self) -> list[str]:
+        """Every secret value set, so logs and tests can check none leaks."""
+        values = [
+            self.discord.token,
+            *self.discord.persona_tokens,
+            self.slack.bot_token,
+            self.slack.app_token,
+            self.slack.signing_secret,
+            self.server.api_token,
+            self.model.endpoint_api_key,
+        ]
+        return [v for v in values if v]
+
+
+_SECTIONS = ("model", "retrieval", "server", "policy", "discord", "slack")
+_TOP = ("personas_dir", "knowledge_dir", "data_dir", "default_persona")
+
+
+def load_settings(
+    root: Path | None = None,
+    *,
+    config: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from `root/bots.toml`, `root/.env`, the environment and flag overrides.
+
+    `overrides` uses dotted names (`"model.n_ctx"`, `"personas_dir"`); None values are ignored.
+    """
+    root = (root or Path.cwd()).resolve()
+    raw: dict[str, Any] = {s: {} for s in _SECTIONS}
+    path = config or root / SETTINGS_FILE
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: {exc}") from exc
+        _merge(raw, data, str(path))
+    env = {**dotenv_values(root / ".env"), **(environ if environ is not None else os.environ)}
+    for name, value in env.items():
+        if value is None:
+            continue
+        target = ALIASES.get(name) or _env_target(name)
+        if target is not None:
+            _put(raw, target, value, f"environment {name}")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            section, _, key = dotted.rpartition(".")
+            _put(raw, (section, key), value, f"flag {dotted}")
+    return _build(root, raw)
+
+
+def _env_target(name: str) -> tuple[str, str] | None:
+    if not name.startswith("BOTS_"):
+        return None
+    rest = name[5:].lower()
+    for section in _SECTIONS:
+        if rest.startswith(section + "_"):
+            return section, rest[len(section) + 1 :]
+    return ("", rest) if rest in _TOP else None
+
+
+def _merge(raw: dict[str, Any], data: Mapping[str, Any], source: str) -> None:
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise SettingsError(f"{source}: [{key}] must be a table")
+            for sub, item in value.items():
+                _put(raw, (key, sub), item, source)
+        else:
+            _put(raw, ("", key), value, source)
+
+
+def _put(raw: dict[str, Any], target: tuple[str, str], value: Any, source: str) -> None:
+    section, key = target
+    fields = {f.name: f for f in dataclasses.fields(_section_class(section, source))}
+    if key not in fields or (section == "" and key not in _TOP):
+        where = f"{section}.{key}" if section else key
+        raise SettingsError(f"{source}: unknown setting {where}")
+    (raw[section] if section else raw).__setitem__(key, (value, source))
+
+
+def _section_class(section: str, source: str) -> type:
+    classes: dict[str, type] = {
+        "": Settings,
+        "model": ModelSettings,
+        "retrieval": RetrievalSettings,
+        "server": ServerSettings,
+        "policy": PolicySettings,
+        "discord": DiscordSettings,
+        "slack": SlackSettings,
+    }
+    if section not in classes:
+        raise SettingsError(f"{source}: unknown settings section [{section}]")
+    return classes[section]
+
+
+def _convert(cls: type, name: str, value: Any, source: str) -> Any:
+    default = {f.name: f for f in dataclasses.fields(cls)}[name]
+    sample = default.default if default.default is not dataclasses.MISSING else None
+    label = f"{source}: {name}"
+    try:
+        if isinstance(sample, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(sample, int):
+            return int(value)
+        if isinstance(sample, float):
+            return float(value)
+        if isinstance(sample, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(v).strip() for v in items if str(v).strip())
+        if isinstance(sample, Path):
+            return Path(str(value))
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{label}: bad value {value!r}") from exc
+
+
+def _build(root: Path, raw: dict[str, Any]) -> Settings:
+    sections: dict[str, Any] = {}
+    for section in _SECTIONS:
+        cls = _section_class(section, "")
+        values = {k: _convert(cls, k, v, src) for k, (v, src) in raw[section].items()}
+        sections[section] = cls(**values)
+    top = {k: _convert(Settings, k, v, src) for k, (v, src) in raw.items() if k in _TOP}
+    for key in ("personas_dir", "knowledge_dir", "data_dir"):
+        path = Path(top.get(key, getattr(Settings, key)))
+        top[key] = path if path.is_absolute() else root / path
+    return Settings(root=root, **top, **sections)
