@@ -152,7 +152,8 @@ def ask(
             "persona": reply.persona.id,
             "answer": reply.text,
             "sources": [
-                {"path": h.path, "title": h.title, "score": round(h.score, 4)} for h in reply.sources
+                {"path": s["path"], "title": s["title"], "score": s["score"]}
+                for s in reply.source_dicts()
             ],
             "timings": timings,
         }

@@ -61,7 +61,8 @@ class ModelSettings:
 @dataclass(frozen=True)
 class RetrievalSettings:
     top_k: int = 4
-    min_score: float = 0.25
+    min_score: float = 0.3
+    min_score_open: float = 0.1
     max_knowledge_tokens: int = 1200
 
 
@@ -102,6 +103,12 @@ class SlackSettings:
     signing_secret: str = field(default="", repr=False)
     http_port: int = 3000
     api_url: str = ""
+    # HTTP Events mode listens here; Slack must reach it (directly or through a proxy).
+    http_host: str = "0.0.0.0"
+    # Stream replies with chat.startStream/appendStream/stopStream; off: chat.update edits.
+    streaming: bool = True
+    # Public URL under which `<persona id>/<avatar file>` is served, for persona icons.
+    icon_base_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,7 +263,7 @@ def _build(root: Path, raw: dict[str, Any]) -> Settings:
         cls = _section_class(section, "")
         values = {k: _convert(cls, k, v, src) for k, (v, src) in raw[section].items()}
         sections[section] = cls(**values)
-    top = {k: _convert(Settings, k, v, src) for k, (v, src) in raw.items() if k in _TOP}
+    top = {k: _convert(Settings, k, *raw[k]) for k in _TOP if k in raw}
     for key in ("personas_dir", "knowledge_dir", "data_dir"):
         path = Path(top.get(key, getattr(Settings, key)))
         top[key] = path if path.is_absolute() else root / path

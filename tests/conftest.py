@@ -70,7 +70,7 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings_for() -> Callable[..., Settings]:
     def make(root: Path, **overrides: object) -> Settings:
-        base: dict[str, object] = {"model.n_ctx": 4096, "model.max_tokens": 48}
+        base: dict[str, object] = {"model.n_ctx": 4096, "model.max_tokens": 48, "model.engine": "simple"}
         return load_settings(root, environ={}, overrides={**base, **overrides})
 
     return make

@@ -126,6 +126,7 @@ def status_body(app: App) -> dict[str, Any]:
                 "reloads": state.reloads,
                 "errors": [e.as_dict() for e in state.errors],
                 "knowledge": list(persona.knowledge) if persona else [],
+                "index": _persona_index(indexes, state.id, persona.knowledge if persona else ()),
             }
         )
     engine = app.engine.status()
@@ -143,6 +144,13 @@ def status_body(app: App) -> dict[str, Any]:
         },
         "adapters": dict(app.adapters),
     }
+
+
+def _persona_index(indexes: dict[str, Any], persona_id: str, libraries: tuple[str, ...]) -> dict[str, int]:
+    """Documents and chunks a persona retrieves from: its folder plus its libraries."""
+    names = [f"personas/{persona_id}", *(f"knowledge/{name}" for name in libraries)]
+    found = [indexes[n] for n in names if n in indexes]
+    return {"documents": sum(s.documents for s in found), "chunks": sum(s.chunks for s in found)}
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:

@@ -108,7 +108,12 @@ class Reply:
             await self._service._finish(self, status)
 
     def source_dicts(self) -> list[dict[str, Any]]:
-        return [source_dict(h) for h in self.sources]
+        """Sources for display: one entry per document, with its best chunk's score."""
+        seen: dict[str, dict[str, Any]] = {}
+        for hit in self.sources:
+            if hit.path not in seen:
+                seen[hit.path] = source_dict(hit)
+        return list(seen.values())
 
 
 def source_dict(hit: Hit) -> dict[str, Any]:
@@ -164,7 +169,10 @@ class ChatService:
             if stored:
                 history = [ChatMessage(t.role, t.content) for t in stored]  # type: ignore[arg-type]
         hits = await asyncio.to_thread(self.retrieve, persona, incoming.text)
-        relevant = [h for h in hits if h.score >= self.settings.retrieval.min_score]
+        # A strict persona declines below the threshold; an open one can use loosely related text.
+        retrieval = self.settings.retrieval
+        floor = retrieval.min_score if persona.grounding == "strict" else retrieval.min_score_open
+        relevant = [h for h in hits if h.score >= floor]
         model = self.settings.model
         max_tokens = incoming.max_tokens or persona.sampling.max_tokens or model.max_tokens
         prompt = build_prompt(

@@ -10,6 +10,7 @@ from any thread (llama-server tokenizes on its HTTP threads the same way).
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
+from llama_cpp._logger import set_verbose
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from bots.engine.base import ChatMessage
@@ -28,11 +30,6 @@ META_VALUE_MAX_BYTES = 1 << 20
 PIECE_BUFFER_BYTES = 256
 # How far back the repetition penalty looks, as llama.cpp's own default.
 PENALTY_LAST_N = 64
-# Spin this long (ggml's 0-100 scale) between graph computations, as llama.cpp's tools do: waking
-# sleeping threads for every token costs more than the spinning on a small model.
-THREADPOOL_POLL = 50
-GGML_MAX_N_THREADS = 512
-
 _LIB_DIR = Path(llama_cpp.__file__).parent / "lib"
 
 
@@ -40,34 +37,21 @@ class NativeError(RuntimeError):
     """llama.cpp refused an operation (load, context creation, state restore)."""
 
 
-class _ThreadpoolParams(ctypes.Structure):
-    _fields_ = [
-        ("cpumask", ctypes.c_bool * GGML_MAX_N_THREADS),
-        ("n_threads", ctypes.c_int),
-        ("prio", ctypes.c_int),
-        ("poll", ctypes.c_uint32),
-        ("strict_cpu", ctypes.c_bool),
-        ("paused", ctypes.c_bool),
-    ]
+@functools.cache
+def amx_kernels_built() -> bool:
+    """Whether ggml was compiled with its AMX int8 kernels (a native build on an AMX CPU).
 
-
-def _load_threadpool_api() -> tuple[Any, Any, Any] | None:
-    """ggml's threadpool functions, which llama-cpp-python does not bind; None if unavailable."""
+    Those kernels segfault in their first matrix multiplication on this project's machines (Xeon
+    with AMX under KVM, llama-cpp-python 0.3.36 built from source), and they are reached only
+    through ggml's "extra" weight buffer types. The engine then loads the weights without extra
+    buffers: the plain AVX-512 kernels, at the cost of the CPU repack of Q4_0/Q8_0 weights.
+    """
     try:
-        cpu = ctypes.CDLL(str(_LIB_DIR / "libggml-cpu.so"))
-        base = ctypes.CDLL(str(_LIB_DIR / "libggml-base.so"))
-        attach = llama_cpp.llama_cpp._lib.llama_attach_threadpool
-    except (OSError, AttributeError):
-        return None
-    base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
-    base.ggml_threadpool_params_default.restype = _ThreadpoolParams
-    cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
-    cpu.ggml_threadpool_new.restype = ctypes.c_void_p
-    cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
-    cpu.ggml_threadpool_free.restype = None
-    attach.argtypes = [llama_cpp.llama_context_p_ctypes, ctypes.c_void_p, ctypes.c_void_p]
-    attach.restype = None
-    return base, cpu, attach
+        lib = ctypes.CDLL(str(_LIB_DIR / "libggml-cpu.so"))
+    except OSError:
+        return False
+    has_amx = getattr(lib, "ggml_cpu_has_amx_int8", None)
+    return bool(has_amx()) if has_amx is not None else False
 
 
 @dataclass(frozen=True)
@@ -86,9 +70,11 @@ class NativeModel:
 
     def __init__(self, path: Path, *, n_gpu_layers: int = 0) -> None:
         llama_cpp.llama_backend_init()
+        # llama.cpp logs every tensor at INFO through llama-cpp-python's logger; errors only.
+        set_verbose(False)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
-        params.use_extra_bufts = False
+        params.use_extra_bufts = not amx_kernels_built()
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise NativeError(f"{path}: llama.cpp could not load this model file")
@@ -195,6 +181,16 @@ class Batch:
         self.n = hi
         return hi - 1
 
+    def add_token(self, token: int, pos: int, seq_id: int) -> int:
+        """Append one token that needs logits (a streaming sequence's next step)."""
+        i = self.n
+        self.tokens[i] = token
+        self.pos[i] = pos
+        self.seq[i] = seq_id
+        self.logits[i] = 1
+        self.n = i + 1
+        return i
+
     def as_llama_batch(self) -> llama_cpp.llama_batch:
         batch = llama_cpp.llama_batch()
         batch.n_tokens = self.n
@@ -208,25 +204,27 @@ class Batch:
 
 
 class Sampler:
-    """One request's llama.cpp sampler chain: penalties, top-k, top-p, temperature, draw."""
+    """One request's llama.cpp sampler chain: top-k, penalties, top-p, temperature, draw."""
 
     def __init__(self, model: NativeModel, sampling: Sampling) -> None:
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
         chain = llama_cpp.llama_sampler_chain_init(params)
         add = llama_cpp.llama_sampler_chain_add
+        # Top-k first: the later samplers (penalties above all, which llama.cpp warns is slow on
+        # the full vocabulary) then see 40 candidates instead of 49k.
+        if sampling.top_k > 0:
+            add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
         if sampling.repeat_penalty != 1.0:
             add(
                 chain,
                 llama_cpp.llama_sampler_init_penalties(
-                    PENALTY_LAST_N, sampling.repeat_penalty, 0.0, 0.0
+                    model.n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, 0.0, 0.0
                 ),
             )
         if sampling.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
-            if sampling.top_k > 0:
-                add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
             if 0 < sampling.top_p < 1:
                 add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
             add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
@@ -260,7 +258,6 @@ class NativeContext:
         n_seq_max: int,
         n_threads: int,
         n_batch: int,
-        threadpool: bool = True,
     ) -> None:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = kv_cells
@@ -283,16 +280,6 @@ class NativeContext:
         self.model = model
         self.kv_cells = int(llama_cpp.llama_n_ctx(ctx))
         self.memory = llama_cpp.llama_get_memory(ctx)
-        self._threadpool: int | None = None
-        self._tp_api = _load_threadpool_api() if threadpool else None
-        if self._tp_api is not None:
-            base, cpu, attach = self._tp_api
-            tp_params = base.ggml_threadpool_params_default(n_threads)
-            tp_params.poll = THREADPOOL_POLL
-            pool = cpu.ggml_threadpool_new(ctypes.byref(tp_params))
-            if pool:
-                attach(ctx, pool, pool)
-                self._threadpool = pool
 
     def decode(self, batch: Batch) -> int:
         """llama_decode: 0 on success, 1 when the KV cache has no room (state unchanged)."""
@@ -325,6 +312,3 @@ class NativeContext:
         if self.ptr:
             llama_cpp.llama_free(self.ptr)
             self.ptr = None
-        if self._threadpool is not None and self._tp_api is not None:
-            self._tp_api[1].ggml_threadpool_free(self._threadpool)
-            self._threadpool = None

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bots.engine.model_files import without_extra_buffers
 from bots.engine.base import (
@@ -152,16 +152,22 @@ class SimpleEngine:
             with self._lock:
                 self._pending -= 1
                 self._active += 1
+            last: Piece | BaseException | None = None
             try:
                 if not job.cancelled.is_set():
-                    self._generate(job)
+                    last = self._generate(job)
             except Exception as exc:  # the caller gets the error, the worker keeps serving
-                job.emit(EngineError(f"generation failed: {exc}"))
+                last = EngineError(f"generation failed: {exc}")
             finally:
                 with self._lock:
                     self._active -= 1
+            # Sent after the counters are settled, so a caller that saw its reply end sees an
+            # idle engine in status().
+            if last is not None:
+                job.emit(last)
 
-    def _generate(self, job: _Job) -> None:
+    def _generate(self, job: _Job) -> Piece | BaseException:
+        """Stream pieces to the job; return the final piece or the error to send last."""
         req = job.request
         started = time.perf_counter()
         deadline = started + req.timeout_s
@@ -185,8 +191,7 @@ class SimpleEngine:
                     finish = "cancelled"
                     break
                 if time.perf_counter() > deadline:
-                    job.emit(EngineTimeout(f"no complete reply within {req.timeout_s:.0f}s"))
-                    return
+                    return EngineTimeout(f"no complete reply within {req.timeout_s:g}s")
                 choice = chunk["choices"][0]
                 text = choice["delta"].get("content") or ""
                 if text:
@@ -207,5 +212,7 @@ class SimpleEngine:
             ttft_ms=((first or end) - started) * 1000,
             total_ms=(end - started) * 1000,
         )
-        job.emit(Piece("", finish_reason="length" if finish == "length" else "stop", usage=usage)
-                 if finish != "cancelled" else Piece("", finish_reason="cancelled", usage=usage))
+        reason: Literal["stop", "length", "cancelled"] = (
+            "cancelled" if finish == "cancelled" else "length" if finish == "length" else "stop"
+        )
+        return Piece("", finish_reason=reason, usage=usage)

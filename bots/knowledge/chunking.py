@@ -44,8 +44,7 @@ def chunk_document(path: str, document: Document) -> list[Chunk]:
             builder.add(_Piece(label, len(label.split()), "\n\n"), section.heading)
         for piece in pieces:
             if builder.fresh_words and (
-                builder.words + piece.words > CHUNK_MAX_WORDS
-                or builder.words >= CHUNK_TARGET_WORDS
+                builder.words + piece.words > CHUNK_MAX_WORDS or builder.words >= CHUNK_TARGET_WORDS
             ):
                 builder.emit(overlap=True)
             builder.add(piece, section.heading)

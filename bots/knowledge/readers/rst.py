@@ -12,7 +12,7 @@ import re
 from bots.knowledge.model import Document
 from bots.knowledge.readers._common import SectionCollector, decode_text
 
-_ADORNMENT = re.compile(r"^([!-/:-@\[-`{-~])\1{2,}\s*$")
+_ADORNMENT = re.compile(r"^([!-/:-@\[-`{-~])\1+\s*$")
 _ROLE_WITH_TARGET = re.compile(r":[\w.+-]+(?::[\w.+-]+)*:`([^`<]*?)\s*<[^`>]*>`")
 _ROLE = re.compile(r":[\w.+-]+(?::[\w.+-]+)*:`([^`]*)`")
 _LITERAL = re.compile(r"``([^`]+)``")

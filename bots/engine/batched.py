@@ -1,0 +1,665 @@
+"""The batched engine: every conversation decoded together on one llama context.
+
+Like llama.cpp's server, but from Python and built for many personas:
+
+- One unified KV cache shared by many sequence ids. A prompt starts from the cached sequence
+  with the longest common token prefix (`prefix_cache`): a persona's instructions are evaluated
+  once and copied into each new conversation with `llama_memory_seq_cp` (metadata only: the cells
+  are shared), and a follow-up message evaluates only what is new since the last turn.
+- Continuous batching: each step is one `llama_decode` holding the next token of every streaming
+  sequence plus a chunk of waiting prompts, so a long new prompt delays the streams by one chunk
+  per step instead of freezing them. Sampling runs in llama.cpp's sampler chain.
+- When the cache is full, idle sequences are evicted least recently used first and, within a
+  byte budget, parked in RAM so a returning conversation is copied back instead of re-evaluated.
+
+One worker thread owns the llama context; the asyncio side only queues requests and reads the
+pieces the worker posts back, so the event loop never waits on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from bots.engine.base import (
+    ChatMessage,
+    EngineBusy,
+    EngineError,
+    EngineStatus,
+    EngineTimeout,
+    GenerationRequest,
+    Piece,
+    Usage,
+)
+from bots.engine.llama_native import (
+    Batch,
+    NativeContext,
+    NativeModel,
+    Sampler,
+    Sampling,
+    TokenArray,
+)
+from bots.engine.prefix_cache import Entry, SequenceTable, common_prefix, may_take_over
+
+log = logging.getLogger(__name__)
+
+DEFAULT_N_CTX = 8192
+# KV cells shared by all sequences (about 23 KB each for SmolLM2-135M in f16): room for a dozen
+# 1,500-token personas plus their conversations. Flash attention skips other sequences' cells.
+DEFAULT_KV_CELLS = 32768
+DEFAULT_SEQ_IDS = 64
+LLAMA_MAX_SEQ = 256  # llama.cpp's compile-time limit on sequence ids
+DEFAULT_PARALLEL = 8
+DEFAULT_QUEUE_SIZE = 32
+# Evicted sequences kept in RAM; bounded so that memory does not grow with the persona count.
+DEFAULT_PARK_BYTES = 64 * 1024 * 1024
+# Tokens per llama_decode (n_batch = n_ubatch).
+BATCH_TOKENS = 512
+# Prompt tokens per step while other sequences stream: at ~350 prompt tokens/s a 128-token chunk
+# costs a stream about a third of a second, instead of seconds for a whole long prompt.
+PROMPT_CHUNK_WHILE_STREAMING = 128
+# Shorter sequences are cheaper to re-evaluate than to keep in the RAM park.
+MIN_PARK_TOKENS = 64
+CLOSE_TIMEOUT_S = 30.0
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class _Cancelled(Exception):
+    """Internal: the job's consumer went away."""
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request on its way through the worker; the worker-side fields are the worker's own."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Piece | BaseException]
+    deadline: float
+    submitted: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # Worker side.
+    tokens: TokenArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    prefix_len: int = 0
+    last_turn_start: int = 0
+    want_prefix_entry: bool = False
+    seq_id: int = -1
+    n_past: int = 0
+    cached: int = 0
+    max_new: int = 0
+    generated: list[int] = field(default_factory=list)
+    pending: int | None = None
+    sampler: Sampler | None = None
+    admitted: float = 0.0
+    first_token_at: float | None = None
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+    held: str = ""
+    batch_index: int = -1
+    chunk_end: int = 0
+
+    def emit(self, item: Piece | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+            self.cancelled.set()
+
+    @property
+    def prompt_done(self) -> bool:
+        return self.n_past >= len(self.tokens)
+
+
+class BatchedEngine:
+    """The `Engine` for local models: prefix caching and continuous batching on one context."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        parallel: int = DEFAULT_PARALLEL,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        kv_cells: int = DEFAULT_KV_CELLS,
+        n_seq_max: int = DEFAULT_SEQ_IDS,
+        park_bytes: int = DEFAULT_PARK_BYTES,
+    ) -> None:
+        if parallel < 1 or queue_size < 0:
+            raise ValueError("parallel must be >= 1 and queue_size >= 0")
+        self.model_path = model_path
+        self._n_ctx = n_ctx
+        self._n_threads = n_threads or os.cpu_count() or 1
+        self._n_gpu_layers = n_gpu_layers
+        self._parallel = parallel
+        self._queue_size = queue_size
+        self._kv_cells = max(kv_cells, n_ctx)
+        # Each running generation and each cached prefix needs an id of its own; keep spares.
+        self._n_seq_max = min(max(n_seq_max, parallel + 2), LLAMA_MAX_SEQ)
+        self._park_bytes = park_bytes
+        self._cond = threading.Condition()
+        self._inbox: collections.deque[_Job] = collections.deque()
+        self._active: list[_Job] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._model: NativeModel | None = None
+        self._worker: _Worker | None = None
+
+    # -- the Engine protocol ----------------------------------------------------------------
+
+    @property
+    def context_size(self) -> int:
+        """Tokens one conversation may use (prompt and reply)."""
+        limit = min(self._n_ctx, self._kv_cells)
+        if self._model is not None and self._model.n_ctx_train > 0:
+            limit = min(limit, self._model.n_ctx_train)
+        return limit
+
+    async def start(self) -> None:
+        """Load the model and create the context on the engine's own thread."""
+        if self._thread is not None:
+            return
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def run() -> None:
+            try:
+                self._worker = self._load()
+            except Exception as exc:  # any load failure goes to the caller of start()
+                loop.call_soon_threadsafe(ready.set_exception, EngineError(str(exc)))
+                return
+            loop.call_soon_threadsafe(ready.set_result, None)
+            self._serve(self._worker)
+
+        self._stopping = False
+        self._thread = threading.Thread(target=run, name="bots-engine", daemon=True)
+        self._thread.start()
+        try:
+            await ready
+        except EngineError:
+            self._thread = None
+            raise
+
+    async def close(self) -> None:
+        """Stop the worker: waiting and running requests end with an EngineError."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        await asyncio.to_thread(thread.join, CLOSE_TIMEOUT_S)
+        self._thread = None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` as plain text; safe from any thread once started."""
+        if self._model is None:
+            raise EngineError("the engine is not started")
+        return len(self._model.tokenize(text))
+
+    def status(self) -> EngineStatus:
+        worker = self._worker
+        detail = worker.describe() if worker is not None else "not started"
+        return EngineStatus(
+            model=self.model_path.name,
+            queue_depth=len(self._inbox),
+            queue_capacity=self._queue_size,
+            active=len(self._active),
+            healthy=self._thread is not None and self._thread.is_alive(),
+            detail=detail,
+        )
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
+        """Stream the reply; closing the iterator early cancels this sequence only."""
+        if self._thread is None:
+            raise EngineError("the engine is not started")
+        loop = asyncio.get_running_loop()
+        job = _Job(request, loop, asyncio.Queue(), deadline=time.monotonic() + request.timeout_s)
+        with self._cond:
+            if len(self._inbox) >= self._queue_size:
+                raise EngineBusy()
+            self._inbox.append(job)
+            self._cond.notify()
+        loop_deadline = loop.time() + request.timeout_s
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(loop_deadline):
+                        item = await job.out.get()
+                except TimeoutError:
+                    raise EngineTimeout(
+                        f"no complete reply within the request's {request.timeout_s:g}s timeout"
+                    ) from None
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            job.cancelled.set()
+            with self._cond:
+                self._cond.notify()
+
+    # -- the worker thread ------------------------------------------------------------------
+
+    def _load(self) -> _Worker:
+        model = NativeModel(self.model_path, n_gpu_layers=self._n_gpu_layers)
+        try:
+            ctx = NativeContext(
+                model,
+                kv_cells=self._kv_cells,
+                n_seq_max=self._n_seq_max,
+                n_threads=self._n_threads,
+                n_batch=BATCH_TOKENS,
+            )
+        except Exception:
+            model.close()
+            raise
+        self._model = model
+        return _Worker(
+            model,
+            ctx,
+            SequenceTable(self._n_seq_max, self._park_bytes),
+            context_size=self.context_size,
+        )
+
+    def _serve(self, worker: _Worker) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._stopping and not self._inbox and not self._active:
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    admitted: list[_Job] = []
+                    while self._inbox and len(self._active) + len(admitted) < self._parallel:
+                        admitted.append(self._inbox.popleft())
+                for job in admitted:
+                    if worker.admit(job):
+                        self._active.append(job)
+                self._active = worker.step(self._active)
+        finally:
+            with self._cond:
+                leftover = [*self._inbox, *self._active]
+                self._inbox.clear()
+                self._active = []
+            for job in leftover:
+                job.emit(EngineError("the engine was closed"))
+            worker.close()
+            self._model = None
+            self._worker = None
+
+
+class _Worker:
+    """The scheduler loop's state and steps; every method runs on the engine thread."""
+
+    def __init__(
+        self, model: NativeModel, ctx: NativeContext, table: SequenceTable, *, context_size: int
+    ) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.table = table
+        self.context_size = context_size
+        self.batch = Batch(BATCH_TOKENS)
+
+    def describe(self) -> str:
+        entries = list(self.table.entries)
+        prefixes = sum(1 for e in entries if e.kind == "prefix")
+        return (
+            f"{self.ctx.kv_cells} KV cells; cached: {prefixes} persona prefixes, "
+            f"{len(entries) - prefixes} conversations; parked in RAM: {self.table.parked_count} "
+            f"({self.table.parked_bytes / 2**20:.1f} MiB)"
+        )
+
+    def close(self) -> None:
+        self.ctx.close()
+        self.model.close()
+
+    # -- admission: prompt, prefix match, sequence id --------------------------------------
+
+    def admit(self, job: _Job) -> bool:
+        """Prepare a job's prompt and sequence; False when it ended already (error, cancelled)."""
+        if job.cancelled.is_set():
+            return False
+        job.admitted = time.monotonic()
+        try:
+            self._prepare_prompt(job)
+        except Exception as exc:  # a template or tokenizer error belongs to this request only
+            job.emit(EngineError(f"cannot build the prompt: {exc}"))
+            return False
+        if len(job.tokens) >= self.context_size:
+            job.emit(
+                EngineError(
+                    f"the prompt has {len(job.tokens)} tokens; the context holds "
+                    f"{self.context_size} (model.n_ctx)"
+                )
+            )
+            return False
+        job.max_new = min(job.request.max_tokens, self.context_size - len(job.tokens))
+        if not self._assign_sequence(job):
+            job.emit(EngineError("no free sequence in the KV cache; try again"))
+            return False
+        req = job.request
+        job.sampler = Sampler(
+            self.model,
+            Sampling(req.temperature, req.top_p, req.top_k, req.repeat_penalty, req.seed),
+        )
+        job.sampler.accept_prompt(job.tokens)
+        return True
+
+    def _prepare_prompt(self, job: _Job) -> None:
+        messages = job.request.messages
+        job.tokens = self._tokens(messages, generation_prompt=True)
+        system = messages[:1] if messages and messages[0].role == "system" else ()
+        job.prefix_len = (
+            common_prefix(job.tokens, self._tokens(system, generation_prompt=False))
+            if system
+            else 0
+        )
+        history = messages[:-1]
+        job.last_turn_start = (
+            common_prefix(job.tokens, self._tokens(history, generation_prompt=False))
+            if len(history) > len(system)
+            else job.prefix_len
+        )
+
+    def _tokens(self, messages: tuple[ChatMessage, ...], *, generation_prompt: bool) -> TokenArray:
+        text = self.model.render(messages, generation_prompt=generation_prompt)
+        return self.model.tokenize(text, template_output=True)
+
+    def _assign_sequence(self, job: _Job) -> bool:
+        match = self.table.best_match(job.tokens)
+        self.table.touch_prefixes_of(job.tokens)
+        # At least the last prompt token is evaluated again: its logits start the reply.
+        shared = min(match.length, len(job.tokens) - 1)
+        entry = match.entry
+        if entry is not None and may_take_over(entry, shared):
+            self.ctx.seq_rm(entry.seq_id, shared, -1)
+            seq_id = entry.seq_id
+        else:
+            spare = self._new_seq_id(pinned=entry)
+            if spare is None:
+                return False
+            seq_id = spare
+            if entry is not None and shared > 0:
+                self.ctx.seq_cp(entry.seq_id, seq_id, 0, shared)
+            elif match.parked is not None and shared > 0:
+                if self._restore(match.parked.data, seq_id):
+                    self.table.unpark(match.parked)
+                    self.ctx.seq_rm(seq_id, shared, -1)
+                else:
+                    shared = 0
+            else:
+                shared = 0
+        self.table.put(
+            Entry(
+                seq_id,
+                job.tokens[:shared],
+                "conversation",
+                last_turn_start=job.last_turn_start,
+                busy=True,
+            )
+        )
+        job.seq_id = seq_id
+        job.n_past = job.cached = shared
+        job.want_prefix_entry = (
+            shared < job.prefix_len < len(job.tokens)
+            and not self.table.has_prefix(job.tokens[: job.prefix_len])
+        )
+        return True
+
+    def _new_seq_id(self, *, pinned: Entry | None = None) -> int | None:
+        """A free sequence id, evicting idle entries (but not `pinned`) until one is free."""
+        was_busy = pinned.busy if pinned is not None else False
+        if pinned is not None:
+            pinned.busy = True
+        try:
+            seq_id = self.table.take_id()
+            while seq_id is None and self._evict_one():
+                seq_id = self.table.take_id()
+            return seq_id
+        finally:
+            if pinned is not None:
+                pinned.busy = was_busy
+
+    def _restore(self, data: ctypes.Array[ctypes.c_uint8], seq_id: int) -> bool:
+        while True:
+            if self.ctx.restore_seq(seq_id, data):
+                return True
+            if not self._evict_one():
+                return False
+
+    def _evict_one(self) -> bool:
+        """Drop the least recently used idle sequence (parking it when worth it)."""
+        for entry in self.table.eviction_order():
+            if len(entry.tokens) >= MIN_PARK_TOKENS and not self._covered(entry):
+                try:
+                    self.table.park(entry, self.ctx.save_seq(entry.seq_id))
+                except Exception:  # parking is an optimisation; eviction must go on
+                    log.exception("could not park sequence %d", entry.seq_id)
+            self.ctx.seq_rm(entry.seq_id)
+            self.table.release(entry.seq_id)
+            return True
+        return False
+
+    def _covered(self, entry: Entry) -> bool:
+        """Whether another cached sequence holds all of `entry`'s tokens (parking it is waste)."""
+        n = len(entry.tokens)
+        return any(
+            other is not entry and len(other.tokens) >= n and common_prefix(other.tokens, entry.tokens) == n
+            for other in self.table.entries
+        )
+
+    # -- one step: a batch of decode tokens and prompt chunks ------------------------------
+
+    def step(self, active: list[_Job]) -> list[_Job]:
+        """Run one llama_decode for all active jobs; return the jobs still running."""
+        now = time.monotonic()
+        running: list[_Job] = []
+        for job in active:
+            if job.cancelled.is_set():
+                self._finish(job, "cancelled", notify=False)
+            elif now > job.deadline:
+                job.emit(
+                    EngineTimeout(
+                        f"no complete reply within the request's {job.request.timeout_s:g}s timeout"
+                    )
+                )
+                self._finish(job, "cancelled", notify=False)
+            else:
+                running.append(job)
+        if not running:
+            return running
+        try:
+            planned = self._decode(running)
+        except Exception as exc:  # a llama.cpp failure ends the jobs in this batch, not the engine
+            log.exception("decode failed")
+            for job in running:
+                job.emit(EngineError(f"the model failed: {exc}"))
+                self._drop(job)
+            return []
+        for job in planned:
+            self._after_decode(job)
+        return [job for job in running if job.sampler is not None]
+
+    def _plan(self, jobs: list[_Job], *, prompts: bool) -> list[_Job]:
+        batch = self.batch
+        batch.clear()
+        planned: list[_Job] = []
+        streaming = [j for j in jobs if j.pending is not None]
+        for job in streaming:
+            job.batch_index = batch.add_token(job.pending, job.n_past, job.seq_id)
+            planned.append(job)
+        if not prompts:
+            return planned
+        budget = min(batch.free, PROMPT_CHUNK_WHILE_STREAMING) if streaming else batch.free
+        for job in jobs:
+            if job.pending is not None or job.prompt_done or budget <= 0:
+                continue
+            end = min(len(job.tokens), job.n_past + budget)
+            if job.want_prefix_entry and job.n_past < job.prefix_len:
+                end = min(end, job.prefix_len)
+            job.chunk_end = end
+            job.batch_index = batch.add(
+                job.tokens[job.n_past : end],
+                job.n_past,
+                job.seq_id,
+                logits_last=end == len(job.tokens),
+            )
+            budget -= end - job.n_past
+            planned.append(job)
+        return planned
+
+    def _decode(self, jobs: list[_Job]) -> list[_Job]:
+        """Decode one batch, making room in the KV cache when it is full.
+
+        Room comes from evicting idle sequences first, then from deferring prompt chunks to a
+        later step (streams go on; the prompt waits for a stream to end), and last from ending
+        the newest request with an error so that the others can finish.
+        """
+        prompts = True
+        while jobs:
+            planned = self._plan(jobs, prompts=prompts)
+            if planned:
+                rc = self.ctx.decode(self.batch)
+                if rc == 0:
+                    return planned
+                if rc != 1:
+                    raise EngineError(f"llama_decode returned {rc}")
+                if self._evict_one():
+                    continue
+                streams = any(j.pending is not None for j in planned)
+                if prompts and streams and any(j.pending is None for j in planned):
+                    prompts = False
+                    continue
+            victim = max(planned or jobs, key=lambda j: j.admitted)
+            victim.emit(EngineError("the KV cache is full (model.kv_cells); try again later"))
+            self._drop(victim)
+            jobs = [j for j in jobs if j is not victim]
+            prompts = True
+        return []
+
+    def _after_decode(self, job: _Job) -> None:
+        if job.pending is not None:
+            job.generated.append(job.pending)
+            job.n_past += 1
+            job.pending = None
+        else:
+            job.n_past = job.chunk_end
+            entry = self.table.get(job.seq_id)
+            if entry is not None:
+                entry.tokens = job.tokens[: job.n_past]
+            if job.want_prefix_entry and job.n_past == job.prefix_len:
+                self._add_prefix_entry(job)
+            if not job.prompt_done:
+                return
+        assert job.sampler is not None
+        token = job.sampler.sample(self.ctx, job.batch_index)
+        self._on_token(job, token)
+
+    def _add_prefix_entry(self, job: _Job) -> None:
+        job.want_prefix_entry = False
+        seq_id = self.table.take_id()
+        if seq_id is None:
+            return
+        self.ctx.seq_cp(job.seq_id, seq_id, 0, job.prefix_len)
+        self.table.put(Entry(seq_id, job.tokens[: job.prefix_len].copy(), "prefix"))
+
+    # -- tokens to text ---------------------------------------------------------------------
+
+    def _on_token(self, job: _Job, token: int) -> None:
+        if job.first_token_at is None:
+            job.first_token_at = time.monotonic()
+        if self.model.is_end_of_generation(token):
+            self._finish(job, "stop")
+            return
+        job.pending = token
+        text = job.held + job.decoder.decode(self.model.piece(token))
+        stops = job.request.stop
+        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+        if cut >= 0:
+            job.held = ""
+            if cut:
+                job.emit(Piece(text[:cut]))
+            self._finish(job, "stop", flush=False)
+            return
+        keep = _partial_stop_suffix(text, stops)
+        job.held = text[len(text) - keep :] if keep else ""
+        if len(text) > keep:
+            job.emit(Piece(text[: len(text) - keep]))
+        if len(job.generated) + 1 >= job.max_new:
+            self._finish(job, "length")
+
+    def _finish(
+        self, job: _Job, reason: FinishReason, *, notify: bool = True, flush: bool = True
+    ) -> None:
+        if notify:
+            tail = job.held + job.decoder.decode(b"", final=True) if flush else ""
+            if tail:
+                job.emit(Piece(tail))
+            end = time.monotonic()
+            job.emit(
+                Piece(
+                    "",
+                    finish_reason=reason,
+                    usage=Usage(
+                        prompt_tokens=len(job.tokens),
+                        cached_tokens=job.cached,
+                        completion_tokens=len(job.generated) + (job.pending is not None),
+                        queue_ms=(job.admitted - job.submitted) * 1000,
+                        ttft_ms=((job.first_token_at or end) - job.admitted) * 1000,
+                        total_ms=(end - job.admitted) * 1000,
+                    ),
+                )
+            )
+        self._retire(job)
+
+    def _retire(self, job: _Job) -> None:
+        """Keep the job's sequence as an idle cache entry: what its KV cells hold."""
+        if job.sampler is not None:
+            job.sampler.close()
+            job.sampler = None
+        entry = self.table.get(job.seq_id)
+        if entry is None:
+            return
+        if job.prompt_done:
+            entry.tokens = np.concatenate([job.tokens, np.asarray(job.generated, dtype=np.int32)])
+        else:
+            entry.tokens = job.tokens[: job.n_past]
+        entry.busy = False
+        entry.touch()
+
+    def _drop(self, job: _Job) -> None:
+        """Forget a job and its sequence entirely (after an error)."""
+        if job.sampler is not None:
+            job.sampler.close()
+            job.sampler = None
+        if job.seq_id >= 0 and self.table.get(job.seq_id) is not None:
+            self.ctx.seq_rm(job.seq_id)
+            self.table.release(job.seq_id)
+
+
+def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that could begin a stop string (held back)."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+

@@ -1,0 +1,267 @@
+"""One searchable index over one folder, kept up to date incrementally and cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from bots.knowledge.cache import ChunkCache, StoredDocument
+from bots.knowledge.chunking import chunk_document
+from bots.knowledge.lexical import LexicalIndex, Vocabulary, tokenize
+from bots.knowledge.model import Chunk, Hit, IndexStats, RefreshResult
+from bots.knowledge.readers import DocumentError, read_document
+from bots.knowledge.scan import MAX_DOCUMENT_BYTES, Candidate, scan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A document as the index holds it in memory: its chunks and their term ids."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    error: str | None
+    chunks: tuple[Chunk, ...]
+    term_ids: tuple[list[int], ...]
+
+
+@dataclass
+class _Changes:
+    """What one refresh changed: saved to the cache in one transaction, counted in the result."""
+
+    stored: list[StoredDocument] = field(default_factory=list)  # added or updated, re-read
+    restamped: list[tuple[str, int, int]] = field(default_factory=list)  # same content, new stat
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What searches read: replaced whole, in one assignment, when a refresh finishes."""
+
+    chunks: tuple[Chunk, ...]
+    lexical: LexicalIndex
+    stats: IndexStats
+
+
+class KnowledgeIndex:
+    """The BM25 index of the documents under `root` (a persona folder or a shared library).
+
+    `refresh()` brings it up to date, re-reading only documents whose size or mtime changed and
+    whose content hash changed, and keeps their chunks in `cache_dir` so a new process re-reads
+    nothing unchanged. `search()` may run in other threads meanwhile: it reads an immutable
+    snapshot that the refresh swaps in when done. Until the first refresh the index is empty.
+    """
+
+    def __init__(self, root: Path, cache_dir: Path, *, library: str | None = None) -> None:
+        self.root = root
+        self.library = library
+        self._cache = ChunkCache(cache_dir, root)
+        self._vocabulary = Vocabulary()
+        self._entries: dict[str, _Entry] | None = None  # None: the cache is not loaded yet
+        self._refresh_lock = threading.Lock()
+        self._snapshot = _Snapshot((), LexicalIndex([], self._vocabulary), IndexStats(0, 0, ()))
+
+    @property
+    def refreshed(self) -> bool:
+        """Whether a refresh has finished (before that, searches find nothing)."""
+        return self._entries is not None
+
+    @property
+    def chunks(self) -> tuple[Chunk, ...]:
+        """Every searchable chunk, by document path and position, as of the last refresh."""
+        return self._snapshot.chunks
+
+    @property
+    def stats(self) -> IndexStats:
+        """The figures of the index as of the last refresh."""
+        return self._snapshot.stats
+
+    def search(self, query: str, k: int = 4) -> list[Hit]:
+        """The `k` chunks that best match `query`, best first (see GROUNDING_MIN_SCORE)."""
+        snapshot = self._snapshot
+        return [
+            Hit(
+                path=f"{self.library}/{chunk.path}" if self.library else chunk.path,
+                title=chunk.title,
+                heading=chunk.heading,
+                text=chunk.text,
+                score=score,
+                library=self.library,
+            )
+            for number, score in snapshot.lexical.search(tokenize(query), k)
+            for chunk in (snapshot.chunks[number],)
+        ]
+
+    def refresh(self) -> RefreshResult:
+        """Bring the index up to date with the folder; one refresh runs at a time."""
+        with self._refresh_lock:
+            return self._refresh()
+
+    def _refresh(self) -> RefreshResult:
+        started = time.perf_counter()
+        first = self._entries is None
+        old = self._load_cache() if self._entries is None else self._entries
+        found = scan(self.root)
+        skipped = list(found.skipped)
+        changes = _Changes()
+        entries: dict[str, _Entry] = {}
+        for candidate in found.candidates:
+            entry = self._visit(candidate, old.get(candidate.rel), changes, skipped)
+            if entry is not None:
+                entries[candidate.rel] = entry
+        removed = [rel for rel in old if rel not in entries]
+        if changes.stored or changes.restamped or removed:
+            self._cache.save(changes.stored, changes.restamped, removed)
+        skipped.extend(f"{e.rel}: {e.error}" for e in entries.values() if e.error)
+        self._entries = entries
+        rebuild = first or bool(changes.stored or removed)
+        stats = self._publish(entries, rebuild=rebuild, skipped=skipped, started=started)
+        result = RefreshResult(
+            added=changes.added,
+            updated=changes.updated,
+            removed=len(removed),
+            unchanged=changes.unchanged,
+            read=len(changes.stored),
+            duration_ms=stats.last_refresh_ms,
+            skipped=stats.skipped,
+        )
+        if changes.stored or removed:
+            log.info(
+                "knowledge %s: %d added, %d updated, %d removed in %.0f ms",
+                self.root,
+                result.added,
+                result.updated,
+                result.removed,
+                result.duration_ms,
+            )
+        return result
+
+    def _visit(
+        self,
+        candidate: Candidate,
+        previous: _Entry | None,
+        changes: _Changes,
+        skipped: list[str],
+    ) -> _Entry | None:
+        """The up-to-date entry of one file, read again only if its content changed."""
+        if previous and (previous.size, previous.mtime_ns) == (candidate.size, candidate.mtime_ns):
+            changes.unchanged += 1
+            return previous
+        data = self._read_bytes(candidate, skipped)
+        if data is None:
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        if previous and previous.sha256 == digest:
+            # Touched but not changed (a save without edits, a checkout): no need to re-read.
+            changes.restamped.append((candidate.rel, candidate.size, candidate.mtime_ns))
+            changes.unchanged += 1
+            return replace(previous, size=candidate.size, mtime_ns=candidate.mtime_ns)
+        stored = self._extract(candidate, data, digest)
+        changes.stored.append(stored)
+        if previous:
+            changes.updated += 1
+        else:
+            changes.added += 1
+        return self._entry(stored)
+
+    def _publish(
+        self, by_path: dict[str, _Entry], *, rebuild: bool, skipped: list[str], started: float
+    ) -> IndexStats:
+        """Swap in a new snapshot; the BM25 matrix is rebuilt only when some chunk changed."""
+        entries = [by_path[rel] for rel in sorted(by_path)]
+        previous = self._snapshot
+        chunks, lexical = previous.chunks, previous.lexical
+        if rebuild:
+            pairs = [
+                (chunk, ids)
+                for entry in entries
+                for chunk, ids in zip(entry.chunks, entry.term_ids, strict=True)
+                if ids  # a chunk of stopwords only can never match
+            ]
+            chunks = tuple(chunk for chunk, _ in pairs)
+            lexical = LexicalIndex([ids for _, ids in pairs], self._vocabulary)
+        for reason in sorted(set(skipped) - set(previous.stats.skipped)):
+            log.warning("knowledge %s: skipped %s", self.root, reason)
+        stats = IndexStats(
+            documents=sum(1 for entry in entries if not entry.error),
+            chunks=len(chunks),
+            skipped=tuple(sorted(skipped)),
+            bytes=sum(entry.size for entry in entries if not entry.error),
+            last_refresh_ms=(time.perf_counter() - started) * 1000,
+        )
+        self._snapshot = _Snapshot(chunks, lexical, stats)
+        return stats
+
+    def _load_cache(self) -> dict[str, _Entry]:
+        return {rel: self._entry(stored) for rel, stored in self._cache.load().items()}
+
+    def _entry(self, stored: StoredDocument) -> _Entry:
+        return _Entry(
+            rel=stored.rel,
+            size=stored.size,
+            mtime_ns=stored.mtime_ns,
+            sha256=stored.sha256,
+            error=stored.error,
+            chunks=stored.chunks,
+            term_ids=tuple(self._vocabulary.ids(terms.split()) for terms in stored.terms),
+        )
+
+    def _read_bytes(self, candidate: Candidate, skipped: list[str]) -> bytes | None:
+        """The file's bytes, or None (and a reason in `skipped`) when it must not or cannot be
+        read. The link check is repeated here: a link may have been re-pointed since the scan."""
+        if not candidate.path.resolve().is_relative_to(self.root.resolve()):
+            skipped.append(f"{candidate.rel}: refused: a link to outside the folder")
+            return None
+        try:
+            with candidate.path.open("rb") as file:
+                data = file.read(MAX_DOCUMENT_BYTES + 1)
+        except OSError as error:
+            skipped.append(f"{candidate.rel}: cannot read: {error.strerror}")
+            return None
+        if len(data) > MAX_DOCUMENT_BYTES:
+            skipped.append(f"{candidate.rel}: too large (it grew past the limit while read)")
+            return None
+        return data
+
+    def _extract(self, candidate: Candidate, data: bytes, digest: str) -> StoredDocument:
+        """Read, chunk and tokenize one document; a failure is kept as the document's error."""
+        try:
+            document = read_document(candidate.rel, data)
+        except Exception as error:
+            # One damaged or hostile file must not stop the other documents from being indexed;
+            # besides DocumentError, parsers raise whatever their internals hit.
+            if not isinstance(error, DocumentError):
+                log.warning("knowledge: reading %s failed", candidate.path, exc_info=True)
+            return StoredDocument(
+                rel=candidate.rel,
+                size=candidate.size,
+                mtime_ns=candidate.mtime_ns,
+                sha256=digest,
+                title="",
+                error=f"cannot read: {error}",
+                chunks=(),
+                terms=(),
+            )
+        chunks = tuple(chunk_document(candidate.rel, document))
+        terms = tuple(
+            " ".join(tokenize(f"{chunk.title}\n{chunk.heading}\n{chunk.text}")) for chunk in chunks
+        )
+        return StoredDocument(
+            rel=candidate.rel,
+            size=candidate.size,
+            mtime_ns=candidate.mtime_ns,
+            sha256=digest,
+            title=document.title,
+            error=None,
+            chunks=chunks,
+            terms=terms,
+        )

@@ -1,0 +1,106 @@
+"""Hot reload end to end with the real watcher: edits are live on the next reply, broken edits
+keep the last good version serving, folders come and go, no-op saves reload nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bots.app import App
+from bots.chat.service import Incoming
+from tests.conftest import persona_md, write
+
+WAIT_S = 10.0
+
+
+async def until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def system_prompt(app: App, persona_id: str, text: str = "Hello") -> str:
+    reply = await app.service.start(
+        Incoming("test", "t", "u", text, persona_id, remember=False, max_tokens=4, temperature=0.0)
+    )
+    async for _ in reply:
+        pass
+    assert reply.prompt is not None
+    return reply.prompt.messages[0].content
+
+
+async def test_edit_is_live_on_the_next_reply(app: App, project: Path) -> None:
+    path = project / "personas" / "pirate" / "persona.md"
+    assert "pirate" in await system_prompt(app, "pirate")
+    write(path, persona_md("You are a gentle poet. Answer in rhyme.", name="Pete"))
+    await until(lambda: "poet" in app.registry.get("pirate").instructions)  # type: ignore[union-attr]
+    assert "poet" in await system_prompt(app, "pirate")
+
+
+async def test_broken_edit_keeps_last_good_persona_and_fix_clears_error(app: App, project: Path) -> None:
+    path = project / "personas" / "pirate" / "persona.md"
+    good_hash = app.registry.get("pirate").content_hash  # type: ignore[union-attr]
+    path.write_text("---\nname: Pete\ncitations: perhaps\n---\nYou are broken.\n")
+    await until(lambda: bool(app.registry.errors()))
+    [error] = app.registry.errors()
+    assert (error.path, error.line, error.key) == (path, 3, "citations")
+    assert app.registry.get("pirate").content_hash == good_hash  # type: ignore[union-attr]
+    assert "pirate" in await system_prompt(app, "pirate")
+    path.write_text(persona_md("You are a fixed pirate.", name="Pete"))
+    await until(lambda: not app.registry.errors())
+    assert "fixed pirate" in await system_prompt(app, "pirate")
+
+
+async def test_unknown_library_is_reported_then_cleared_when_it_appears(app: App, project: Path) -> None:
+    path = project / "personas" / "pirate" / "persona.md"
+    path.write_text(persona_md("Pirate with a map.", knowledge="[maps]"))
+    await until(lambda: any(e.key == "knowledge" for e in app.registry.errors()))
+    write(project / "knowledge" / "maps" / "islands.md", "# Islands\nTortuga is north.\n")
+    await until(lambda: not app.registry.errors())
+    assert app.registry.get("pirate").knowledge == ("maps",)  # type: ignore[union-attr]
+
+
+async def test_new_folder_appears_and_deleted_folder_disappears(app: App, project: Path) -> None:
+    write(project / "personas" / "tutor" / "persona.md", persona_md("You are a tutor."))
+    await until(lambda: app.registry.get("tutor") is not None)
+    for child in (project / "personas" / "tutor").iterdir():
+        child.unlink()
+    (project / "personas" / "tutor").rmdir()
+    await until(lambda: app.registry.get("tutor") is None)
+
+
+async def test_atomic_save_with_temp_file_and_rename(app: App, project: Path) -> None:
+    folder = project / "personas" / "pirate"
+    temp = folder / ".persona.md.tmp123"
+    temp.write_text(persona_md("You are an atomic pirate.", name="Pete"))
+    os.replace(temp, folder / "persona.md")
+    await until(lambda: "atomic" in app.registry.get("pirate").instructions)  # type: ignore[union-attr]
+    assert app.registry.get("pirate") is not None
+
+
+async def test_noop_save_does_not_reload(app: App, project: Path) -> None:
+    path = project / "personas" / "pirate" / "persona.md"
+    before = app.registry.state("pirate")
+    path.write_bytes(path.read_bytes())
+    await asyncio.sleep(0.6)
+    after = app.registry.state("pirate")
+    assert after is before
+
+
+async def test_document_edit_reaches_retrieval(app: App, project: Path) -> None:
+    librarian = app.registry.get("librarian")
+    assert librarian is not None
+    write(
+        project / "knowledge" / "handbook" / "parking.md",
+        "# Parking\nThe bicycle garage code is 4711.\n",
+    )
+
+    def found() -> bool:
+        hits = app.service.retrieve(librarian, "bicycle garage code")
+        return bool(hits) and hits[0].path == "handbook/parking.md"
+
+    await until(found)

@@ -1,0 +1,698 @@
+"""The Slack adapter end to end: the real slack-bolt app and the real embedded model against a
+loopback fake Slack (tests/fake_slack.py), in HTTP Events mode and in Socket Mode.
+
+One app (model loaded once) serves the whole module; each test gets a fresh fake Slack and a fresh
+adapter, and uses its own channels or threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from bots.adapters.render import CURSOR
+from bots.adapters.slack_app import INTERRUPTED_NOTE, SlackAdapter, SlackConfigError
+from bots.adapters.slack_format import neutralise_markdown, to_mrkdwn
+from bots.adapters.slack_reply import PLACEHOLDER, SlackLimits
+from bots.app import App
+from bots.chat.policy import Policy
+from bots.chat.service import Incoming
+from bots.chat.store import Turn
+from bots.settings import PolicySettings, SlackSettings, load_settings
+from tests.conftest import HANDBOOK, persona_md, write
+from tests.fake_slack import (
+    APP_TOKEN,
+    BOT_ID,
+    BOT_TOKEN,
+    BOT_USER,
+    CHANNEL,
+    DM,
+    SIGNING_SECRET,
+    TEAM,
+    USER,
+    FakeSlack,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+BOUND = "C0BOUND01"
+ALLOWED_USER = "U0ALLOW01"
+FAST = SlackLimits(update_interval_s=0.05, updates_per_minute=100_000, stream_interval_s=0.05,
+                   ping_interval_s=0.5, replies_interval_s=60.0, stop_grace_s=5.0)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
+    """One started app: librarian (strict, citations), pirate, deckhand (bound), vault (access)."""
+    root = tmp_path_factory.mktemp("slack-project")
+    for name, text in HANDBOOK.items():
+        write(root / "knowledge" / "handbook" / name, text)
+    personas = {
+        "librarian": persona_md(
+            "You are the librarian. Answer only from the documents.", name="Libby",
+            knowledge="[handbook]", grounding="strict", citations="true",
+            description="Answers from the handbook.", starters='["How many vacation days?"]',
+        ),
+        "pirate": persona_md("You are a pirate. Always answer like a pirate.", name="Pete",
+                             description="Talks like a pirate."),
+        "deckhand": persona_md("You are a deckhand. Answer briefly.", name="Dex",
+                               slack=f"{{channels: [{BOUND}]}}"),
+        "vault": persona_md("You guard the vault.", name="Vault",
+                            access=f"{{users: [{ALLOWED_USER}]}}",
+                            greeting='"Hi @here <!channel> <@U0SOMEONE> **welcome**"'),
+    }
+    for persona_id, text in personas.items():
+        write(root / "personas" / persona_id / "persona.md", text)
+    settings = load_settings(root, environ={}, overrides={
+        "model.n_ctx": 4096, "model.max_tokens": 48, "policy.rate_limit_messages": 1000,
+        "default_persona": "pirate",
+    })
+    app = App.create(settings)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def fake() -> AsyncIterator[FakeSlack]:
+    server = FakeSlack()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+Starter = Callable[..., Awaitable[SlackAdapter]]
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def start_bot(bot: App) -> AsyncIterator[Starter]:
+    """Start adapters against a fake: `await start_bot(fake, "http"|"socket", **limits)`."""
+    started: list[SlackAdapter] = []
+
+    async def start(server: FakeSlack, mode: str = "http", **limits: Any) -> SlackAdapter:
+        settings = SlackSettings(
+            bot_token=BOT_TOKEN,
+            app_token=APP_TOKEN if mode == "socket" else "",
+            signing_secret=SIGNING_SECRET if mode == "http" else "",
+            http_host="127.0.0.1",
+            http_port=0,
+            api_url=server.api_url,
+            streaming=server.streaming,
+        )
+        adapter = SlackAdapter(bot, settings=settings, limits=_limits(**limits))
+        await adapter.start()
+        started.append(adapter)
+        if mode == "socket":
+            await server.connected()
+        return adapter
+
+    yield start
+    for adapter in started:
+        await adapter.stop()
+
+
+def _limits(**changes: Any) -> SlackLimits:
+    values = {**FAST.__dict__, **changes}
+    return SlackLimits(**values)
+
+
+def events_url(adapter: SlackAdapter) -> str:
+    return f"http://127.0.0.1:{adapter.http_port}/slack/events"
+
+
+async def answered(app: App, channel: str, root_ts: str, count: int = 1, timeout: float = 90) -> Turn:
+    """Wait until the thread's `count`-th reply is complete and shown; return its turn."""
+    store = app.store
+
+    def replies() -> list[Turn]:
+        conversation = store.conversation_id("slack", f"{channel}:{root_ts}")
+        return [t for t in store.turns(conversation)
+                if t.role == "assistant" and t.status != "pending" and t.platform_message_id]
+
+    deadline = time.monotonic() + timeout
+    while len(done := await store.run(replies)) < count:
+        assert time.monotonic() < deadline, f"no reply in {channel}:{root_ts}"
+        await asyncio.sleep(0.05)
+    return done[count - 1]
+
+
+def shown_text(server: FakeSlack, channel: str, thread_ts: str) -> str:
+    """The bot's messages in a thread joined as one text."""
+    return "\n".join(m.text for m in server.bot_messages(channel, thread_ts))
+
+
+# ---- replies ----
+
+
+async def test_app_mention_gets_a_threaded_reply_edited_as_it_streams(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    event = fake.user_message("pirate: tell me about your ship", mention=True)
+    status, _, took = await fake.post_event(events_url(adapter), event)
+    assert status == 200 and took < 3
+
+    turn = await answered(bot, CHANNEL, event["ts"])
+    await fake.settle()
+    replies = fake.bot_messages(CHANNEL, event["ts"])
+    assert len(replies) == 1
+    reply = replies[0]
+    assert reply.username == "Pete"
+    assert reply.text == to_mrkdwn(turn.content) and CURSOR.strip() not in reply.text
+    updates = [c for c in fake.calls_to("chat.update") if c.args["ts"] == reply.ts]
+    assert len(updates) >= 3, "the reply is edited progressively"
+    assert fake.calls_to("chat.postMessage")[0].args["text"] == PLACEHOLDER
+    assert turn.platform_message_id == f"{CHANNEL}:{reply.ts}"
+    assert bot.adapters["slack"] == "connected"
+
+
+async def test_streaming_api_is_used_where_slack_offers_it(
+    bot: App, start_bot: Starter
+) -> None:
+    server = FakeSlack(streaming=True)
+    await server.start()
+    try:
+        await start_bot(server, "socket")
+        event = server.user_message("pirate: what do you eat?", mention=True)
+        envelope = await server.deliver_event(event)
+        await asyncio.wait_for(envelope.acked.wait(), 3)
+        turn = await answered(bot, CHANNEL, event["ts"])
+        await server.settle()
+        start = server.calls_to("chat.startStream")
+        assert len(start) == 1
+        assert start[0].args["thread_ts"] == event["ts"]
+        assert start[0].args["recipient_user_id"] == USER and start[0].args["recipient_team_id"] == TEAM
+        assert start[0].args["username"] == "Pete"
+        assert server.calls_to("chat.appendStream") and server.calls_to("chat.stopStream")
+        assert not server.calls_to("chat.update")
+        (message,) = server.bot_messages(CHANNEL, event["ts"])
+        assert message.stream == "completed"
+        assert message.text == neutralise_markdown(turn.content)
+    finally:
+        await server.close()
+
+
+async def test_streaming_refused_falls_back_to_edits(bot: App, fake: FakeSlack, start_bot: Starter) -> None:
+    adapter = await start_bot(fake, "http")
+    adapter.streaming = True  # the fake answers chat.startStream with unknown_method
+    event = fake.user_message("pirate: hello there", mention=True)
+    await fake.post_event(events_url(adapter), event)
+    turn = await answered(bot, CHANNEL, event["ts"])
+    await fake.settle()
+    assert fake.calls_to("chat.startStream")
+    assert shown_text(fake, CHANNEL, event["ts"]) == to_mrkdwn(turn.content)
+    assert adapter.streaming is False, "streaming is not tried again"
+
+
+async def test_direct_message_is_answered_without_a_mention(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    await start_bot(fake, "socket")
+    event = fake.user_message("what is the sea like?", channel=DM)
+    await fake.deliver_event(event)
+    turn = await answered(bot, DM, event["ts"])
+    assert turn.persona_id == "pirate"  # the default persona
+    assert shown_text(fake, DM, event["ts"]) == to_mrkdwn(turn.content)
+
+
+async def test_bound_channel_answers_every_message_and_other_channels_only_mentions(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    unbound = fake.user_message("just chatting with colleagues")
+    bound = fake.user_message("how do I coil a rope?", channel=BOUND)
+    await fake.post_event(events_url(adapter), unbound)
+    await fake.post_event(events_url(adapter), bound)
+    turn = await answered(bot, BOUND, bound["ts"])
+    assert turn.persona_id == "deckhand"
+    (reply,) = fake.bot_messages(BOUND)
+    assert reply.username == "Dex" and reply.thread_ts == bound["ts"]
+    await fake.settle()
+    assert not fake.bot_messages(CHANNEL)
+
+
+async def test_thread_continues_with_history_from_the_store(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    first = fake.user_message("librarian: how many vacation days do I get?", mention=True)
+    await fake.post_event(events_url(adapter), first)
+    reply = await answered(bot, CHANNEL, first["ts"])
+    assert reply.persona_id == "librarian"
+    # A plain message in the bot's thread: answered by the thread's persona, with its history.
+    follow = fake.user_message("and when do unused days expire?", thread_ts=first["ts"])
+    await fake.post_event(events_url(adapter), follow)
+    second = await answered(bot, CHANNEL, first["ts"], count=2)
+    assert second.persona_id == "librarian"
+    conversation = bot.store.conversation_id("slack", f"{CHANNEL}:{first['ts']}")
+    roles = [t.role for t in bot.store.turns(conversation)]
+    assert roles == ["user", "assistant", "user", "assistant"]
+    assert not fake.calls_to("conversations.replies")
+    replies = fake.bot_messages(CHANNEL, first["ts"])
+    assert len(replies) == 2 and all(m.username == "Libby" for m in replies)
+
+
+async def test_mention_inside_a_people_thread_reads_the_thread_once(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    root = fake.user_message("who has the keys to the boat?", user="U0OTHER01")
+    fake.user_message("I think Sam has them", user="U0OTHER02", thread_ts=root["ts"])
+    ask = fake.user_message("pirate: who has the keys?", mention=True, thread_ts=root["ts"])
+    await fake.post_event(events_url(adapter), ask)
+    await answered(bot, CHANNEL, root["ts"])
+    (call,) = fake.calls_to("conversations.replies")
+    assert call.args["channel"] == CHANNEL and call.args["ts"] == root["ts"]
+    # The bot is now part of the thread: a plain follow-up is answered from the store.
+    follow = fake.user_message("thanks, and the oars?", thread_ts=root["ts"])
+    await fake.post_event(events_url(adapter), follow)
+    await answered(bot, CHANNEL, root["ts"], count=2)
+    assert len(fake.calls_to("conversations.replies")) == 1
+
+
+async def test_citations_show_sources_in_a_context_block(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    event = fake.user_message("librarian: how many vacation days do I get per year?", mention=True)
+    await fake.post_event(events_url(adapter), event)
+    turn = await answered(bot, CHANNEL, event["ts"])
+    await fake.settle()
+    assert turn.sources
+    (message,) = fake.bot_messages(CHANNEL, event["ts"])
+    context = [b for b in message.blocks if b["type"] == "context"]
+    assert context and "Vacation" in context[0]["elements"][0]["text"]
+    sections = [b["text"]["text"] for b in message.blocks if b["type"] == "section"]
+    assert "".join(sections) == to_mrkdwn(turn.content)
+
+
+async def test_long_replies_are_split_into_several_messages(
+    bot: App, start_bot: Starter
+) -> None:
+    for streaming in (False, True):
+        server = FakeSlack(streaming=streaming)
+        await server.start()
+        try:
+            adapter = await start_bot(server, "http", message_chars=60)
+            event = server.user_message("pirate: describe a storm at sea in detail", mention=True)
+            await server.post_event(events_url(adapter), event)
+            turn = await answered(bot, CHANNEL, event["ts"])
+            await server.settle()
+            parts = server.bot_messages(CHANNEL, event["ts"])
+            assert len(turn.content) > 60, "the model wrote enough to need splitting"
+            assert len(parts) >= 2
+            assert all(len(p.text) <= 60 + 8 for p in parts)
+            joined = " ".join(p.text for p in parts).split()
+            expected = (neutralise_markdown if streaming else to_mrkdwn)(turn.content).split()
+            assert joined == expected
+        finally:
+            await adapter.stop()
+            await server.close()
+
+
+# ---- commands and App Home ----
+
+
+async def test_ask_is_acknowledged_within_3_seconds_and_answered_in_a_thread(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    fields = fake.command("/ask", "pirate where is the treasure?")
+    status, body, took = await fake.post_command(events_url(adapter), fields)
+    assert status == 200 and took < 3
+    question = await fake.wait_for(lambda: [m for m in fake.bot_messages(CHANNEL) if not m.thread_ts])
+    assert "where is the treasure?" in question[0].text and question[0].username == "Pete"
+    turn = await answered(bot, CHANNEL, question[0].ts)
+    assert shown_text(fake, CHANNEL, question[0].ts) == to_mrkdwn(turn.content)
+
+
+async def test_ask_over_socket_mode_and_persona_commands(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    await start_bot(fake, "socket")
+    listing = await fake.deliver(fake.command("/persona", "list"), "slash_commands")
+    await asyncio.wait_for(listing.acked.wait(), 3)
+    assert listing.ack_payload is not None
+    for name in ("Libby", "Pete", "Dex", "Vault"):
+        assert name in listing.ack_payload["text"]
+    info = await fake.deliver(fake.command("/persona", "info librarian"), "slash_commands")
+    await asyncio.wait_for(info.acked.wait(), 3)
+    assert info.ack_payload is not None and "handbook" in info.ack_payload["text"]
+    ask = await fake.deliver(fake.command("/ask", ""), "slash_commands")
+    await asyncio.wait_for(ask.acked.wait(), 3)
+    usage = await fake.wait_for(lambda: fake.responses)
+    assert "Usage" in usage[0]["text"]
+
+
+async def test_app_home_lists_personas_with_descriptions_and_starters(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    await start_bot(fake, "socket")
+    event = {"type": "app_home_opened", "user": USER, "channel": DM, "tab": "home",
+             "event_ts": fake.new_ts()}
+    await fake.deliver_event(event)
+    (published,) = await fake.wait_for(lambda: fake.views)
+    assert published["user_id"] == USER
+    text = json.dumps(published["view"])
+    assert published["view"]["type"] == "home"
+    for expected in ("Libby", "Answers from the handbook.", "How many vacation days?", "Pete"):
+        assert expected in text
+
+
+# ---- safety ----
+
+
+async def test_greeting_mentions_and_broadcasts_are_neutralised(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    event = fake.user_message("vault:", mention=True, user=ALLOWED_USER)
+    await fake.post_event(events_url(adapter), event)
+    (greeting,) = await fake.wait_for(lambda: fake.bot_messages(CHANNEL, event["ts"]))
+    assert "<!channel>" not in greeting.text and "<@U0SOMEONE>" not in greeting.text
+    assert "@here" not in greeting.text and "&lt;!channel&gt;" in greeting.text
+    assert "*welcome*" in greeting.text
+
+
+async def test_bot_own_and_edited_messages_are_ignored(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    url = events_url(adapter)
+    other_bot = fake.user_message("pirate: hi", mention=True, bot_id="B0OTHER01")
+    own = fake.user_message("pirate: hi", channel=DM, user=BOT_USER)
+    edited = {"type": "message", "subtype": "message_changed", "channel": DM, "hidden": True,
+              "ts": fake.new_ts(), "event_ts": fake.new_ts(), "channel_type": "im",
+              "message": {"type": "message", "user": USER, "text": "pirate: edited", "ts": "1.000001"}}
+    deleted = {"type": "message", "subtype": "message_deleted", "channel": DM, "hidden": True,
+               "ts": fake.new_ts(), "deleted_ts": "1.000001", "channel_type": "im"}
+    bot_post = fake.user_message("I am a bot", channel=DM, subtype="bot_message", bot_id=BOT_ID)
+    for event in (other_bot, own, edited, deleted, bot_post):
+        status, _, _ = await fake.post_event(url, event)
+        assert status in (200, 404)
+    await fake.settle(0.5)
+    assert not fake.calls_to("chat.postMessage") and not fake.calls_to("chat.startStream")
+
+
+async def test_persona_access_is_enforced_with_a_private_note(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    event = fake.user_message("vault: open the vault", mention=True)
+    await fake.post_event(events_url(adapter), event)
+    (note,) = await fake.wait_for(lambda: fake.ephemeral)
+    assert note["user"] == USER and "access" in note["text"]
+    await fake.settle()
+    assert not fake.calls_to("chat.postMessage")
+
+
+async def test_per_user_rate_limit_says_so_privately(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    relaxed = bot.service.policy
+    bot.service.policy = Policy(PolicySettings(rate_limit_messages=1, rate_limit_window_s=60))
+    try:
+        first = fake.user_message("pirate: one", mention=True, user="U0RATE001")
+        second = fake.user_message("pirate: two", mention=True, user="U0RATE001")
+        await fake.post_event(events_url(adapter), first)
+        await answered(bot, CHANNEL, first["ts"])
+        await fake.post_event(events_url(adapter), second)
+        (note,) = await fake.wait_for(lambda: fake.ephemeral)
+        assert "too fast" in note["text"] and note["thread_ts"] == second["ts"]
+        await fake.settle()
+        assert not fake.bot_messages(CHANNEL, second["ts"])
+    finally:
+        bot.service.policy = relaxed
+
+
+async def test_place_allowlist_keeps_the_bot_out_of_other_channels(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    relaxed = bot.service.policy
+    bot.service.policy = Policy(PolicySettings(rate_limit_messages=1000, allow_channels=(BOUND,)))
+    try:
+        event = fake.user_message("pirate: hello?", mention=True)
+        await fake.post_event(events_url(adapter), event)
+        await fake.settle(0.5)
+        assert not fake.calls_to("chat.postMessage") and not fake.ephemeral
+    finally:
+        bot.service.policy = relaxed
+
+
+async def test_bad_signature_and_replayed_timestamp_are_rejected_without_effect(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    url = events_url(adapter)
+    before = len(fake.calls)
+    forged = fake.user_message("pirate: forged", mention=True)
+    status, _, _ = await fake.post_event(url, forged, secret="not-the-secret")
+    assert status == 401
+    replayed = fake.user_message("pirate: replayed", mention=True)
+    status, _, _ = await fake.post_event(url, replayed, timestamp=int(time.time()) - 6 * 60)
+    assert status == 401
+    garbled = fake.user_message("pirate: garbled", mention=True)
+    status, _, _ = await fake.post_event(url, garbled, signature="v0=" + "0" * 64)
+    assert status == 401
+    await fake.settle(0.5)
+    assert fake.calls[before:] == []
+
+
+async def test_retries_and_the_mention_message_twin_get_one_reply_even_across_a_restart(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    event = fake.user_message("pirate: how are you?", mention=True)
+    await fake.post_event(events_url(adapter), event, event_id="Ev0RETRY01")
+    await fake.post_event(events_url(adapter), event, event_id="Ev0RETRY01", retry_num=1)
+    await fake.post_event(events_url(adapter), fake.twin(event), event_id="Ev0TWIN001")
+    await answered(bot, CHANNEL, event["ts"])
+    await adapter.stop()
+    restarted = await start_bot(fake, "http")
+    await fake.post_event(events_url(restarted), event, event_id="Ev0RETRY01", retry_num=2)
+    await fake.settle(0.5)
+    assert len(fake.bot_messages(CHANNEL, event["ts"])) == 1
+    assert len([c for c in fake.calls_to("chat.postMessage")]) == 1
+
+
+async def test_malformed_payloads_get_no_reply_and_do_not_break_the_bot(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    url = events_url(adapter)
+    good = fake.user_message("pirate: fine", mention=True)
+    broken: list[Any] = [
+        "not an object",
+        {"type": "app_mention"},
+        {**good, "ts": fake.new_ts(), "channel": None},
+        {**good, "ts": fake.new_ts(), "text": 12345},
+        {**good, "ts": fake.new_ts(), "user": ["U0USER001"]},
+        {**good, "ts": fake.new_ts(), "thread_ts": {"ts": 1}},
+        {**good, "ts": fake.new_ts(), "text": "pirate: " + "x" * 50_000},
+        {**good, "ts": fake.new_ts(), "text": "pirate: hi\x00\x07there"},
+        {**good, "ts": "not-a-ts"},
+    ]
+    for event in broken:
+        status, _, _ = await fake.post_event(url, event)
+        assert status in (200, 404)
+    status, _, _ = await fake.post_signed(url, "{not json")
+    assert status in (200, 400, 401, 404)
+    await fake.settle(0.5)
+    assert not fake.calls_to("chat.postMessage")
+    await fake.post_event(url, good)
+    await answered(bot, CHANNEL, good["ts"])
+
+
+async def test_rate_limited_web_api_calls_are_waited_out_and_nothing_is_dropped(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    fake.rate_limit("chat.update", times=2, retry_after_s=1)
+    event = fake.user_message("pirate: sing me a short song", mention=True)
+    await fake.post_event(events_url(adapter), event)
+    turn = await answered(bot, CHANNEL, event["ts"])
+    await fake.settle()
+    assert shown_text(fake, CHANNEL, event["ts"]) == to_mrkdwn(turn.content)
+    updates = fake.calls_to("chat.update")
+    assert len(updates) >= 3
+    gap = max(b.at - a.at for a, b in zip(updates, updates[1:], strict=False))
+    assert gap >= 0.9, "the adapter waited for Retry-After"
+
+
+async def test_missing_customize_scope_falls_back_to_the_app_name(
+    bot: App, start_bot: Starter
+) -> None:
+    server = FakeSlack(customize=False)
+    await server.start()
+    try:
+        adapter = await start_bot(server, "http")
+        event = server.user_message("pirate: ahoy", mention=True)
+        await server.post_event(events_url(adapter), event)
+        turn = await answered(bot, CHANNEL, event["ts"])
+        (reply,) = server.bot_messages(CHANNEL, event["ts"])
+        assert reply.username == "" and reply.text == to_mrkdwn(turn.content)
+    finally:
+        await server.close()
+
+
+async def test_thumbs_reactions_on_a_reply_are_stored_as_feedback(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    await start_bot(fake, "socket")
+    event = fake.user_message("pirate: rate me", mention=True)
+    await fake.deliver_event(event)
+    turn = await answered(bot, CHANNEL, event["ts"])
+    reply_ts = turn.platform_message_id.split(":")[1]
+
+    def reaction(kind: str, name: str, user: str = USER) -> dict[str, Any]:
+        return {"type": kind, "user": user, "reaction": name, "item_user": BOT_USER,
+                "item": {"type": "message", "channel": CHANNEL, "ts": reply_ts},
+                "event_ts": fake.new_ts()}
+
+    def feedback() -> list[tuple[str, int]]:
+        return sorted((f.user_id, f.value) for f in bot.store.feedback() if f.turn_id == turn.id)
+
+    async def until(expected: list[tuple[str, int]]) -> None:
+        deadline = time.monotonic() + 5
+        while feedback() != expected:
+            assert time.monotonic() < deadline, feedback()
+            await asyncio.sleep(0.05)
+
+    await fake.deliver_event(reaction("reaction_added", "+1"))
+    await fake.deliver_event(reaction("reaction_added", "thumbsdown::skin-tone-2", "U0OTHER01"))
+    await fake.deliver_event(reaction("reaction_added", "tada", "U0OTHER02"))
+    await until([("U0OTHER01", -1), (USER, 1)])
+    await fake.deliver_event(reaction("reaction_removed", "+1"))
+    await until([("U0OTHER01", -1)])
+
+
+# ---- connection ----
+
+
+async def test_socket_mode_reconnects_mid_reply_without_losing_or_repeating(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "socket")
+    first = fake.user_message("pirate: tell me a long tale", mention=True)
+    delivered = await fake.deliver_event(first)
+    await asyncio.wait_for(delivered.acked.wait(), 3)
+    # Mid-reply: Slack asks for a reconnect, then the new connection is cut without warning.
+    await fake.wait_for(lambda: fake.calls_to("chat.update"))
+    await fake.ask_to_reconnect()
+    await fake.wait_for(lambda: fake.connections >= 2, timeout=10)
+    await fake.drop()
+    # Sent while disconnected: Slack keeps it and delivers it on the next connection.
+    second = fake.user_message("pirate: are you still there?", mention=True)
+    pending = await fake.deliver_event(second)
+    await fake.wait_for(lambda: fake.connections >= 3, timeout=15)
+    await asyncio.wait_for(pending.acked.wait(), 10)
+    assert pending.retry_attempt >= 1
+    # Slack retries the first event too, as if its ack had been lost.
+    await fake.deliver(delivered.payload, retry_of=delivered.envelope_id)
+    first_turn = await answered(bot, CHANNEL, first["ts"])
+    second_turn = await answered(bot, CHANNEL, second["ts"])
+    await fake.settle()
+    assert shown_text(fake, CHANNEL, first["ts"]) == to_mrkdwn(first_turn.content)
+    assert shown_text(fake, CHANNEL, second["ts"]) == to_mrkdwn(second_turn.content)
+    assert len(fake.bot_messages(CHANNEL)) == 2
+    assert bot.adapters["slack"] == "connected"
+    assert adapter.bot_user_id == BOT_USER
+
+
+async def test_stop_cuts_an_unfinished_reply_with_a_note(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "socket", stop_grace_s=0.01)
+    event = fake.user_message("pirate: tell me everything about the seven seas", mention=True)
+    await fake.deliver_event(event)
+    await fake.wait_for(lambda: fake.calls_to("chat.update"))
+    await adapter.stop()
+    (message,) = fake.bot_messages(CHANNEL, event["ts"])
+    assert message.text.endswith("_" + INTERRUPTED_NOTE + "_")
+    assert bot.adapters["slack"] == "stopped"
+
+
+async def test_persona_edited_on_disk_changes_the_next_reply(
+    bot: App, fake: FakeSlack, start_bot: Starter
+) -> None:
+    adapter = await start_bot(fake, "http")
+    path = bot.settings.personas_dir / "editor" / "persona.md"
+    write(path, persona_md("You edit texts.", name="Ed"))
+    await _until_persona(bot, "editor", "Ed")
+    first = fake.user_message("editor: fix my spelling", mention=True)
+    await fake.post_event(events_url(adapter), first)
+    await answered(bot, CHANNEL, first["ts"])
+    write(path, persona_md("You edit texts.", name="Eddie"))
+    await _until_persona(bot, "editor", "Eddie")
+    second = fake.user_message("editor: fix my grammar", mention=True)
+    await fake.post_event(events_url(adapter), second)
+    await answered(bot, CHANNEL, second["ts"])
+    assert [m.username for m in fake.bot_messages(CHANNEL)] == ["Ed", "Eddie"]
+
+
+async def _until_persona(app: App, persona_id: str, name: str) -> None:
+    deadline = time.monotonic() + 10
+    while (p := app.registry.get(persona_id)) is None or p.display_name != name:
+        assert time.monotonic() < deadline, f"{persona_id} not reloaded"
+        await asyncio.sleep(0.05)
+
+
+async def test_incomplete_credentials_are_refused_with_the_setting_named(bot: App) -> None:
+    with pytest.raises(SlackConfigError, match="SLACK_APP_TOKEN"):
+        SlackAdapter(bot, settings=SlackSettings(bot_token=BOT_TOKEN))
+    with pytest.raises(SlackConfigError, match="SLACK_BOT_TOKEN"):
+        SlackAdapter(bot, settings=SlackSettings(bot_token="xoxp-user", app_token=APP_TOKEN))
+
+
+# ---- measurement ----
+
+
+async def test_latency_compared_with_a_direct_answer(
+    bot: App, fake: FakeSlack, start_bot: Starter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Event -> first visible text and -> final text in Slack, against `bots ask` (the service
+    directly) on the same request in the same run; the adapter may add little on loopback."""
+    await start_bot(fake, "socket", update_interval_s=1.2, updates_per_minute=50)
+    question = "pirate: what is your favourite island?"
+    slack_first, slack_final, direct_first, direct_final = [], [], [], []
+    for _ in range(3):
+        event = fake.user_message(question, mention=True)
+        envelope = await fake.deliver_event(event)
+        turn = await answered(bot, CHANNEL, event["ts"])
+        shown = [c.at for c in fake.calls if c.method == "chat.update"
+                 and c.args.get("ts") == turn.platform_message_id.split(":")[1]]
+        slack_first.append(shown[0] - envelope.sent_at)
+        slack_final.append(shown[-1] - envelope.sent_at)
+        started = time.perf_counter()
+        reply = await bot.service.start(
+            Incoming("cli", "", "cli", question.split(": ", 1)[1], "pirate", remember=False),
+            check_policy=False,
+        )
+        first = 0.0
+        async for _piece in reply:
+            first = first or time.perf_counter() - started
+        direct_first.append(first)
+        direct_final.append(time.perf_counter() - started)
+    figures = {
+        "slack_first_visible_s": statistics.median(slack_first),
+        "slack_final_s": statistics.median(slack_final),
+        "direct_first_token_s": statistics.median(direct_first),
+        "direct_final_s": statistics.median(direct_final),
+    }
+    with capsys.disabled():
+        print("\nslack latency (median of 3):", json.dumps({k: round(v, 3) for k, v in figures.items()}))
+    assert figures["slack_first_visible_s"] < figures["direct_first_token_s"] + 1.0
