@@ -34,6 +34,7 @@ class App:
     watcher: Watcher | None = None
     started_at: float = 0.0
     adapters: dict[str, str] = field(default_factory=dict)
+    _model_loaded: bool = False
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine | None = None) -> App:
@@ -45,12 +46,14 @@ class App:
         service = ChatService(settings, registry, knowledge, engine, store)
         return cls(settings, registry, knowledge, engine, store, service)
 
-    async def start(self, *, watch: bool = True) -> None:
+    async def start(self, *, watch: bool = True, load_model: bool = True) -> None:
         """Load personas and indexes, load the model, start watching files."""
         self.started_at = time.time()
         await asyncio.to_thread(self.registry.load_all)
         await asyncio.to_thread(self._refresh_indexes)
-        await self.engine.start()
+        if load_model:
+            await self.engine.start()
+        self._model_loaded = load_model
         if watch:
             self.watcher = Watcher(
                 [self.settings.personas_dir, self.settings.knowledge_dir], self.on_files_changed
@@ -60,7 +63,8 @@ class App:
     async def close(self) -> None:
         if self.watcher is not None:
             await asyncio.to_thread(self.watcher.stop)
-        await self.engine.close()
+        if self._model_loaded:
+            await self.engine.close()
         self.store.close()
 
     def _refresh_indexes(self) -> None:

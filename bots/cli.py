@@ -26,14 +26,16 @@ def setup_logging(verbose: int, json_logs: bool = False) -> None:
 @click.group()
 @click.option("--config", type=click.Path(path_type=Path), help="bots.toml to read")
 @click.option("--personas", "personas_dir", type=click.Path(path_type=Path), help="persona folders")
-@click.option("--knowledge", "knowledge_dir", type=click.Path(path_type=Path), help="shared libraries")
+@click.option(
+    "--knowledge", "knowledge_dir", type=click.Path(path_type=Path), help="shared libraries"
+)
 @click.option("--data-dir", type=click.Path(path_type=Path), help="conversations and index cache")
 @click.option("--model", "model_path", help="GGUF model file (default: embedded SmolLM2-135M)")
 @click.option("--endpoint", help="OpenAI-compatible endpoint to use instead of a local model")
 @click.option("--engine", type=click.Choice(["batched", "simple"]), help="local engine")
 @click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
 @click.pass_context
-def main(ctx: click.Context, config: Path | None, verbose: int, **flags: Any) -> None:
+def main(ctx: click.Context, /, config: Path | None, verbose: int, **flags: Any) -> None:
     """Turn a folder of instructions and documents into a chat bot."""
     overrides = {
         "personas_dir": flags["personas_dir"],
@@ -121,8 +123,15 @@ def ask(
         ready = time.perf_counter()
         try:
             incoming = Incoming(
-                "cli", "", "cli", question, persona, remember=False,
-                temperature=temperature, seed=seed, max_tokens=max_tokens,
+                "cli",
+                "",
+                "cli",
+                question,
+                persona,
+                remember=False,
+                temperature=temperature,
+                seed=seed,
+                max_tokens=max_tokens,
             )
             reply = await app.service.start(incoming, check_policy=False)
             async for piece in reply:
@@ -202,7 +211,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool
     from bots.app import App
     from bots.serve import serve as run_server
 
-    settings = settings_of(ctx, **{"server.host": host, "server.port": port, "server.log_json": log_json})
+    settings = settings_of(
+        ctx, **{"server.host": host, "server.port": port, "server.log_json": log_json}
+    )
     if settings.server.log_json:
         setup_logging(max(ctx.obj["verbose"], 1), json_logs=True)
     elif ctx.obj["verbose"] == 0:
@@ -219,14 +230,20 @@ def status(ctx: click.Context, url: str | None) -> None:
 
     settings = settings_of(ctx)
     base = url or f"http://{settings.server.host}:{settings.server.port}"
-    headers = {"Authorization": f"Bearer {settings.server.api_token}"} if settings.server.api_token else {}
+    headers = (
+        {"Authorization": f"Bearer {settings.server.api_token}"}
+        if settings.server.api_token
+        else {}
+    )
     try:
         body = httpx.get(f"{base}/status", headers=headers, timeout=5).raise_for_status().json()
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach {base}/status: {exc}") from exc
     engine = body["engine"]
-    click.echo(f"engine  {engine['model']}  healthy={engine['healthy']}  "
-               f"queue {engine['queue_depth']}/{engine['queue_capacity']}  active {engine['active']}")
+    click.echo(
+        f"engine  {engine['model']}  healthy={engine['healthy']}  "
+        f"queue {engine['queue_depth']}/{engine['queue_capacity']}  active {engine['active']}"
+    )
     for name, state in body["adapters"].items():
         click.echo(f"adapter {name}: {state}")
     for p in body["personas"]:
@@ -235,3 +252,44 @@ def status(ctx: click.Context, url: str | None) -> None:
         for e in p["errors"]:
             click.echo(f"      {e['path']}:{e['line']}: {e['key']}: {e['message']}")
     sys.exit(0 if all(not p["errors"] for p in body["personas"]) else 1)
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Benchmarks that print ratios against baselines measured in the same run."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@bench.command("reload")
+@click.option("--edits", default=50, show_default=True, help="number of saves to time")
+def bench_reload(edits: int) -> None:
+    """Write-to-live latency of persona edits through the real watcher."""
+    from bots.bench.reload import measure_reload
+
+    result = asyncio.run(measure_reload(edits))
+    click.echo(
+        f"reload latency over {edits} edits: p50 {result['p50_ms']:.0f} ms, "
+        f"p95 {result['p95_ms']:.0f} ms, max {result['max_ms']:.0f} ms"
+    )
+
+
+@bench.command("knowledge")
+@click.option(
+    "--docs",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=Path("/usr/share/doc/python3.11/html"),
+    show_default=True,
+    help="a documentation folder (Debian: apt-get install python3.11-doc)",
+)
+def bench_knowledge(docs: Path) -> None:
+    """Cold index, warm restart, one-document refresh and query latency on a real doc set."""
+    import tempfile
+
+    from bots.knowledge.bench import run_knowledge_bench
+
+    with tempfile.TemporaryDirectory(prefix="bots-kbench-") as cache:
+        result = run_knowledge_bench(docs, Path(cache))
+    for key, value in result.items():
+        click.echo(f"{key:<28} {value:,.2f}")

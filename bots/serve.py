@@ -18,7 +18,12 @@ log = logging.getLogger(__name__)
 
 def configured_adapters(app: App) -> list[Adapter]:
     """Adapters whose tokens are set (env, .env or bots.toml)."""
-    return []
+    adapters: list[Adapter] = []
+    if app.settings.discord.token:
+        from bots.adapters.discord_bot import DiscordAdapter
+
+        adapters.append(DiscordAdapter(app))
+    return adapters
 
 
 AdapterFactory = Callable[[App], list[Adapter]]

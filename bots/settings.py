@@ -94,6 +94,8 @@ class DiscordSettings:
     api_url: str = ""
     gateway_url: str = ""
     persona_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # Seconds between progressive edits of a streamed reply (Discord allows ~5 edits / 5 s).
+    edit_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)

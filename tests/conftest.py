@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -70,7 +70,11 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings_for() -> Callable[..., Settings]:
     def make(root: Path, **overrides: object) -> Settings:
-        base: dict[str, object] = {"model.n_ctx": 4096, "model.max_tokens": 48, "model.engine": "simple"}
+        base: dict[str, object] = {
+            "model.n_ctx": 4096,
+            "model.max_tokens": 48,
+            "model.engine": "simple",
+        }
         return load_settings(root, environ={}, overrides={**base, **overrides})
 
     return make

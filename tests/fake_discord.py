@@ -16,6 +16,7 @@ connections, replays of already-delivered events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
@@ -45,8 +46,14 @@ MANAGE_WEBHOOKS = 1 << 29
 CREATE_PUBLIC_THREADS = 1 << 35
 SEND_MESSAGES_IN_THREADS = 1 << 38
 EVERYONE_PERMISSIONS = (
-    ADD_REACTIONS | VIEW_CHANNEL | SEND_MESSAGES | EMBED_LINKS | ATTACH_FILES
-    | READ_MESSAGE_HISTORY | USE_APPLICATION_COMMANDS | CREATE_PUBLIC_THREADS
+    ADD_REACTIONS
+    | VIEW_CHANNEL
+    | SEND_MESSAGES
+    | EMBED_LINKS
+    | ATTACH_FILES
+    | READ_MESSAGE_HISTORY
+    | USE_APPLICATION_COMMANDS
+    | CREATE_PUBLIC_THREADS
     | SEND_MESSAGES_IN_THREADS
 )
 
@@ -150,7 +157,9 @@ class BotAccount:
 class FakeDiscord:
     """The fake Discord. `await start()`, point the client at `api_url`/`gateway_url`."""
 
-    def __init__(self, *, manage_webhooks: bool = True, content_intent_granted: bool = True) -> None:
+    def __init__(
+        self, *, manage_webhooks: bool = True, content_intent_granted: bool = True
+    ) -> None:
         self.ids = Snowflakes()
         self.manage_webhooks = manage_webhooks
         self.content_intent_granted = content_intent_granted
@@ -175,12 +184,27 @@ class FakeDiscord:
 
     # ----------------------------------------------------------------- the world
 
-    def _add_role(self, role_id: str, name: str, permissions: int, *, position: int,
-                  tags: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _add_role(
+        self,
+        role_id: str,
+        name: str,
+        permissions: int,
+        *,
+        position: int,
+        tags: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         role: dict[str, Any] = {
-            "id": role_id, "name": name, "color": 0, "colors": {"primary_color": 0},
-            "hoist": False, "icon": None, "unicode_emoji": None, "position": position,
-            "permissions": str(permissions), "managed": tags is not None, "mentionable": False,
+            "id": role_id,
+            "name": name,
+            "color": 0,
+            "colors": {"primary_color": 0},
+            "hoist": False,
+            "icon": None,
+            "unicode_emoji": None,
+            "position": position,
+            "permissions": str(permissions),
+            "managed": tags is not None,
+            "mentionable": False,
             "flags": 0,
         }
         if tags is not None:
@@ -192,12 +216,21 @@ class FakeDiscord:
         """A plain guild role; returns its id."""
         return str(self._add_role(self.ids.next(), name, 0, position=len(self.roles))["id"])
 
-    def add_user(self, username: str, *, roles: Iterable[str] = (), bot: bool = False) -> dict[str, Any]:
+    def add_user(
+        self, username: str, *, roles: Iterable[str] = (), bot: bool = False
+    ) -> dict[str, Any]:
         """A guild member (user object returned); `roles` are role ids."""
         user: dict[str, Any] = {
-            "id": self.ids.next(), "username": username, "global_name": username.title(),
-            "discriminator": "0", "avatar": None, "public_flags": 0, "flags": 0,
-            "banner": None, "accent_color": None, "avatar_decoration_data": None,
+            "id": self.ids.next(),
+            "username": username,
+            "global_name": username.title(),
+            "discriminator": "0",
+            "avatar": None,
+            "public_flags": 0,
+            "flags": 0,
+            "banner": None,
+            "accent_color": None,
+            "avatar_decoration_data": None,
         }
         if bot:
             user["bot"] = True
@@ -210,17 +243,30 @@ class FakeDiscord:
         user = self.add_user(username, bot=True)
         app_id = user["id"]  # Discord gives bots created today the application's id
         role = self._add_role(
-            self.ids.next(), username,
+            self.ids.next(),
+            username,
             EVERYONE_PERMISSIONS | (MANAGE_WEBHOOKS if self.manage_webhooks else 0),
-            position=len(self.roles), tags={"bot_id": user["id"]},
+            position=len(self.roles),
+            tags={"bot_id": user["id"]},
         )
         self.member_roles[user["id"]] = [role["id"]]
         application = {
-            "id": app_id, "name": username, "icon": None, "description": "", "summary": "",
-            "type": None, "bot_public": True, "bot_require_code_grant": False,
-            "verify_key": uuid.uuid4().hex * 2, "flags": 1 << 19 | 1 << 23,  # content + members intents
-            "owner": self.owner, "team": None, "rpc_origins": [], "tags": [],
-            "redirect_uris": [], "interactions_endpoint_url": None,
+            "id": app_id,
+            "name": username,
+            "icon": None,
+            "description": "",
+            "summary": "",
+            "type": None,
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "verify_key": uuid.uuid4().hex * 2,
+            "flags": 1 << 19 | 1 << 23,  # content + members intents
+            "owner": self.owner,
+            "team": None,
+            "rpc_origins": [],
+            "tags": [],
+            "redirect_uris": [],
+            "interactions_endpoint_url": None,
             "integration_types_config": {"0": {}},
         }
         account = BotAccount(token, user, application, str(role["id"]))
@@ -230,9 +276,17 @@ class FakeDiscord:
     def add_channel(self, name: str, *, parent: str | None = None) -> str:
         """A guild text channel; announced with CHANNEL_CREATE if bots are connected."""
         channel: dict[str, Any] = {
-            "id": self.ids.next(), "type": 0, "guild_id": self.guild_id, "name": name,
-            "position": len(self.channels), "permission_overwrites": [], "parent_id": parent,
-            "topic": None, "nsfw": False, "last_message_id": None, "rate_limit_per_user": 0,
+            "id": self.ids.next(),
+            "type": 0,
+            "guild_id": self.guild_id,
+            "name": name,
+            "position": len(self.channels),
+            "permission_overwrites": [],
+            "parent_id": parent,
+            "topic": None,
+            "nsfw": False,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
             "flags": 0,
         }
         self.channels[channel["id"]] = channel
@@ -242,12 +296,19 @@ class FakeDiscord:
     def dm_channel(self, user: dict[str, Any], bot: BotAccount) -> str:
         """The DM channel between a user and a bot (created on first use)."""
         for channel in self.channels.values():
-            if channel["type"] == 1 and {r["id"] for r in channel["recipients"]} == {user["id"]} \
-                    and channel.get("_bot") == bot.id:
+            if (
+                channel["type"] == 1
+                and {r["id"] for r in channel["recipients"]} == {user["id"]}
+                and channel.get("_bot") == bot.id
+            ):
                 return str(channel["id"])
         channel = {
-            "id": self.ids.next(), "type": 1, "last_message_id": None, "flags": 0,
-            "recipients": [user], "_bot": bot.id,
+            "id": self.ids.next(),
+            "type": 1,
+            "last_message_id": None,
+            "flags": 0,
+            "recipients": [user],
+            "_bot": bot.id,
         }
         self.channels[channel["id"]] = channel
         return str(channel["id"])
@@ -255,9 +316,17 @@ class FakeDiscord:
     def member(self, user: dict[str, Any], *, with_user: bool = True) -> dict[str, Any]:
         """A guild member object (partial when embedded in a message)."""
         data: dict[str, Any] = {
-            "roles": list(self.member_roles.get(user["id"], [])), "nick": None, "avatar": None,
-            "banner": None, "premium_since": None, "joined_at": timestamp(0), "deaf": False,
-            "mute": False, "flags": 0, "pending": False, "communication_disabled_until": None,
+            "roles": list(self.member_roles.get(user["id"], [])),
+            "nick": None,
+            "avatar": None,
+            "banner": None,
+            "premium_since": None,
+            "joined_at": timestamp(0),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "pending": False,
+            "communication_disabled_until": None,
         }
         if with_user:
             data["user"] = user
@@ -265,30 +334,62 @@ class FakeDiscord:
 
     def guild_payload(self) -> dict[str, Any]:
         """GUILD_CREATE data: the guild with roles, members, channels and threads."""
-        channels = [_public(c) for c in self.channels.values() if c.get("guild_id") and c["type"] == 0]
+        channels = [
+            _public(c) for c in self.channels.values() if c.get("guild_id") and c["type"] == 0
+        ]
         threads = [_public(c) for c in self.channels.values() if c["type"] == 11]
         return {
-            "id": self.guild_id, "name": "Test Guild", "icon": None, "splash": None,
-            "discovery_splash": None, "owner_id": self.owner["id"], "afk_channel_id": None,
-            "afk_timeout": 300, "verification_level": 0, "default_message_notifications": 1,
-            "explicit_content_filter": 0, "roles": list(self.roles.values()), "emojis": [],
-            "features": [], "mfa_level": 0, "application_id": None, "system_channel_id": None,
-            "system_channel_flags": 0, "rules_channel_id": None, "max_members": 500000,
-            "vanity_url_code": None, "description": None, "banner": None, "premium_tier": 0,
-            "premium_subscription_count": 0, "preferred_locale": "en-US",
-            "public_updates_channel_id": None, "nsfw_level": 0, "stickers": [],
-            "premium_progress_bar_enabled": False, "safety_alerts_channel_id": None,
-            "joined_at": timestamp(0), "large": False, "unavailable": False,
-            "member_count": len(self.users), "voice_states": [],
+            "id": self.guild_id,
+            "name": "Test Guild",
+            "icon": None,
+            "splash": None,
+            "discovery_splash": None,
+            "owner_id": self.owner["id"],
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 1,
+            "explicit_content_filter": 0,
+            "roles": list(self.roles.values()),
+            "emojis": [],
+            "features": [],
+            "mfa_level": 0,
+            "application_id": None,
+            "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "max_members": 500000,
+            "vanity_url_code": None,
+            "description": None,
+            "banner": None,
+            "premium_tier": 0,
+            "premium_subscription_count": 0,
+            "preferred_locale": "en-US",
+            "public_updates_channel_id": None,
+            "nsfw_level": 0,
+            "stickers": [],
+            "premium_progress_bar_enabled": False,
+            "safety_alerts_channel_id": None,
+            "joined_at": timestamp(0),
+            "large": False,
+            "unavailable": False,
+            "member_count": len(self.users),
+            "voice_states": [],
             "members": [self.member(u) for u in self.users.values()],
-            "channels": channels, "threads": threads, "presences": [],
-            "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
+            "channels": channels,
+            "threads": threads,
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
         }
 
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._record_middleware], client_max_size=8 * 1024 * 1024)
+        app = web.Application(
+            middlewares=[self._record_middleware], client_max_size=8 * 1024 * 1024
+        )
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/attachments/{name}", self._attachment)
         api = "/api/v10"
@@ -340,7 +441,9 @@ class FakeDiscord:
     # ----------------------------------------------------------------- REST plumbing
 
     @web.middleware
-    async def _record_middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+    async def _record_middleware(
+        self, request: web.Request, handler: Callable[..., Any]
+    ) -> web.StreamResponse:
         if request.path == "/gateway":
             return await handler(request)  # type: ignore[no-any-return]
         body: Any = None
@@ -353,14 +456,24 @@ class FakeDiscord:
             else:
                 body = raw.decode("utf-8", "replace")
         token = request.headers.get("Authorization", "").removeprefix("Bot ")
-        call = Call(request.method, request.path.removeprefix("/api/v10"), dict(request.query),
-                    body, 0, self.bots[token].id if token in self.bots else "")
+        call = Call(
+            request.method,
+            request.path.removeprefix("/api/v10"),
+            dict(request.query),
+            body,
+            0,
+            self.bots[token].id if token in self.bots else "",
+        )
         request["call"] = call
         response: web.StreamResponse
         fault = self._take_fault(request.method, call.path)
         if fault is not None:
             response = self._fault_response(fault)
-        elif request.path.startswith("/api/") and _needs_bot_auth(call.path) and token not in self.bots:
+        elif (
+            request.path.startswith("/api/")
+            and _needs_bot_auth(call.path)
+            and token not in self.bots
+        ):
             response = _json({"message": "401: Unauthorized", "code": 0}, status=401)
         else:
             try:
@@ -386,13 +499,24 @@ class FakeDiscord:
             headers = {"Retry-After": f"{fault.retry_after:.3f}", "X-RateLimit-Scope": "user"}
             if fault.via:
                 headers["Via"] = "1.1 google"
-            body = {"message": "You are being rate limited.", "retry_after": fault.retry_after,
-                    "global": False}
+            body = {
+                "message": "You are being rate limited.",
+                "retry_after": fault.retry_after,
+                "global": False,
+            }
             return _json(body, status=429, headers=headers)
         return _json({"message": "Service unavailable", "code": 0}, status=fault.status)
 
-    def fail(self, method: str, path_pattern: str, status: int, *, times: int = 1,
-             retry_after: float = 0.0, via: bool = True) -> Fault:
+    def fail(
+        self,
+        method: str,
+        path_pattern: str,
+        status: int,
+        *,
+        times: int = 1,
+        retry_after: float = 0.0,
+        via: bool = True,
+    ) -> Fault:
         """Answer the next `times` matching requests with an error (429 carries Retry-After)."""
         fault = Fault(method, re.compile(path_pattern), status, times, retry_after, via)
         self.faults.append(fault)
@@ -411,19 +535,35 @@ class FakeDiscord:
         return _json(self._bot_of(request).application)
 
     async def _gateway_url(self, request: web.Request) -> web.Response:
-        return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": {
-            "total": 1000, "remaining": 999, "reset_after": 14400000, "max_concurrency": 1}})
+        return _json(
+            {
+                "url": self.gateway_url,
+                "shards": 1,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 14400000,
+                    "max_concurrency": 1,
+                },
+            }
+        )
 
     async def _sync_commands(self, request: web.Request) -> web.Response:
         bot = self._bot_of(request)
         body = request["call"].body
         bot.commands = []
         for command in body:
-            bot.commands.append({
-                **command, "id": self.ids.next(), "application_id": bot.application["id"],
-                "version": self.ids.next(), "default_member_permissions": None,
-                "type": command.get("type", 1), "nsfw": command.get("nsfw", False),
-            })
+            bot.commands.append(
+                {
+                    **command,
+                    "id": self.ids.next(),
+                    "application_id": bot.application["id"],
+                    "version": self.ids.next(),
+                    "default_member_permissions": None,
+                    "type": command.get("type", 1),
+                    "nsfw": command.get("nsfw", False),
+                }
+            )
         return _json(bot.commands)
 
     async def _list_commands(self, request: web.Request) -> web.Response:
@@ -451,9 +591,21 @@ class FakeDiscord:
     def _check_content(self, body: dict[str, Any]) -> None:
         content = body.get("content")
         if isinstance(content, str) and len(content) > MESSAGE_LIMIT:
-            raise _error(400, 50035, "Invalid Form Body", {"content": {"_errors": [{
-                "code": "BASE_TYPE_MAX_LENGTH",
-                "message": f"Must be {MESSAGE_LIMIT} or fewer in length."}]}})
+            raise _error(
+                400,
+                50035,
+                "Invalid Form Body",
+                {
+                    "content": {
+                        "_errors": [
+                            {
+                                "code": "BASE_TYPE_MAX_LENGTH",
+                                "message": f"Must be {MESSAGE_LIMIT} or fewer in length.",
+                            }
+                        ]
+                    }
+                },
+            )
 
     async def _create_message(self, request: web.Request) -> web.Response:
         bot = self._bot_of(request)
@@ -468,8 +620,9 @@ class FakeDiscord:
         reference = None
         if body.get("message_reference"):
             reference = self.messages.get(str(body["message_reference"]["message_id"]))
-        message = self._new_message(channel, bot.user, body.get("content", ""), reference=reference,
-                                    nonce=nonce)
+        message = self._new_message(
+            channel, bot.user, body.get("content", ""), reference=reference, nonce=nonce
+        )
         message["embeds"] = body.get("embeds", [])
         self._store_and_announce(message)
         return _json(message)
@@ -492,7 +645,10 @@ class FakeDiscord:
         message = self.messages.pop(request.match_info["message"], None)
         if message is None:
             raise _error(404, 10008, "Unknown Message")
-        self._broadcast("MESSAGE_DELETE", _delete_event(message, self.channels[message["channel_id"]].get("guild_id")))
+        self._broadcast(
+            "MESSAGE_DELETE",
+            _delete_event(message, self.channels[message["channel_id"]].get("guild_id")),
+        )
         return web.Response(status=204)
 
     async def _typing(self, request: web.Request) -> web.Response:
@@ -517,13 +673,24 @@ class FakeDiscord:
             raise _error(404, 10008, "Unknown Message")
         body = request["call"].body
         thread = {
-            "id": starter["id"], "type": 11, "guild_id": self.guild_id, "parent_id": parent["id"],
-            "owner_id": bot.id, "name": body["name"], "last_message_id": None,
-            "message_count": 0, "member_count": 1, "total_message_sent": 0,
-            "rate_limit_per_user": 0, "flags": 0,
+            "id": starter["id"],
+            "type": 11,
+            "guild_id": self.guild_id,
+            "parent_id": parent["id"],
+            "owner_id": bot.id,
+            "name": body["name"],
+            "last_message_id": None,
+            "message_count": 0,
+            "member_count": 1,
+            "total_message_sent": 0,
+            "rate_limit_per_user": 0,
+            "flags": 0,
             "thread_metadata": {
-                "archived": False, "auto_archive_duration": body.get("auto_archive_duration", 1440),
-                "archive_timestamp": timestamp(), "locked": False, "create_timestamp": timestamp(),
+                "archived": False,
+                "auto_archive_duration": body.get("auto_archive_duration", 1440),
+                "archive_timestamp": timestamp(),
+                "locked": False,
+                "create_timestamp": timestamp(),
             },
         }
         self.channels[thread["id"]] = thread
@@ -549,10 +716,15 @@ class FakeDiscord:
         if "discord" in body["name"].lower() or "clyde" in body["name"].lower():
             raise _error(400, 50035, "Invalid Form Body")
         webhook = {
-            "id": self.ids.next(), "type": 1, "guild_id": self.guild_id,
-            "channel_id": channel["id"], "name": body["name"],
+            "id": self.ids.next(),
+            "type": 1,
+            "guild_id": self.guild_id,
+            "channel_id": channel["id"],
+            "name": body["name"],
             "avatar": uuid.uuid4().hex if body.get("avatar") else None,
-            "token": uuid.uuid4().hex, "application_id": None, "user": bot.user,
+            "token": uuid.uuid4().hex,
+            "application_id": None,
+            "user": bot.user,
         }
         self.webhooks[webhook["id"]] = webhook
         return _json(webhook)
@@ -597,9 +769,14 @@ class FakeDiscord:
             channel_id = request.query.get("thread_id") or hook["channel_id"]
             channel = self._channel(channel_id)
             author = {
-                "id": hook["id"], "username": body.get("username") or hook["name"],
-                "avatar": hook["avatar"], "discriminator": "0000", "bot": True,
-                "global_name": None, "public_flags": 0, "flags": 0,
+                "id": hook["id"],
+                "username": body.get("username") or hook["name"],
+                "avatar": hook["avatar"],
+                "discriminator": "0000",
+                "bot": True,
+                "global_name": None,
+                "public_flags": 0,
+                "flags": 0,
             }
             message = self._new_message(channel, author, body.get("content", ""))
             message["webhook_id"] = hook["id"]
@@ -625,7 +802,10 @@ class FakeDiscord:
         if message_id == "@original":
             message_id = hook.get("_original", "")
         message = self.messages.get(message_id)
-        if message is None or message.get("webhook_id") not in (hook.get("id"), hook.get("application_id")):
+        if message is None or message.get("webhook_id") not in (
+            hook.get("id"),
+            hook.get("application_id"),
+        ):
             raise _error(404, 10008, "Unknown Message")
         return message
 
@@ -652,7 +832,9 @@ class FakeDiscord:
             message["webhook_id"] = interaction["application_id"]
             message["application_id"] = interaction["application_id"]
             message["interaction_metadata"] = {
-                "id": interaction["id"], "type": 2, "user": interaction["_user"],
+                "id": interaction["id"],
+                "type": 2,
+                "user": interaction["_user"],
                 "authorizing_integration_owners": {"0": self.guild_id},
                 "name": interaction["data"]["name"],
             }
@@ -660,8 +842,11 @@ class FakeDiscord:
             message["embeds"] = data.get("embeds", [])
             interaction["_original"] = message["id"]
             self._store_and_announce(message)
-            callback.update(response_message_id=message["id"], response_message_loading=kind == 5,
-                            response_message_ephemeral=bool(message["flags"] & 64))
+            callback.update(
+                response_message_id=message["id"],
+                response_message_loading=kind == 5,
+                response_message_ephemeral=bool(message["flags"] & 64),
+            )
             if kind == 4:
                 resource["message"] = message
         return _json({"interaction": callback, "resource": resource})
@@ -671,23 +856,43 @@ class FakeDiscord:
 
     # ----------------------------------------------------------------- messages
 
-    def _new_message(self, channel: dict[str, Any], author: dict[str, Any], content: str, *,
-                     reference: dict[str, Any] | None = None, nonce: Any = None,
-                     mentions: Iterable[dict[str, Any]] = (),
-                     attachments: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    def _new_message(
+        self,
+        channel: dict[str, Any],
+        author: dict[str, Any],
+        content: str,
+        *,
+        reference: dict[str, Any] | None = None,
+        nonce: Any = None,
+        mentions: Iterable[dict[str, Any]] = (),
+        attachments: Iterable[dict[str, Any]] = (),
+    ) -> dict[str, Any]:
         message: dict[str, Any] = {
-            "id": self.ids.next(), "channel_id": channel["id"], "author": author,
-            "content": content, "timestamp": timestamp(), "edited_timestamp": None,
-            "tts": False, "mention_everyone": False, "mentions": list(mentions),
-            "mention_roles": [], "attachments": list(attachments), "embeds": [],
-            "pinned": False, "type": 0, "flags": 0, "components": [],
+            "id": self.ids.next(),
+            "channel_id": channel["id"],
+            "author": author,
+            "content": content,
+            "timestamp": timestamp(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": list(mentions),
+            "mention_roles": [],
+            "attachments": list(attachments),
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+            "components": [],
         }
         if nonce is not None:
             message["nonce"] = nonce
         if reference is not None:
             message["type"] = 19
             message["message_reference"] = {
-                "type": 0, "message_id": reference["id"], "channel_id": reference["channel_id"],
+                "type": 0,
+                "message_id": reference["id"],
+                "channel_id": reference["channel_id"],
                 **({"guild_id": self.guild_id} if channel.get("guild_id") else {}),
             }
             message["referenced_message"] = reference
@@ -716,8 +921,12 @@ class FakeDiscord:
         intents = session.intents if session else MESSAGE_CONTENT_INTENT
         has_content = intents & MESSAGE_CONTENT_INTENT and self.content_intent_granted
         channel = self.channels.get(message.get("channel_id", ""), {})
-        if has_content or channel.get("type") == 1 or message.get("author", {}).get("id") == bot.id \
-                or any(m.get("id") == bot.id for m in message.get("mentions", [])):
+        if (
+            has_content
+            or channel.get("type") == 1
+            or message.get("author", {}).get("id") == bot.id
+            or any(m.get("id") == bot.id for m in message.get("mentions", []))
+        ):
             return message
         return {**message, "content": "", "embeds": [], "attachments": [], "components": []}
 
@@ -742,8 +951,11 @@ class FakeDiscord:
         mentions: list[dict[str, Any]] = []
         if mention is not None:
             content = f"<@{mention.id}> {content}"
-            mentions.append({**mention.user, "member": self.member(mention.user, with_user=False)}
-                            if channel.get("guild_id") else mention.user)
+            mentions.append(
+                {**mention.user, "member": self.member(mention.user, with_user=False)}
+                if channel.get("guild_id")
+                else mention.user
+            )
         reference = self.messages[reply_to] if reply_to else None
         files = []
         for name, content_type, data in attachments:
@@ -751,10 +963,25 @@ class FakeDiscord:
             key = f"{attachment_id}-{name}"
             self.attachments[key] = data
             url = f"http://127.0.0.1:{self.port}/attachments/{key}"
-            files.append({"id": attachment_id, "filename": name, "size": len(data), "url": url,
-                          "proxy_url": url, "content_type": content_type})
-        message = self._new_message(channel, author, content, reference=reference,
-                                    mentions=mentions, attachments=files, nonce=self.ids.next())
+            files.append(
+                {
+                    "id": attachment_id,
+                    "filename": name,
+                    "size": len(data),
+                    "url": url,
+                    "proxy_url": url,
+                    "content_type": content_type,
+                }
+            )
+        message = self._new_message(
+            channel,
+            author,
+            content,
+            reference=reference,
+            mentions=mentions,
+            attachments=files,
+            nonce=self.ids.next(),
+        )
         self._store_and_announce(message)
         return message
 
@@ -765,14 +992,23 @@ class FakeDiscord:
     def delete_user_message(self, message_id: str) -> None:
         """The author deletes their message (MESSAGE_DELETE)."""
         message = self.messages.pop(message_id)
-        self._broadcast("MESSAGE_DELETE", _delete_event(message, self.channels[message["channel_id"]].get("guild_id")))
+        self._broadcast(
+            "MESSAGE_DELETE",
+            _delete_event(message, self.channels[message["channel_id"]].get("guild_id")),
+        )
 
-    def react(self, user: dict[str, Any], message_id: str, emoji: str, *, remove: bool = False) -> None:
+    def react(
+        self, user: dict[str, Any], message_id: str, emoji: str, *, remove: bool = False
+    ) -> None:
         """MESSAGE_REACTION_ADD (or _REMOVE) by a user on a message."""
         message = self.messages[message_id]
         data: dict[str, Any] = {
-            "user_id": user["id"], "channel_id": message["channel_id"], "message_id": message_id,
-            "emoji": {"id": None, "name": emoji}, "burst": False, "type": 0,
+            "user_id": user["id"],
+            "channel_id": message["channel_id"],
+            "message_id": message_id,
+            "emoji": {"id": None, "name": emoji},
+            "burst": False,
+            "type": 0,
         }
         if self.channels[message["channel_id"]].get("guild_id"):
             data["guild_id"] = self.guild_id
@@ -801,22 +1037,36 @@ class FakeDiscord:
             raise KeyError(f"command /{name} was not synced")
         channel = self._channel(channel_id)
         interaction: dict[str, Any] = {
-            "id": self.ids.next(), "application_id": bot.application["id"],
-            "type": 4 if autocomplete else 2, "token": "aW50ZXJhY3Rpb24" + uuid.uuid4().hex,
-            "version": 1, "locale": "en-US", "app_permissions": str(EVERYONE_PERMISSIONS),
-            "entitlements": [], "attachment_size_limit": 10 * 1024 * 1024,
-            "authorizing_integration_owners": {"0": self.guild_id if channel.get("guild_id") else "0"},
+            "id": self.ids.next(),
+            "application_id": bot.application["id"],
+            "type": 4 if autocomplete else 2,
+            "token": "aW50ZXJhY3Rpb24" + uuid.uuid4().hex,
+            "version": 1,
+            "locale": "en-US",
+            "app_permissions": str(EVERYONE_PERMISSIONS),
+            "entitlements": [],
+            "attachment_size_limit": 10 * 1024 * 1024,
+            "authorizing_integration_owners": {
+                "0": self.guild_id if channel.get("guild_id") else "0"
+            },
             "data": {"id": command["id"], "name": name, "type": 1, "options": options or []},
-            "channel_id": channel_id, "channel": _public(channel),
+            "channel_id": channel_id,
+            "channel": _public(channel),
         }
         if channel.get("guild_id"):
-            interaction.update(guild_id=self.guild_id, guild_locale="en-US", context=0,
-                               guild={"id": self.guild_id, "locale": "en-US", "features": []},
-                               member={**self.member(user), "permissions": str(EVERYONE_PERMISSIONS)})
+            interaction.update(
+                guild_id=self.guild_id,
+                guild_locale="en-US",
+                context=0,
+                guild={"id": self.guild_id, "locale": "en-US", "features": []},
+                member={**self.member(user), "permissions": str(EVERYONE_PERMISSIONS)},
+            )
         else:
             interaction.update(user=user, context=1)
         self.interactions[interaction["id"]] = {
-            **interaction, "_user": user, "_interaction": True,
+            **interaction,
+            "_user": user,
+            "_interaction": True,
         }
         self._send(bot, "INTERACTION_CREATE", interaction)
         return interaction
@@ -835,7 +1085,9 @@ class FakeDiscord:
         for target in [bot] if bot else list(self.bots.values()):
             self._send(target, event, data, raw=True)
 
-    def _send(self, bot: BotAccount, event: str, data: dict[str, Any], *, raw: bool = False) -> None:
+    def _send(
+        self, bot: BotAccount, event: str, data: dict[str, Any], *, raw: bool = False
+    ) -> None:
         session = bot.session
         if session is None:
             return
@@ -853,8 +1105,9 @@ class FakeDiscord:
         # One writer per connection keeps frames in dispatch order.
         outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         writer = asyncio.create_task(_write_frames(ws, outbox))
-        outbox.put_nowait({"op": 10, "d": {"heartbeat_interval": HEARTBEAT_INTERVAL_MS},
-                           "s": None, "t": None})
+        outbox.put_nowait(
+            {"op": 10, "d": {"heartbeat_interval": HEARTBEAT_INTERVAL_MS}, "s": None, "t": None}
+        )
         bot: BotAccount | None = None
         try:
             async for msg in ws:
@@ -884,24 +1137,43 @@ class FakeDiscord:
                 bot.connected.clear()
         return ws
 
-    def _identify(self, bot: BotAccount, ws: web.WebSocketResponse,
-                  outbox: asyncio.Queue[dict[str, Any]], data: dict[str, Any]) -> None:
+    def _identify(
+        self,
+        bot: BotAccount,
+        ws: web.WebSocketResponse,
+        outbox: asyncio.Queue[dict[str, Any]],
+        data: dict[str, Any],
+    ) -> None:
         bot.identifies += 1
         bot.session = Session(uuid.uuid4().hex, int(data.get("intents", 0)), ws=ws, outbox=outbox)
         ready = {
-            "v": 10, "user": bot.user, "session_id": bot.session.id, "session_type": "normal",
-            "resume_gateway_url": self.gateway_url, "shard": [0, 1],
-            "guilds": [{"id": self.guild_id, "unavailable": True}], "private_channels": [],
+            "v": 10,
+            "user": bot.user,
+            "session_id": bot.session.id,
+            "session_type": "normal",
+            "resume_gateway_url": self.gateway_url,
+            "shard": [0, 1],
+            "guilds": [{"id": self.guild_id, "unavailable": True}],
+            "private_channels": [],
             "application": {"id": bot.application["id"], "flags": bot.application["flags"]},
-            "user_settings": {}, "relationships": [], "presences": [], "guild_join_requests": [],
-            "geo_ordered_rtc_regions": ["us-east"], "_trace": ["fake-discord"],
+            "user_settings": {},
+            "relationships": [],
+            "presences": [],
+            "guild_join_requests": [],
+            "geo_ordered_rtc_regions": ["us-east"],
+            "_trace": ["fake-discord"],
         }
         self._send(bot, "READY", ready, raw=True)
         self._send(bot, "GUILD_CREATE", self.guild_payload(), raw=True)
         bot.connected.set()
 
-    def _resume(self, bot: BotAccount, ws: web.WebSocketResponse,
-                outbox: asyncio.Queue[dict[str, Any]], seq: int) -> None:
+    def _resume(
+        self,
+        bot: BotAccount,
+        ws: web.WebSocketResponse,
+        outbox: asyncio.Queue[dict[str, Any]],
+        seq: int,
+    ) -> None:
         session = bot.session
         assert session is not None
         bot.resumes += 1
@@ -914,7 +1186,9 @@ class FakeDiscord:
         self._send(bot, "RESUMED", {"_trace": ["fake-discord"]}, raw=True)
         bot.connected.set()
 
-    async def drop(self, bot: BotAccount, *, code: int = 4000, replay_from: int | None = None) -> None:
+    async def drop(
+        self, bot: BotAccount, *, code: int = 4000, replay_from: int | None = None
+    ) -> None:
         """Close the bot's gateway socket (the client RESUMEs); events sent meanwhile are kept.
 
         `replay_from` makes the next RESUME replay from an older sequence number, as a duplicate
@@ -948,10 +1222,8 @@ class FakeDiscord:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("fake Discord: condition not met in time")
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), min(left, 0.2))
-                except TimeoutError:
-                    pass
 
     def calls_to(self, method: str, pattern: str) -> list[Call]:
         regex = re.compile(pattern)
@@ -959,15 +1231,24 @@ class FakeDiscord:
 
     def bot_messages(self, channel_id: str) -> list[dict[str, Any]]:
         """Messages in a channel written by a bot or a webhook, oldest first, as they are now."""
-        return [m for m in self.messages.values()
-                if m["channel_id"] == channel_id and (m["author"].get("bot") or m.get("webhook_id"))]
+        return [
+            m
+            for m in self.messages.values()
+            if m["channel_id"] == channel_id and (m["author"].get("bot") or m.get("webhook_id"))
+        ]
 
     def replies_to(self, message_id: str) -> list[dict[str, Any]]:
         """Bot messages posted after `message_id` in its channel (or thread)."""
-        channel_id = self.messages[message_id]["channel_id"] if message_id in self.messages else None
-        return [m for m in self.messages.values()
-                if m["channel_id"] == channel_id and int(m["id"]) > int(message_id)
-                and (m["author"].get("bot") or m.get("webhook_id"))]
+        channel_id = (
+            self.messages[message_id]["channel_id"] if message_id in self.messages else None
+        )
+        return [
+            m
+            for m in self.messages.values()
+            if m["channel_id"] == channel_id
+            and int(m["id"]) > int(message_id)
+            and (m["author"].get("bot") or m.get("webhook_id"))
+        ]
 
 
 def _needs_bot_auth(path: str) -> bool:
@@ -987,8 +1268,11 @@ def _delete_event(message: dict[str, Any], guild_id: str | None) -> dict[str, An
 
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     # Exactly `application/json`: discord.py reads anything else (even with a charset) as text.
-    return web.Response(body=json.dumps(data).encode(), status=status, headers={
-        "Content-Type": JSON_TYPE, **(headers or {})})
+    return web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": JSON_TYPE, **(headers or {})},
+    )
 
 
 class ApiError(Exception):

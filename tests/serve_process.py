@@ -24,13 +24,35 @@ def running_server(
 ) -> Iterator[str]:
     """Yield the base URL of `bots serve` on the project; SIGTERM it afterwards."""
     log = log or project / "serve.log"
-    environment = {**os.environ, "BOTS_MODEL_N_CTX": "4096", "BOTS_MODEL_MAX_TOKENS": "48", **(env or {})}
+    environment = {
+        **os.environ,
+        "BOTS_MODEL_N_CTX": "4096",
+        "BOTS_MODEL_MAX_TOKENS": "48",
+        **(env or {}),
+    }
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bots", "--personas", str(project / "personas"),
-             "--knowledge", str(project / "knowledge"), "--data-dir", str(project / "data"),
-             "serve", "--host", "127.0.0.1", "--port", "0", *args],
-            cwd=project, stdout=out, stderr=subprocess.STDOUT, env=environment,
+            [
+                sys.executable,
+                "-m",
+                "bots",
+                "--personas",
+                str(project / "personas"),
+                "--knowledge",
+                str(project / "knowledge"),
+                "--data-dir",
+                str(project / "data"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *args,
+            ],
+            cwd=project,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environment,
         )
     try:
         url = _wait_ready(proc, log)

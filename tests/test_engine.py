@@ -25,8 +25,12 @@ async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
     settings = load_settings(
         Path("."),
         environ={},
-        overrides={"model.engine": request.param, "model.n_ctx": 2048, "model.queue_size": 2,
-                   "model.parallel": 1},
+        overrides={
+            "model.engine": request.param,
+            "model.n_ctx": 2048,
+            "model.queue_size": 2,
+            "model.parallel": 1,
+        },
     )
     eng = make_engine(settings)
     await eng.start()
@@ -79,7 +83,7 @@ async def test_full_queue_answers_busy_at_once(engine: Engine) -> None:
     capacity = engine.status().queue_capacity
     streams = [engine.stream(request(max_tokens=64)) for _ in range(capacity + 3)]
     tasks = [asyncio.create_task(s.__anext__()) for s in streams]  # type: ignore[attr-defined]
-    done, _ = await asyncio.wait(tasks, timeout=60, return_when=asyncio.ALL_COMPLETED)
+    _done, _ = await asyncio.wait(tasks, timeout=60, return_when=asyncio.ALL_COMPLETED)
     busy = [t for t in tasks if t.done() and isinstance(t.exception(), EngineBusy)]
     assert busy, "an engine with a full queue must refuse at once"
     assert all(t.done() for t in tasks)

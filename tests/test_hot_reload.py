@@ -41,7 +41,9 @@ async def test_edit_is_live_on_the_next_reply(app: App, project: Path) -> None:
     assert "poet" in await system_prompt(app, "pirate")
 
 
-async def test_broken_edit_keeps_last_good_persona_and_fix_clears_error(app: App, project: Path) -> None:
+async def test_broken_edit_keeps_last_good_persona_and_fix_clears_error(
+    app: App, project: Path
+) -> None:
     path = project / "personas" / "pirate" / "persona.md"
     good_hash = app.registry.get("pirate").content_hash  # type: ignore[union-attr]
     path.write_text("---\nname: Pete\ncitations: perhaps\n---\nYou are broken.\n")
@@ -55,7 +57,9 @@ async def test_broken_edit_keeps_last_good_persona_and_fix_clears_error(app: App
     assert "fixed pirate" in await system_prompt(app, "pirate")
 
 
-async def test_unknown_library_is_reported_then_cleared_when_it_appears(app: App, project: Path) -> None:
+async def test_unknown_library_is_reported_then_cleared_when_it_appears(
+    app: App, project: Path
+) -> None:
     path = project / "personas" / "pirate" / "persona.md"
     path.write_text(persona_md("Pirate with a map.", knowledge="[maps]"))
     await until(lambda: any(e.key == "knowledge" for e in app.registry.errors()))
@@ -104,3 +108,24 @@ async def test_document_edit_reaches_retrieval(app: App, project: Path) -> None:
         return bool(hits) and hits[0].path == "handbook/parking.md"
 
     await until(found)
+
+
+async def test_slow_write_is_never_loaded_half_written(app: App, project: Path) -> None:
+    path = project / "personas" / "pirate" / "persona.md"
+    full = persona_md("You are a slow pirate. " + "Arr! " * 40, name="Pete")
+    seen: list[str] = []
+    app.registry.add_listener(
+        lambda e: (
+            seen.append(e.state.persona.instructions)  # type: ignore[union-attr]
+            if e.state and e.state.persona
+            else None
+        )
+    )
+    with path.open("w") as out:  # truncate, then write in pieces with pauses
+        for start in range(0, len(full), 40):
+            out.write(full[start : start + 40])
+            out.flush()
+            await asyncio.sleep(0.15)
+    await until(lambda: "slow pirate" in app.registry.get("pirate").instructions)  # type: ignore[union-attr]
+    await asyncio.sleep(0.3)
+    assert all(text == full.split("---\n", 2)[2].strip() for text in seen), seen

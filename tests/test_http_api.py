@@ -64,7 +64,10 @@ def test_unknown_persona_and_bad_request(server: str, client: openai.OpenAI) -> 
 
 
 def test_strict_persona_declines_without_relevant_documents(server: str) -> None:
-    body = {"model": "librarian", "messages": [{"role": "user", "content": "Who won the 1998 football world cup?"}]}
+    body = {
+        "model": "librarian",
+        "messages": [{"role": "user", "content": "Who won the 1998 football world cup?"}],
+    }
     data = httpx.post(server + "/v1/chat/completions", json=body, timeout=120).json()
     assert data["sources"] == []
     assert "don't know" in data["choices"][0]["message"]["content"]
@@ -72,7 +75,12 @@ def test_strict_persona_declines_without_relevant_documents(server: str) -> None
 
 def test_conversation_with_user_field_is_remembered(server: str) -> None:
     def ask(text: str) -> dict[str, object]:
-        body = {"model": "pirate", "user": "alice", "messages": [{"role": "user", "content": text}], "max_tokens": 8}
+        body = {
+            "model": "pirate",
+            "user": "alice",
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": 8,
+        }
         return httpx.post(server + "/v1/chat/completions", json=body, timeout=120).json()
 
     ask("My name is Alice.")

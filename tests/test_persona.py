@@ -1,4 +1,4 @@
-"""Persona format and validation: every error names file, line and key; nothing crashes the loader."""
+"""Persona format and validation: errors name file, line and key; no input crashes the loader."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_out_of_range_number(tmp_path: Path) -> None:
 
 def test_bad_yaml_names_line(tmp_path: Path) -> None:
     write(tmp_path / "p" / "persona.md", "---\nname: A\nstarters: [one, two\n---\nBody\n")
-    [(line, key, message)] = errors_of(tmp_path / "p")
+    [(line, _key, message)] = errors_of(tmp_path / "p")
     assert line >= 3 and "bad YAML" in message
 
 
@@ -125,7 +125,9 @@ def test_binary_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
     assert errors_of(tmp_path / "p")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     st.one_of(
         st.binary(max_size=300),

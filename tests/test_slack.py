@@ -72,7 +72,8 @@ async def bot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
     for persona_id, text in personas.items():
         write(root / "personas" / persona_id / "persona.md", text)
     settings = load_settings(root, environ={}, overrides={
-        "model.n_ctx": 4096, "model.max_tokens": 48, "policy.rate_limit_messages": 1000,
+        "model.n_ctx": 4096, "model.max_tokens": 48, "model.n_threads": 1,
+        "policy.rate_limit_messages": 1000,
         "default_persona": "pirate",
     })
     app = App.create(settings)

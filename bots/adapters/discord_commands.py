@@ -32,7 +32,9 @@ class CommandHandler(Protocol):
 
     def persona_choices(self, current: str) -> list[app_commands.Choice[str]]: ...
 
-    def starter_choices(self, persona: str | None, current: str) -> list[app_commands.Choice[str]]: ...
+    def starter_choices(
+        self, persona: str | None, current: str
+    ) -> list[app_commands.Choice[str]]: ...
 
     async def command_failed(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
@@ -74,11 +76,15 @@ def build_tree(client: discord.Client, handler: CommandHandler) -> PersonaComman
         await handler.ask(interaction, question, persona, thread)
 
     @ask.autocomplete("persona")
-    async def ask_persona(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    async def ask_persona(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
         return handler.persona_choices(current)
 
     @ask.autocomplete("question")
-    async def ask_question(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    async def ask_question(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
         chosen = getattr(interaction.namespace, "persona", None)
         return handler.starter_choices(chosen if isinstance(chosen, str) else None, current)
 
@@ -94,7 +100,9 @@ def build_tree(client: discord.Client, handler: CommandHandler) -> PersonaComman
         await handler.persona_info(interaction, name)
 
     @persona_info.autocomplete("name")
-    async def info_name(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    async def info_name(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
         return handler.persona_choices(current)
 
     tree.add_command(group)

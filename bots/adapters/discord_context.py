@@ -26,8 +26,14 @@ PLATFORM = "discord"
 MAX_INPUT_CHARS = 4000  # Discord's own limit for a message (with Nitro); more is malformed
 MAX_ATTACHMENTS = 3
 MAX_ATTACHMENT_BYTES = 16_000
-TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml",
-              "application/x-yaml", "application/toml")
+TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/yaml",
+    "application/x-yaml",
+    "application/toml",
+)
 REPLY_CHAIN_LIMIT = 12
 # Control characters other than tab, newline and carriage return: never meaningful in a question.
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -117,7 +123,9 @@ def strip_decorations(text: str) -> str:
 class Conversations:
     """Finds the conversation a message continues, from the store first, then from Discord."""
 
-    def __init__(self, store: ConversationStore, is_ours: Callable[[discord.Message], bool]) -> None:
+    def __init__(
+        self, store: ConversationStore, is_ours: Callable[[discord.Message], bool]
+    ) -> None:
         self.store = store
         self.is_ours = is_ours
         # Later parts of a split reply -> its first part (the one the store knows).
@@ -188,7 +196,9 @@ class Conversations:
         )
         return Conversation(f"msg:{message.id}", None, history)
 
-    async def _fetch(self, child: discord.Message, reference: discord.MessageReference) -> discord.Message | None:
+    async def _fetch(
+        self, child: discord.Message, reference: discord.MessageReference
+    ) -> discord.Message | None:
         if isinstance(reference.resolved, discord.Message):
             return reference.resolved
         if reference.message_id is None or reference.channel_id != child.channel.id:

@@ -89,7 +89,9 @@ async def deliver(call: Callable[[], Awaitable[T]], what: str, policy: RetryPoli
         except Exception as exc:
             if not _retryable(exc) or time.monotonic() - started + delay > policy.give_up_after_s:
                 raise
-            log.warning("Discord %s failed (%s); retrying in %.1fs", what, type(exc).__name__, delay)
+            log.warning(
+                "Discord %s failed (%s); retrying in %.1fs", what, type(exc).__name__, delay
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, policy.max_delay_s)
 
@@ -174,7 +176,10 @@ class WebhookSink:
     async def _send(self, text: str) -> str:
         message = await deliver(
             lambda: self.webhook.send(
-                text, username=self.username, wait=True, allowed_mentions=NO_MENTIONS,
+                text,
+                username=self.username,
+                wait=True,
+                allowed_mentions=NO_MENTIONS,
                 thread=self.thread,
             ),
             "webhook send",
@@ -198,7 +203,9 @@ class WebhookSink:
 class InteractionSink:
     """An `/ask` answer: the deferred response is the first message, follow-ups the rest."""
 
-    def __init__(self, interaction: discord.Interaction, retry: RetryPolicy, *, prefix: str = "") -> None:
+    def __init__(
+        self, interaction: discord.Interaction, retry: RetryPolicy, *, prefix: str = ""
+    ) -> None:
         self.interaction = interaction
         self.retry = retry
         self.prefix = prefix
@@ -264,8 +271,10 @@ class PersonaWebhooks:
     def forget(self, channel_id: int, persona_id: str) -> None:
         self._hooks.pop((channel_id, persona_id), None)
 
-    async def get(self, channel: WebhookChannel, persona: Persona, me: discord.Member) -> discord.Webhook | None:
-        """The persona's webhook in `channel`, made if needed; None where webhooks are not allowed."""
+    async def get(
+        self, channel: WebhookChannel, persona: Persona, me: discord.Member
+    ) -> discord.Webhook | None:
+        """The persona's webhook in `channel` (made if needed); None where webhooks are refused."""
         if time.monotonic() < self._unavailable.get(channel.id, 0.0):
             return None
         if not channel.permissions_for(me).manage_webhooks:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from bots.app import App
 from bots.chat.service import ChatRefused, Incoming, Reply
@@ -30,10 +31,14 @@ OPEN_PATHS = ("/healthz",)
 MAX_MESSAGES = 200
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error", **headers: str) -> web.Response:
+def error(
+    status: int, message: str, kind: str = "invalid_request_error", **headers: str
+) -> web.Response:
     """An OpenAI-style error body."""
     return web.json_response(
-        {"error": {"message": message, "type": kind, "code": status}}, status=status, headers=headers
+        {"error": {"message": message, "type": kind, "code": status}},
+        status=status,
+        headers=headers,
     )
 
 
@@ -53,10 +58,14 @@ def create_http_app(app: App) -> web.Application:
     return web_app
 
 
-def _auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _auth_middleware(token: str) -> Middleware:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token and request.path not in OPEN_PATHS and request.path.startswith(("/v1/", "/status")):
+        if (
+            token
+            and request.path not in OPEN_PATHS
+            and request.path.startswith(("/v1/", "/status"))
+        ):
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return error(401, "missing or wrong bearer token", "authentication_error")
@@ -65,7 +74,7 @@ def _auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[w
     return auth
 
 
-def _cors_middleware(origins: tuple[str, ...]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _cors_middleware(origins: tuple[str, ...]) -> Middleware:
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin", "")
@@ -146,7 +155,9 @@ def status_body(app: App) -> dict[str, Any]:
     }
 
 
-def _persona_index(indexes: dict[str, Any], persona_id: str, libraries: tuple[str, ...]) -> dict[str, int]:
+def _persona_index(
+    indexes: dict[str, Any], persona_id: str, libraries: tuple[str, ...]
+) -> dict[str, int]:
     """Documents and chunks a persona retrieves from: its folder plus its libraries."""
     names = [f"personas/{persona_id}", *(f"knowledge/{name}" for name in libraries)]
     found = [indexes[n] for n in names if n in indexes]
@@ -306,4 +317,8 @@ def _usage(reply: Reply) -> dict[str, int]:
     usage = reply.usage
     prompt = usage.prompt_tokens if usage else (reply.prompt.prompt_tokens if reply.prompt else 0)
     completion = usage.completion_tokens if usage else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }

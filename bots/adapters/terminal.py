@@ -65,8 +65,11 @@ class TerminalChat:
             if not arg:
                 self.say("personas: " + ", ".join(p.id for p in self.app.registry.personas()))
             elif self.app.registry.get(arg) is None:
-                self.say(f"(no persona {arg!r}; have: "
-                         + ", ".join(p.id for p in self.app.registry.personas()) + ")")
+                self.say(
+                    f"(no persona {arg!r}; have: "
+                    + ", ".join(p.id for p in self.app.registry.personas())
+                    + ")"
+                )
             else:
                 self.persona_id = arg
                 persona = self.app.service.persona(arg)

@@ -46,7 +46,9 @@ class RateLimiter:
                 times.popleft()
             if len(times) >= self.limit:
                 wait = times[0] + self.window_s - now
-                return Decision(False, f"You're sending messages too fast; try again in {wait:.0f}s.", wait)
+                return Decision(
+                    False, f"You're sending messages too fast; try again in {wait:.0f}s.", wait
+                )
             times.append(now)
             if len(self._seen) > 10_000:
                 self._seen = {k: v for k, v in self._seen.items() if v}
@@ -56,14 +58,18 @@ class RateLimiter:
 class Policy:
     """Applies the global lists and per-persona access before any work is done."""
 
-    def __init__(self, settings: PolicySettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: PolicySettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
         self.rate = RateLimiter(settings.rate_limit_messages, settings.rate_limit_window_s, clock)
 
     def place_allowed(self, *, guild_id: str = "", channel_id: str = "", team_id: str = "") -> bool:
         """Global allowlists/denylists of guilds, workspaces and channels (empty allow = all)."""
         s = self.settings
-        if guild_id and (guild_id in s.deny_guilds or (s.allow_guilds and guild_id not in s.allow_guilds)):
+        if guild_id and (
+            guild_id in s.deny_guilds or (s.allow_guilds and guild_id not in s.allow_guilds)
+        ):
             return False
         if team_id and s.allow_teams and team_id not in s.allow_teams:
             return False
@@ -73,13 +79,15 @@ class Policy:
 
     @staticmethod
     def persona_allows(persona: Persona, user_id: str, roles: tuple[str, ...] = ()) -> bool:
-        """Persona `access`: empty lists let everyone in; otherwise the user or a role must match."""
+        """Persona `access`: empty lists let everyone in; else the user or a role must match."""
         access = persona.access
         if not access.users and not access.roles:
             return True
         return user_id in access.users or any(r in access.roles for r in roles)
 
-    def check(self, persona: Persona, platform: str, user_id: str, roles: tuple[str, ...] = ()) -> Decision:
+    def check(
+        self, persona: Persona, platform: str, user_id: str, roles: tuple[str, ...] = ()
+    ) -> Decision:
         if not self.persona_allows(persona, user_id, roles):
             return Decision(False, f"Sorry, you don't have access to {persona.display_name}.")
         return self.rate.check(f"{platform}:{user_id}")

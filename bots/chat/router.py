@@ -1,4 +1,4 @@
-"""Which persona answers: a channel binding, else a persona named first in the message, else the default."""
+"""Which persona answers: a channel binding, else a persona named first, else the default."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from bots.chat.policy import Policy
@@ -118,7 +118,12 @@ class Reply:
 
 def source_dict(hit: Hit) -> dict[str, Any]:
     """The public shape of a source: path, title, score (plus heading)."""
-    return {"path": hit.path, "title": hit.title, "heading": hit.heading, "score": round(hit.score, 4)}
+    return {
+        "path": hit.path,
+        "title": hit.title,
+        "heading": hit.heading,
+        "score": round(hit.score, 4),
+    }
 
 
 class ChatService:
@@ -144,7 +149,9 @@ class ChatService:
         persona = self.registry.get(persona_id)
         if persona is None:
             names = ", ".join(p.id for p in self.registry.personas()) or "none"
-            raise ChatRefused(f"That persona doesn't exist: {persona_id!r} (have: {names}).", status=404)
+            raise ChatRefused(
+                f"That persona doesn't exist: {persona_id!r} (have: {names}).", status=404
+            )
         return persona
 
     def retrieve(self, persona: Persona, query: str, k: int | None = None) -> list[Hit]:
@@ -155,10 +162,15 @@ class ChatService:
         """Begin a reply. Raises ChatRefused (unknown persona, access, rate) or EngineBusy."""
         persona = self.persona(incoming.persona_id)
         if check_policy:
-            decision = self.policy.check(persona, incoming.platform, incoming.user_id, incoming.roles)
+            decision = self.policy.check(
+                persona, incoming.platform, incoming.user_id, incoming.roles
+            )
             if not decision.allowed:
-                raise ChatRefused(decision.reason, status=429 if decision.retry_after_s else 403,
-                                  retry_after_s=decision.retry_after_s)
+                raise ChatRefused(
+                    decision.reason,
+                    status=429 if decision.retry_after_s else 403,
+                    retry_after_s=decision.retry_after_s,
+                )
         conversation_id = None
         history = list(incoming.history)
         if incoming.remember:
@@ -212,13 +224,21 @@ class ChatService:
         if conversation_id is not None:
             await self.store.run(
                 lambda: self.store.add_turn(
-                    conversation_id, "user", incoming.text, persona.id,
-                    user_id=incoming.user_id, platform_message_id=incoming.message_id,
+                    conversation_id,
+                    "user",
+                    incoming.text,
+                    persona.id,
+                    user_id=incoming.user_id,
+                    platform_message_id=incoming.message_id,
                 )
             )
             turn_id = await self.store.run(
                 lambda: self.store.add_turn(
-                    conversation_id, "assistant", "", persona.id, status="pending",
+                    conversation_id,
+                    "assistant",
+                    "",
+                    persona.id,
+                    status="pending",
                     sources=[source_dict(h) for h in prompt.sources],
                 )
             )

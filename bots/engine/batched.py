@@ -511,8 +511,6 @@ class _Worker:
             if job.pending is not None or job.prompt_done or budget <= 0:
                 continue
             end = min(len(job.tokens), job.n_past + budget)
-            if job.want_prefix_entry and job.n_past < job.prefix_len:
-                end = min(end, job.prefix_len)
             job.chunk_end = end
             job.batch_index = batch.add(
                 job.tokens[job.n_past : end],
@@ -563,7 +561,7 @@ class _Worker:
             entry = self.table.get(job.seq_id)
             if entry is not None:
                 entry.tokens = job.tokens[: job.n_past]
-            if job.want_prefix_entry and job.n_past == job.prefix_len:
+            if job.want_prefix_entry and job.n_past >= job.prefix_len:
                 self._add_prefix_entry(job)
             if not job.prompt_done:
                 return

@@ -1,4 +1,4 @@
-"""Choose the engine from settings: a remote endpoint, the batched local engine, or the simple one."""
+"""Choose the engine from settings: a remote endpoint, the batched or the simple local one."""
 
 from __future__ import annotations
 

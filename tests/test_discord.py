@@ -1,0 +1,822 @@
+"""The Discord adapter, end to end: the real discord.py client against the loopback fake Discord.
+
+Each test starts a fake Discord (REST + gateway on 127.0.0.1), a real app on a tmp project with
+the real embedded model (or, where the behaviour needs text the model cannot be made to write,
+a real `Engine` that streams a fixed text), and the real adapter; it asserts on what Discord
+received. Every test also checks that every outgoing message disabled all mentions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bots.adapters.discord_bot import INTERRUPTED, DiscordAdapter
+from bots.adapters.discord_delivery import RetryPolicy
+from bots.adapters.render import CURSOR
+from bots.app import App
+from bots.chat.service import Incoming
+from bots.chat.store import Turn
+from bots.engine.base import (
+    EngineBusy,
+    EngineStatus,
+    GenerationRequest,
+    Piece,
+    Usage,
+)
+from bots.settings import Settings
+from tests.conftest import persona_md, write
+from tests.fake_discord import BotAccount, Call, FakeDiscord
+
+TOKEN = "fake-bot-token.for-tests"
+EDIT_INTERVAL_S = 0.05
+FAST_RETRY = RetryPolicy(first_delay_s=0.05, max_delay_s=0.2, give_up_after_s=30.0)
+CODE = "```python\n" + "\n".join(f"print('line {i}')" for i in range(120)) + "\n```"
+LONG_REPLY = "Here is the whole listing you asked for.\n\n" + CODE + "\n\n" + " ".join(
+    f"word{i}" for i in range(400)
+)
+
+
+class ScriptedEngine:
+    """A real `Engine` streaming a fixed text: for behaviour the model cannot be made to show
+    (a 3000-character reply, `@everyone` bait, a busy queue, a reply that waits)."""
+
+    def __init__(
+        self,
+        text: str = "Ahoy there.",
+        *,
+        piece_chars: int = 40,
+        delay_s: float = 0.002,
+        gate: asyncio.Event | None = None,
+        busy: bool = False,
+    ) -> None:
+        self.text = text
+        self.piece_chars = piece_chars
+        self.delay_s = delay_s
+        self.gate = gate
+        self.busy = busy
+        self.requests: list[GenerationRequest] = []
+        self.cancelled = 0
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
+        self.requests.append(request)
+        if self.busy:
+            raise EngineBusy(3.0)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            for start in range(0, len(self.text), self.piece_chars):
+                await asyncio.sleep(self.delay_s)
+                yield Piece(self.text[start : start + self.piece_chars])
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+        yield Piece("", finish_reason="stop", usage=Usage(completion_tokens=len(self.text) // 4))
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 4 + 1
+
+    @property
+    def context_size(self) -> int:
+        return 8192
+
+    def status(self) -> EngineStatus:
+        return EngineStatus("scripted", 0, 8, 0)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class Env:
+    """One running world: the fake Discord, the app, the adapter, and who is who."""
+
+    fake: FakeDiscord
+    bot: BotAccount
+    app: App
+    adapter: DiscordAdapter
+    channels: dict[str, str]
+    users: dict[str, dict[str, Any]]
+    roles: dict[str, str]
+    engine: ScriptedEngine | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def say(
+        self, user: str, channel: str, text: str, *, mention: bool = True, **kwargs: Any
+    ) -> dict[str, Any]:
+        """`user` posts in `channel` (a name, or "dm"); by default @mentioning the bot."""
+        if channel == "dm":
+            channel_id = self.fake.dm_channel(self.users[user], self.bot)
+        else:
+            channel_id = self.channels.get(channel, channel)
+        return self.fake.user_message(
+            self.users[user], channel_id, text, mention=self.bot if mention else None, **kwargs
+        )
+
+    def turns_after(self, user_message_id: str) -> list[Turn]:
+        store = self.app.store
+        asked = store.turn_by_message("discord", user_message_id)
+        if asked is None:
+            return []
+        return [t for t in store.turns(asked.conversation_id) if t.id > asked.id]
+
+    async def answer(self, message: dict[str, Any], timeout: float = 60.0) -> tuple[Turn, list[dict[str, Any]]]:
+        """Wait until the reply to `message` is complete; its stored turn and Discord messages."""
+
+        def done() -> Turn | None:
+            replies = [t for t in self.turns_after(message["id"]) if t.role == "assistant"]
+            if replies and replies[0].status != "pending" and replies[0].platform_message_id:
+                return replies[0]
+            return None
+
+        turn: Turn = await self.fake.wait_for(done, timeout)
+        return turn, self.shown_from(turn.platform_message_id)
+
+    def shown_from(self, first_id: str) -> list[dict[str, Any]]:
+        """The reply messages starting at `first_id` (a split reply continues in order)."""
+        first = self.fake.messages[first_id]
+        author = first["author"]["id"]
+        return [
+            m
+            for m in self.fake.messages.values()
+            if m["channel_id"] == first["channel_id"]
+            and int(m["id"]) >= int(first_id)
+            and m["author"]["id"] == author
+        ]
+
+    async def quiet(self, seconds: float = 0.6) -> None:
+        """Let in-flight events settle (used before asserting that nothing was sent)."""
+        await asyncio.sleep(seconds)
+
+    def sent_messages(self) -> list[Call]:
+        """Every REST call that created a visible message."""
+        return [
+            c
+            for c in self.fake.calls
+            if c.method == "POST" and c.status < 300 and c.content is not None
+        ]
+
+
+StartDiscord = Callable[..., Awaitable[Env]]
+
+
+def check_no_pings(calls: list[Call]) -> None:
+    """Every outgoing message (content or embeds) carried allowed_mentions with nothing allowed."""
+    for call in calls:
+        body = call.body if isinstance(call.body, dict) else {}
+        data = body.get("data") if isinstance(body.get("data"), dict) else body
+        if call.content is None and not (isinstance(data, dict) and data.get("embeds")):
+            continue
+        mentions = call.allowed_mentions
+        assert isinstance(mentions, dict), f"{call.method} {call.path} had no allowed_mentions"
+        assert mentions.get("parse") == [], call
+        assert not mentions.get("users") and not mentions.get("roles"), call
+        assert not mentions.get("replied_user", False), call
+
+
+@pytest.fixture
+async def start_discord(
+    project: Path, settings_for: Callable[..., Settings]
+) -> AsyncIterator[StartDiscord]:
+    """Start the world; `engine=ScriptedEngine(...)` swaps the model, `fake_options` and
+    settings overrides (dotted names) tune it. Stops everything and checks no pings after."""
+    started: list[Env] = []
+
+    async def start(
+        *,
+        engine: ScriptedEngine | None = None,
+        fake_options: dict[str, Any] | None = None,
+        adapter_options: dict[str, Any] | None = None,
+        **overrides: object,
+    ) -> Env:
+        fake = FakeDiscord(**(fake_options or {}))
+        bot = fake.add_bot(TOKEN)
+        staff = fake.add_role("staff")
+        users = {
+            "alice": fake.add_user("alice"),
+            "bob": fake.add_user("bob"),
+            "carol": fake.add_user("carol", roles=[staff]),
+            "otherbot": fake.add_user("otherbot", bot=True),
+        }
+        channels = {name: fake.add_channel(name) for name in ("general", "library", "cove", "quiet")}
+        await fake.start()
+        write_personas(project, channels, users, staff)
+        settings = settings_for(
+            project,
+            **{
+                "default_persona": "pirate",
+                "discord.token": TOKEN,
+                "discord.api_url": fake.api_url,
+                "discord.gateway_url": fake.gateway_url,
+                "discord.edit_interval_s": EDIT_INTERVAL_S,
+                **overrides,
+            },
+        )
+        app = App.create(settings, engine=engine)
+        await app.start()
+        adapter = DiscordAdapter(
+            app, guild_ready_timeout_s=0.05, retry=FAST_RETRY, **(adapter_options or {})
+        )
+        await adapter.start()
+        env = Env(fake, bot, app, adapter, channels, users, {"staff": staff}, engine)
+        started.append(env)
+        return env
+
+    yield start
+    for env in started:
+        await env.adapter.stop()
+        await env.app.close()
+        await env.fake.close()
+        check_no_pings(env.fake.calls)
+
+
+def write_personas(
+    project: Path, channels: dict[str, str], users: dict[str, dict[str, Any]], staff: str
+) -> None:
+    personas = project / "personas"
+    write(
+        personas / "librarian" / "persona.md",
+        persona_md(
+            "You are the librarian. Answer only from the documents.",
+            name="Libby",
+            description="Answers questions about the handbook.",
+            knowledge="[handbook]",
+            grounding="strict",
+            citations="true",
+            starters='["How many vacation days do I get?", "How long must passwords be?"]',
+            discord=f"{{channels: ['{channels['library']}']}}",
+        ),
+    )
+    write(
+        personas / "pirate" / "persona.md",
+        persona_md(
+            "You are a pirate. Always answer like a pirate.",
+            name="Pete",
+            description="A pirate who loves the sea.",
+            discord=f"{{channels: ['{channels['cove']}']}}",
+        ),
+    )
+    write(
+        personas / "vault" / "persona.md",
+        persona_md(
+            "You guard the vault. Answer briefly.",
+            name="Vault",
+            access=f"{{users: ['{users['alice']['id']}'], roles: ['{staff}']}}",
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- talking to it
+
+
+async def test_mention_streams_a_reply_in_paced_edits(start_discord: StartDiscord) -> None:
+    env = await start_discord()
+    asked = env.say("alice", "general", "Tell me about the sea in three sentences.")
+    turn, shown = await env.answer(asked)
+
+    assert len(shown) == 1
+    final = shown[0]
+    assert final["webhook_id"] and final["author"]["username"] == "Pete"  # the persona, not the bot
+    assert final["content"] == turn.content.strip() and final["content"]
+    assert not final["content"].endswith(CURSOR)
+    calls = env.fake.calls
+    typing = [i for i, c in enumerate(calls) if c.path.endswith("/typing")]
+    first_post = next(i for i, c in enumerate(calls) if c.method == "POST" and c.content)
+    assert typing and typing[0] < first_post, "typing shows while the prompt is processed"
+    edits = env.fake.calls_to("PATCH", rf"/messages/{final['id']}$")
+    assert len(edits) >= 2, "the reply grows in several edits"
+    assert any(c.content and c.content.endswith(CURSOR) for c in edits)
+    assert edits[-1].content == final["content"]
+
+
+async def test_channel_binding_answers_without_mention(start_discord: StartDiscord) -> None:
+    env = await start_discord(**{"model.max_tokens": 12})
+    unbound = env.say("alice", "quiet", "Is anyone here?", mention=False)
+    bound = env.say("alice", "library", "How many vacation days do I get?", mention=False)
+    turn, shown = await env.answer(bound)
+
+    assert turn.persona_id == "librarian"
+    assert shown[0]["author"]["username"] == "Libby"
+    assert "-# Sources: vacation.md" in shown[-1]["content"]  # citations: true
+    await env.quiet()
+    assert env.turns_after(unbound["id"]) == [] and env.fake.replies_to(unbound["id"]) == []
+
+
+async def test_named_persona_and_reply_chain_continue_one_conversation(
+    start_discord: StartDiscord,
+) -> None:
+    env = await start_discord(**{"model.max_tokens": 12})
+    first = env.say("alice", "general", "librarian: how many vacation days do I get?")
+    turn, shown = await env.answer(first)
+    assert turn.persona_id == "librarian"
+
+    follow = env.say(
+        "alice", "general", "And when do they expire?", mention=False, reply_to=shown[0]["id"]
+    )
+    second, shown2 = await env.answer(follow)
+    assert second.persona_id == "librarian", "a reply continues with the same persona"
+    assert second.conversation_id == turn.conversation_id
+    roles = [t.role for t in env.app.store.turns(turn.conversation_id)]
+    assert roles == ["user", "assistant", "user", "assistant"]
+
+
+async def test_reply_chain_unknown_to_the_store_becomes_history(
+    start_discord: StartDiscord,
+) -> None:
+    engine = ScriptedEngine("Noted.")
+    env = await start_discord(engine=engine)
+    earlier = env.say("bob", "general", "The ship's parrot is called Polly.", mention=False)
+    env.say("alice", "general", "What is the parrot called?", reply_to=earlier["id"])
+    await env.fake.wait_for(lambda: engine.requests)
+
+    prompt = [(m.role, m.content) for m in engine.requests[0].messages]
+    assert ("user", "The ship's parrot is called Polly.") in prompt
+    assert prompt[-1] == ("user", "What is the parrot called?")
+
+
+async def test_dm_is_answered_and_is_one_conversation(start_discord: StartDiscord) -> None:
+    env = await start_discord(**{"model.max_tokens": 12})
+    first = env.say("bob", "dm", "Hello there, who are you?", mention=False)
+    turn, shown = await env.answer(first)
+    assert not shown[0].get("webhook_id"), "no webhooks in DMs"
+    second = env.say("bob", "dm", "What did I just ask?", mention=False)
+    turn2, _ = await env.answer(second)
+    assert turn2.conversation_id == turn.conversation_id
+
+
+async def test_thread_from_ask_is_one_conversation(start_discord: StartDiscord) -> None:
+    env = await start_discord(**{"model.max_tokens": 12})
+    env.fake.slash(
+        env.bot,
+        env.users["alice"],
+        env.channels["general"],
+        "ask",
+        [
+            {"name": "question", "type": 3, "value": "How long must passwords be?"},
+            {"name": "persona", "type": 3, "value": "librarian"},
+            {"name": "thread", "type": 5, "value": True},
+        ],
+    )
+    created = await env.fake.wait_for(lambda: env.fake.calls_to("POST", r"/threads$"))
+    thread_id = created[0].path.split("/")[-2]
+    assert thread_id in env.fake.channels
+    first = await env.fake.wait_for(
+        lambda: [m for m in env.fake.bot_messages(thread_id) if m.get("webhook_id")]
+    )
+    assert first[0]["author"]["username"] == "Libby"
+    assert env.fake.calls_to("POST", r"/webhooks/")[0].query.get("thread_id") == thread_id
+
+    follow = env.say("alice", thread_id, "And where do I keep them?", mention=False)
+    turn, _ = await env.answer(follow)
+    assert turn.persona_id == "librarian"
+    conversation = env.app.store.conversation_id("discord", f"thread:{thread_id}")
+    assert turn.conversation_id == conversation
+    assert [t.role for t in env.app.store.turns(conversation)] == [
+        "user", "assistant", "user", "assistant"
+    ]
+
+
+# --------------------------------------------------------------------------- slash commands
+
+
+async def test_ask_command_streams_into_the_interaction_response(
+    start_discord: StartDiscord,
+) -> None:
+    env = await start_discord()
+    env.fake.slash(
+        env.bot,
+        env.users["bob"],
+        env.channels["general"],
+        "ask",
+        [{"name": "question", "type": 3, "value": "What is your favourite ship?"}],
+    )
+    callback = await env.fake.wait_for(lambda: env.fake.calls_to("POST", r"/callback$"))
+    assert callback[0].body["type"] == 5  # deferred: Discord shows "thinking..."
+    await env.fake.wait_for(
+        lambda: (e := env.fake.calls_to("PATCH", r"/messages/@original$"))
+        and not (e[-1].content or "").endswith(CURSOR)
+    )
+    edits = env.fake.calls_to("PATCH", r"/messages/@original$")
+    assert len(edits) >= 2
+    final = edits[-1].content or ""
+    assert final.startswith("**Pete:** ") and len(final) > len("**Pete:** ")
+
+
+async def test_persona_list_and_info(start_discord: StartDiscord) -> None:
+    env = await start_discord()
+    env.fake.slash(env.bot, env.users["bob"], env.channels["general"], "persona",
+                   [{"name": "list", "type": 1, "options": []}])
+    listed = await env.fake.wait_for(lambda: env.fake.calls_to("POST", r"/callback$"))
+    data = listed[0].body["data"]
+    assert data["flags"] & 64  # ephemeral
+    for name in ("Libby", "Pete", "Vault", "`librarian`"):
+        assert name in data["content"]
+
+    env.fake.slash(env.bot, env.users["bob"], env.channels["general"], "persona",
+                   [{"name": "info", "type": 1,
+                     "options": [{"name": "name", "type": 3, "value": "librarian"}]}])
+    info = await env.fake.wait_for(lambda: env.fake.calls_to("POST", r"/callback$")[1:])
+    embed = info[0].body["data"]["embeds"][0]
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert embed["title"] == "Libby"
+    assert "How many vacation days do I get?" in fields["Suggested questions"]
+    assert fields["Knowledge"] == "handbook"
+
+    env.fake.slash(env.bot, env.users["bob"], env.channels["general"], "persona",
+                   [{"name": "info", "type": 1,
+                     "options": [{"name": "name", "type": 3, "value": "nobody"}]}])
+    missing = await env.fake.wait_for(lambda: env.fake.calls_to("POST", r"/callback$")[2:])
+    assert missing[0].body["data"]["content"] == "That persona doesn't exist: try /persona list."
+
+
+async def test_ask_autocomplete_offers_personas_and_starters(start_discord: StartDiscord) -> None:
+    env = await start_discord()
+    env.fake.slash(
+        env.bot, env.users["bob"], env.channels["general"], "ask",
+        [{"name": "question", "type": 3, "value": "vac", "focused": True},
+         {"name": "persona", "type": 3, "value": "librarian"}],
+        autocomplete=True,
+    )
+    answered = await env.fake.wait_for(lambda: env.fake.calls_to("POST", r"/callback$"))
+    assert answered[0].body["type"] == 8
+    choices = answered[0].body["data"]["choices"]
+    assert [c["value"] for c in choices] == ["How many vacation days do I get?"]
+
+
+async def test_reset_forgets_a_thread_and_explains_elsewhere(start_discord: StartDiscord) -> None:
+    env = await start_discord(**{"model.max_tokens": 8})
+    env.fake.slash(
+        env.bot, env.users["alice"], env.channels["general"], "ask",
+        [{"name": "question", "type": 3, "value": "Tell me a sea story"},
+         {"name": "thread", "type": 5, "value": True}],
+    )
+    created = await env.fake.wait_for(lambda: env.fake.calls_to("POST", r"/threads$"))
+    thread_id = created[0].path.split("/")[-2]
+    conversation = env.app.store.conversation_id("discord", f"thread:{thread_id}")
+    await env.fake.wait_for(
+        lambda: [t for t in env.app.store.history(conversation) if t.role == "assistant"]
+    )
+
+    env.fake.slash(env.bot, env.users["alice"], thread_id, "reset")
+    await env.fake.wait_for(lambda: len(env.fake.calls_to("POST", r"/callback$")) == 2)
+    assert env.app.store.history(conversation) == []
+    env.fake.slash(env.bot, env.users["alice"], env.channels["general"], "reset")
+    done = await env.fake.wait_for(lambda: env.fake.calls_to("POST", r"/callback$")[2:])
+    assert "reply chain" in done[0].body["data"]["content"]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+async def test_long_reply_is_split_without_breaking_code_or_words(
+    start_discord: StartDiscord,
+) -> None:
+    env = await start_discord(engine=ScriptedEngine(LONG_REPLY, piece_chars=97))
+    asked = env.say("alice", "general", "Show me the listing.")
+    turn, shown = await env.answer(asked)
+
+    assert len(shown) >= 2
+    assert all(len(m["content"]) <= 2000 for m in shown)
+    assert all(m["content"].count("```") % 2 == 0 for m in shown), "code blocks closed per part"
+    assert shown[1]["content"].startswith("```python") or "```python" in shown[0]["content"]
+    words = " ".join(m["content"] for m in shown).replace("```python", "").replace("```", "")
+    assert words.split() == LONG_REPLY.replace("```python", "").replace("```", "").split()
+    assert not any(c.status == 400 for c in env.fake.calls), "never over Discord's limit"
+
+
+async def test_mass_mention_bait_is_defused(start_discord: StartDiscord) -> None:
+    env = await start_discord(engine=ScriptedEngine("Hey @everyone and @here, look!"))
+    asked = env.say("alice", "general", "Say hello to everyone.")
+    _, shown = await env.answer(asked)
+    content = shown[0]["content"]
+    assert "@everyone" not in content and "@here" not in content
+    assert "@\u200beveryone" in content and "@\u200bhere" in content
+
+
+async def test_plain_messages_without_manage_webhooks(start_discord: StartDiscord) -> None:
+    env = await start_discord(fake_options={"manage_webhooks": False}, **{"model.max_tokens": 12})
+    asked = env.say("alice", "general", "Who are you?")
+    _, shown = await env.answer(asked)
+    assert not shown[0].get("webhook_id")
+    assert shown[0]["content"].startswith("**Pete:** ")
+    assert shown[0]["message_reference"]["message_id"] == asked["id"]
+    assert not env.fake.calls_to("POST", r"/webhooks")
+
+
+async def test_small_text_attachments_are_read_others_ignored(start_discord: StartDiscord) -> None:
+    engine = ScriptedEngine("Read it.")
+    env = await start_discord(engine=engine)
+    env.say(
+        "alice", "general", "Summarise the notes.",
+        attachments=[
+            ("notes.txt", "text/plain", b"The treasure is under the palm tree."),
+            ("photo.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 100),
+            ("big.txt", "text/plain", b"x" * 100_000),
+        ],
+    )
+    await env.fake.wait_for(lambda: engine.requests)
+    question = engine.requests[0].messages[-1].content
+    assert "[notes.txt]" in question and "under the palm tree" in question
+    assert "photo.png" not in question and "big.txt" not in question
+
+
+# --------------------------------------------------------------------------- safety
+
+
+async def test_bots_webhooks_and_itself_are_ignored(start_discord: StartDiscord) -> None:
+    engine = ScriptedEngine("Hi.")
+    env = await start_discord(engine=engine)
+    env.fake.user_message(env.users["otherbot"], env.channels["general"], "hi", mention=env.bot)
+    env.fake.user_message(env.users["otherbot"], env.channels["cove"], "hello pirate")
+    hook = {"id": "1", "username": "Some Hook", "bot": True, "discriminator": "0000", "avatar": None}
+    webhook_message = env.fake.user_message(hook, env.channels["cove"], "from a webhook")
+    webhook_message["webhook_id"] = "1"
+    env.fake.dispatch("MESSAGE_CREATE", {**webhook_message, "guild_id": env.fake.guild_id})
+    env.fake.user_message(env.bot.user, env.channels["cove"], "my own words")
+    await env.quiet()
+    assert engine.requests == []
+    assert env.sent_messages() == []
+
+
+async def test_access_lists_allow_users_and_roles_only(start_discord: StartDiscord) -> None:
+    env = await start_discord(**{"model.max_tokens": 8})
+    denied = env.say("bob", "general", "vault: open up")
+    refusal = await env.fake.wait_for(lambda: env.fake.replies_to(denied["id"]))
+    assert refusal[0]["content"] == "Sorry, you don't have access to Vault."
+    assert env.turns_after(denied["id"]) == []
+
+    by_user = env.say("alice", "general", "vault: open up")
+    turn, _ = await env.answer(by_user)
+    assert turn.persona_id == "vault"
+    by_role = env.say("carol", "general", "vault: open up")
+    turn, _ = await env.answer(by_role)
+    assert turn.persona_id == "vault"
+
+
+async def test_global_denylist_keeps_the_bot_silent(start_discord: StartDiscord) -> None:
+    engine = ScriptedEngine("Hi.")
+    env = await start_discord(engine=engine, **{"policy.deny_channels": "PLACEHOLDER"})
+    # The denylist names the channel created by the fake; rebuild the policy with it.
+    env.app.service.policy.settings = type(env.app.service.policy.settings)(
+        deny_channels=(env.channels["general"],)
+    )
+    env.say("alice", "general", "Anyone?")
+    await env.quiet()
+    assert engine.requests == [] and env.sent_messages() == []
+
+
+async def test_rate_limit_answers_politely_once(start_discord: StartDiscord) -> None:
+    engine = ScriptedEngine("Aye.")
+    env = await start_discord(engine=engine, **{"policy.rate_limit_messages": 2})
+    asked = [env.say("bob", "general", f"Question {i}?") for i in range(4)]
+    for message in asked[:2]:
+        await env.answer(message)
+    polite = await env.fake.wait_for(lambda: env.fake.replies_to(asked[2]["id"]))
+    assert "too fast" in polite[0]["content"]
+    await env.quiet()
+    notices = [m for m in env.fake.bot_messages(env.channels["general"]) if "too fast" in m["content"]]
+    assert len(notices) == 1, "the notice is said once per wait, not to every message"
+    assert len(engine.requests) == 2
+
+
+async def test_malformed_gateway_payloads_get_no_reply_and_no_crash(
+    start_discord: StartDiscord,
+) -> None:
+    engine = ScriptedEngine("Fine.")
+    env = await start_discord(engine=engine)
+    valid = env.fake.user_message(env.users["alice"], env.channels["quiet"], "x", mention=env.bot)
+    base = {**valid, "guild_id": env.fake.guild_id}
+    bad: list[dict[str, Any]] = [
+        {k: v for k, v in base.items() if k != "author"},
+        {k: v for k, v in base.items() if k != "channel_id"},
+        {**base, "id": "not-a-snowflake"},
+        {**base, "content": 12345},
+        {**base, "author": "alice"},
+        {**base, "mentions": "everyone"},
+        {**base, "content": f"<@{env.bot.id}> " + "A" * 1_000_000},
+        {**base, "content": f"<@{env.bot.id}> \x00\x01\x02\x1b\x7f"},
+        {},
+    ]
+    engine.requests.clear()
+    for number, payload in enumerate(bad):
+        payload = {**payload, "id": payload.get("id", str(10**18 + number))}
+        env.fake.dispatch("MESSAGE_CREATE", payload)
+    env.fake.dispatch("INTERACTION_CREATE", {"id": "1", "type": 2})
+    env.fake.dispatch("MESSAGE_REACTION_ADD", {"emoji": None})
+    after = env.say("alice", "general", "Still there?")
+    await env.answer(after)
+    assert len(engine.requests) == 2, "only the two well-formed messages were answered"
+    assert env.bot.identifies == 1 and env.bot.resumes == 0, "the connection never dropped"
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+async def test_gateway_drop_and_resume_mid_reply_loses_nothing(
+    start_discord: StartDiscord,
+) -> None:
+    env = await start_discord(engine=ScriptedEngine(LONG_REPLY[:1500], piece_chars=30, delay_s=0.01))
+    first = env.say("alice", "general", "Tell me everything.")
+    await env.fake.wait_for(lambda: env.fake.replies_to(first["id"]))
+    seq_of_first = env.fake.seq_of(env.bot, lambda e, d: d.get("id") == first["id"])
+    await env.fake.drop(env.bot, replay_from=seq_of_first - 1)
+    during = env.say("bob", "general", "Are you still there?")  # queued while disconnected
+
+    _, shown = await env.answer(first)
+    await env.answer(during)
+    assert env.bot.resumes == 1 and env.bot.identifies == 1
+    assert "".join(m["content"] for m in shown).split() == LONG_REPLY[:1500].split()
+    await env.quiet()
+    answers_to_first = [t for t in env.turns_after(first["id"]) if t.role == "assistant"]
+    assert len(answers_to_first) == 1, "the replayed message was answered once"
+
+
+async def test_replayed_message_is_answered_once_across_a_restart(
+    start_discord: StartDiscord, project: Path, settings_for: Callable[..., Settings]
+) -> None:
+    engine = ScriptedEngine("Once.")
+    env = await start_discord(engine=engine)
+    asked = env.say("alice", "general", "Answer me once.")
+    await env.answer(asked)
+    await env.adapter.stop()
+    await env.app.close()
+
+    app = App.create(env.app.settings, engine=engine)
+    await app.start()
+    adapter = DiscordAdapter(app, guild_ready_timeout_s=0.05, retry=FAST_RETRY)
+    await adapter.start()
+    env.app, env.adapter = app, adapter
+    replay = {**env.fake.messages[asked["id"]], "guild_id": env.fake.guild_id}
+    env.fake.dispatch("MESSAGE_CREATE", replay)
+    fresh = env.say("alice", "general", "And a new question.")
+    await env.answer(fresh)
+    assert len(engine.requests) == 2
+    assert env.bot.identifies == 2
+
+
+async def test_rate_limited_rest_calls_are_waited_out(start_discord: StartDiscord) -> None:
+    env = await start_discord(engine=ScriptedEngine(LONG_REPLY[:600], piece_chars=20, delay_s=0.01))
+    env.fake.fail("POST", r"^/webhooks/\d+/\w+$", 429, times=1, retry_after=0.3)
+    env.fake.fail("PATCH", r"^/webhooks/\d+/\w+/messages/", 429, times=2, retry_after=0.2)
+    asked = env.say("alice", "general", "Long answer please.")
+    _, shown = await env.answer(asked)
+    limited = [c for c in env.fake.calls if c.status == 429]
+    assert len(limited) == 3
+    assert len(shown) == 1 and shown[0]["content"].split() == LONG_REPLY[:600].split()
+
+
+async def test_discord_outage_delays_but_never_drops_a_reply(start_discord: StartDiscord) -> None:
+    env = await start_discord(engine=ScriptedEngine("Still here after the storm."))
+    env.fake.fail("POST", r"^/webhooks/\d+/\w+$", 503, times=3)
+    env.fake.fail("PATCH", r"^/webhooks/", 503, times=2)
+    asked = env.say("alice", "general", "Are you there?")
+    _, shown = await env.answer(asked)
+    assert shown[0]["content"] == "Still here after the storm."
+    assert len([c for c in env.fake.calls if c.status == 503]) == 5
+    assert len([c for c in env.sent_messages() if c.status == 200]) == 1, "no duplicate message"
+
+
+async def test_engine_busy_gets_a_short_human_reply(start_discord: StartDiscord) -> None:
+    env = await start_discord(engine=ScriptedEngine(busy=True))
+    asked = env.say("alice", "general", "Hello?")
+    notice = await env.fake.wait_for(lambda: env.fake.replies_to(asked["id"]))
+    assert notice[0]["content"] == "I'm busy, try again in a few seconds."
+
+
+@pytest.mark.parametrize("change", ["edit", "delete"])
+async def test_edit_or_delete_before_the_reply_starts_cancels_it(
+    start_discord: StartDiscord, change: str
+) -> None:
+    gate = asyncio.Event()
+    engine = ScriptedEngine("Too late.", gate=gate)
+    env = await start_discord(engine=engine)
+    asked = env.say("alice", "general", "Wait for it.")
+    await env.fake.wait_for(lambda: engine.requests)
+    if change == "edit":
+        env.fake.edit_user_message(asked["id"], f"<@{env.bot.id}> Never mind.")
+    else:
+        env.fake.delete_user_message(asked["id"])
+    await env.fake.wait_for(lambda: engine.cancelled)
+    gate.set()
+    await env.quiet()
+    assert env.fake.replies_to(asked["id"]) == [] if change == "edit" else True
+    assert env.sent_messages() == []
+
+
+async def test_reactions_are_stored_as_feedback(start_discord: StartDiscord) -> None:
+    env = await start_discord(engine=ScriptedEngine("Aye, twenty five days."))
+    asked = env.say("alice", "general", "How many days?")
+    turn, shown = await env.answer(asked)
+    store = env.app.store
+    env.fake.react(env.users["bob"], shown[0]["id"], "👍")
+    env.fake.react(env.users["alice"], shown[0]["id"], "👎")
+    env.fake.react(env.users["alice"], asked["id"], "👍")  # not a bot reply: ignored
+    await env.fake.wait_for(lambda: len(store.feedback()) == 2)
+    assert {(f.user_id, f.value, f.turn_id) for f in store.feedback()} == {
+        (env.users["bob"]["id"], 1, turn.id),
+        (env.users["alice"]["id"], -1, turn.id),
+    }
+    env.fake.react(env.users["bob"], shown[0]["id"], "👍", remove=True)
+    await env.fake.wait_for(lambda: len(store.feedback()) == 1)
+
+
+async def test_stop_finalises_a_reply_in_flight(start_discord: StartDiscord) -> None:
+    engine = ScriptedEngine("word " * 400, piece_chars=5, delay_s=0.02)
+    env = await start_discord(engine=engine, adapter_options={"stop_grace_s": 0.3})
+    asked = env.say("alice", "general", "Talk for a long time.")
+    shown = await env.fake.wait_for(lambda: env.fake.replies_to(asked["id"]))
+    await env.adapter.stop()
+    final = env.fake.messages[shown[0]["id"]]["content"]
+    assert final.endswith(INTERRUPTED) and CURSOR not in final
+
+
+# --------------------------------------------------------------------------- concurrency, reload
+
+
+async def test_two_personas_in_two_channels_at_once(start_discord: StartDiscord) -> None:
+    env = await start_discord(**{"model.max_tokens": 16})
+    cove = env.say("alice", "cove", "What do you love most?", mention=False)
+    library = env.say("bob", "library", "How long must passwords be?", mention=False)
+    (pirate, pirate_shown), (librarian, library_shown) = await asyncio.gather(
+        env.answer(cove), env.answer(library)
+    )
+    assert (pirate.persona_id, librarian.persona_id) == ("pirate", "librarian")
+    assert pirate_shown[0]["author"]["username"] == "Pete"
+    assert library_shown[0]["author"]["username"] == "Libby"
+    assert pirate_shown[0]["channel_id"] == env.channels["cove"]
+    assert library_shown[0]["channel_id"] == env.channels["library"]
+
+
+async def test_persona_edited_on_disk_changes_the_next_reply(
+    start_discord: StartDiscord, project: Path
+) -> None:
+    env = await start_discord(**{"model.max_tokens": 8})
+    before = env.say("alice", "cove", "Ahoy?", mention=False)
+    _, shown = await env.answer(before)
+    assert shown[0]["author"]["username"] == "Pete"
+
+    source = project / "personas" / "pirate" / "persona.md"
+    source.write_text(source.read_text().replace("name: Pete", "name: Captain Pete"))
+    await env.fake.wait_for(
+        lambda: (p := env.app.registry.get("pirate")) and p.display_name == "Captain Pete", 10
+    )
+    after = env.say("alice", "cove", "Ahoy again?", mention=False)
+    _, shown = await env.answer(after)
+    assert shown[0]["author"]["username"] == "Captain Pete"
+
+
+# --------------------------------------------------------------------------- latency
+
+
+async def test_adapter_adds_almost_no_latency(start_discord: StartDiscord) -> None:
+    """MESSAGE_CREATE -> first visible text and -> final message, against the same request made
+    straight to the chat service (what `bots ask` does), in the same run."""
+    env = await start_discord(**{"model.max_tokens": 24, "model.temperature": 0.0})
+    runs = 3
+    direct_first, direct_total, discord_first, discord_total = [], [], [], []
+    for run in range(runs):
+        question = f"Name a famous ship, number {run}."
+        started = time.perf_counter()
+        reply = await env.app.service.start(
+            Incoming("cli", "", "cli", question, "pirate", remember=False), check_policy=False
+        )
+        first_piece = 0.0
+        async for _ in reply:
+            first_piece = first_piece or time.perf_counter() - started
+        direct_first.append(first_piece)
+        direct_total.append(time.perf_counter() - started)
+
+        sent_at = time.monotonic()
+        asked = env.say("alice", "general", question)
+        _, shown = await env.answer(asked)
+        posts = [c for c in env.fake.calls if c.at >= sent_at and c.content and c.status < 300]
+        edits = env.fake.calls_to("PATCH", rf"/messages/{shown[0]['id']}$")
+        discord_first.append(posts[0].at - sent_at)
+        discord_total.append((edits[-1].at if edits else posts[0].at) - sent_at)
+
+    medians = {
+        "direct_first_s": statistics.median(direct_first),
+        "direct_total_s": statistics.median(direct_total),
+        "discord_first_s": statistics.median(discord_first),
+        "discord_total_s": statistics.median(discord_total),
+    }
+    print("discord latency (median of %d): %s" % (runs, {k: round(v, 3) for k, v in medians.items()}))
+    # Generous bounds for a shared 2-core machine: the adapter's own work is milliseconds.
+    assert medians["discord_first_s"] - medians["direct_first_s"] < 0.5
+    assert medians["discord_total_s"] - medians["direct_total_s"] < 0.5
+
+
+def test_no_token_in_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """Settings hide the token; the adapter never formats it into a message."""
+    assert re.search(r"token", repr(Settings())) is None or TOKEN not in repr(Settings())

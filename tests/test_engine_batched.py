@@ -1,0 +1,329 @@
+"""The batched engine on the real embedded model: batching, prefix reuse and eviction must never
+change what a conversation generates, and cancelling one stream must not disturb the others.
+
+Greedy decoding (temperature 0) and a fixed seed make the outputs reproducible, so each test
+compares an engine doing the clever thing with one that cannot: a fresh engine, a request alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bots.engine.base import (
+    ChatMessage,
+    EngineBusy,
+    EngineError,
+    EngineTimeout,
+    GenerationRequest,
+    Piece,
+    Usage,
+)
+from bots.engine.batched import BatchedEngine
+from bots.engine.model_files import default_model_path
+from bots.engine.prefix_cache import Entry, SequenceTable, common_prefix, may_take_over
+
+PIRATE = (
+    "You are Pip, the pirate captain of the good ship Marmalade. You always talk like a pirate, "
+    "call everyone 'matey', and end every answer with a sea shanty line."
+)
+DOCTOR = (
+    "You are Dr. Lee, a careful and polite physician. You answer in calm, precise sentences and "
+    "remind people to see their own doctor for anything serious."
+)
+GARDENER = "You are Rosa, a gardener who loves tomatoes and talks about compost whenever she can."
+KV_CELLS = 4096
+N_CTX = 2048
+REPLY_TOKENS = 20
+
+
+def chat(system: str, *turns: str) -> tuple[ChatMessage, ...]:
+    """System message, then alternating user/assistant turns (the last one is the user's)."""
+    roles = ("user", "assistant")
+    return (
+        ChatMessage("system", system),
+        *(ChatMessage(roles[i % 2], text) for i, text in enumerate(turns)),  # type: ignore[arg-type]
+    )
+
+
+def request(messages: tuple[ChatMessage, ...], **kw: object) -> GenerationRequest:
+    kw.setdefault("max_tokens", REPLY_TOKENS)
+    kw.setdefault("temperature", 0.0)
+    return GenerationRequest(messages=messages, **kw)  # type: ignore[arg-type]
+
+
+async def collect(engine: BatchedEngine, req: GenerationRequest) -> tuple[str, Piece]:
+    text: list[str] = []
+    last = Piece("")
+    async for piece in engine.stream(req):
+        text.append(piece.text)
+        last = piece
+    return "".join(text), last
+
+
+def usage(piece: Piece) -> Usage:
+    assert piece.usage is not None
+    return piece.usage
+
+
+@pytest.fixture
+async def make_engine() -> AsyncIterator[object]:
+    engines: list[BatchedEngine] = []
+
+    async def make(**kw: object) -> BatchedEngine:
+        kw.setdefault("n_ctx", N_CTX)
+        kw.setdefault("kv_cells", KV_CELLS)
+        engine = BatchedEngine(default_model_path(), **kw)  # type: ignore[arg-type]
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        await engine.close()
+
+
+async def test_stream_yields_text_then_a_final_piece_with_usage(make_engine) -> None:
+    engine = await make_engine()
+    text, last = await collect(engine, request(chat(PIRATE, "Who are you?")))
+    assert text.strip()
+    assert last.finish_reason in ("stop", "length")
+    u = usage(last)
+    assert u.prompt_tokens > 40 and 0 < u.completion_tokens <= REPLY_TOKENS
+    assert u.ttft_ms > 0 and u.total_ms >= u.ttft_ms
+    assert engine.count_tokens("hello world") == 2
+    assert engine.context_size == N_CTX
+
+
+async def test_batched_generation_matches_a_single_sequence(make_engine) -> None:
+    target = request(chat(PIRATE, "What is your ship called?"), temperature=0.8, seed=7)
+    alone_engine = await make_engine()
+    alone, _ = await collect(alone_engine, target)
+    await alone_engine.close()
+
+    engine = await make_engine()
+    others = [
+        request(chat(DOCTOR, "I have a headache."), max_tokens=30),
+        request(chat(GARDENER, "What should I plant?"), temperature=0.5, seed=3, max_tokens=12),
+        request(chat(PIRATE, "Sing me a song."), max_tokens=25),
+    ]
+    results = await asyncio.gather(collect(engine, target), *(collect(engine, r) for r in others))
+    assert results[0][0] == alone
+
+
+async def test_reused_persona_prefix_gives_the_same_reply_as_a_fresh_evaluation(
+    make_engine,
+) -> None:
+    question = request(chat(DOCTOR, "How much water should I drink?"))
+    fresh_engine = await make_engine()
+    fresh, _ = await collect(fresh_engine, question)
+    await fresh_engine.close()
+
+    engine = await make_engine()
+    await collect(engine, request(chat(DOCTOR, "Good morning!")))
+    reused, last = await collect(engine, question)
+    persona_tokens = engine.count_tokens(DOCTOR)
+    assert usage(last).cached_tokens > persona_tokens
+    assert reused == fresh
+
+
+async def test_follow_up_evaluates_only_the_new_turn(make_engine) -> None:
+    engine = await make_engine()
+    first = chat(GARDENER, "What is compost?")
+    reply, _ = await collect(engine, request(first))
+    follow_up = request(chat(GARDENER, "What is compost?", reply, "How long does it take?"))
+    _, last = await collect(engine, follow_up)
+    u = usage(last)
+    assert u.prompt_tokens - u.cached_tokens < 20
+
+
+async def test_persona_reload_invalidates_its_prefix(make_engine) -> None:
+    edited = PIRATE.replace("always talk like a pirate", "never talk like a pirate, but politely")
+    question = "Tell me about your ship."
+    fresh_engine = await make_engine()
+    expected, _ = await collect(fresh_engine, request(chat(edited, question)))
+    before, _ = await collect(fresh_engine, request(chat(PIRATE, question)))
+    await fresh_engine.close()
+    assert before != expected, "the edit must change the reply, or this test proves nothing"
+
+    engine = await make_engine()
+    await collect(engine, request(chat(PIRATE, question)))
+    after, last = await collect(engine, request(chat(edited, question)))
+    assert after == expected
+    old, new = (engine._model.tokenize(t) for t in (PIRATE, edited))  # type: ignore[union-attr]
+    # Only what precedes the edit may come from the cache.
+    assert usage(last).cached_tokens < len(new) - len(old) + common_prefix(old, new) + 10
+
+
+@pytest.mark.parametrize("park_bytes", [0, 256 * 2**20], ids=["re-evaluated", "parked-in-ram"])
+async def test_evicted_conversation_continues_the_same(make_engine, park_bytes: int) -> None:
+    conversation = chat(GARDENER, "What is compost?")
+    reference_engine = await make_engine()
+    first, _ = await collect(reference_engine, request(conversation))
+    follow_up = request(chat(GARDENER, "What is compost?", first, "And worms?"))
+    expected, _ = await collect(reference_engine, follow_up)
+    await reference_engine.close()
+
+    # A cache too small for more than a few sequences: the other personas push it out.
+    engine = await make_engine(kv_cells=512, n_ctx=512, park_bytes=park_bytes)
+    assert (await collect(engine, request(conversation)))[0] == first
+    for system in (PIRATE, DOCTOR, PIRATE + " Arr!", DOCTOR + " Thanks."):
+        await collect(engine, request(chat(system, "Hello there, who are you?")))
+    continued, last = await collect(engine, follow_up)
+    assert continued == expected
+    restored = usage(last).cached_tokens
+    if park_bytes:
+        assert restored > engine.count_tokens(GARDENER), "the parked conversation was restored"
+    assert "parked" in engine.status().detail
+
+
+async def test_cancelling_one_stream_leaves_the_others_intact(make_engine) -> None:
+    others = [
+        request(chat(DOCTOR, "I have a headache."), max_tokens=24),
+        request(chat(GARDENER, "What should I plant?"), max_tokens=24),
+    ]
+    reference_engine = await make_engine()
+    long_request = request(chat(PIRATE, "Tell me a very long story."), max_tokens=400)
+    expected = await asyncio.gather(
+        *(collect(reference_engine, r) for r in others), collect(reference_engine, long_request)
+    )
+    await reference_engine.close()
+
+    engine = await make_engine()
+
+    async def cancelled_after_three_pieces() -> None:
+        stream = engine.stream(long_request)
+        count = 0
+        async for _ in stream:
+            count += 1
+            if count == 3:
+                break
+        await stream.aclose()  # type: ignore[attr-defined]
+
+    results = await asyncio.gather(
+        *(collect(engine, r) for r in others), cancelled_after_three_pieces()
+    )
+    assert [r[0] for r in results[:2]] == [e[0] for e in expected[:2]]
+    deadline = time.monotonic() + 5
+    while engine.status().active and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert engine.status().active == 0, "the cancelled sequence stopped generating"
+
+
+async def test_task_cancellation_stops_the_generation(make_engine) -> None:
+    engine = await make_engine()
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in engine.stream(request(chat(PIRATE, "Tell me a long story."), max_tokens=500)):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    while engine.status().active and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert engine.status().active == 0
+    text, _ = await collect(engine, request(chat(PIRATE, "Who are you?")))
+    assert text
+
+
+async def test_timeout_raises_and_the_engine_keeps_serving(make_engine) -> None:
+    engine = await make_engine()
+    with pytest.raises(EngineTimeout):
+        await collect(engine, request(chat(PIRATE, "Tell me a long story."), max_tokens=500, timeout_s=0.3))
+    text, _ = await collect(engine, request(chat(DOCTOR, "Hello.")))
+    assert text
+
+
+async def test_full_queue_answers_busy_at_once(make_engine) -> None:
+    engine = await make_engine(parallel=1, queue_size=1)
+    long_request = request(chat(PIRATE, "Tell me a long story."), max_tokens=400)
+    running = asyncio.create_task(collect(engine, long_request))
+    while engine.status().active == 0:
+        await asyncio.sleep(0.01)
+    queued = asyncio.create_task(collect(engine, request(chat(DOCTOR, "Hi."))))
+    while engine.status().queue_depth == 0:
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(EngineBusy):
+        await collect(engine, request(chat(GARDENER, "Hi.")))
+    assert time.monotonic() - started < 0.5
+    running.cancel()
+    queued.cancel()
+    await asyncio.gather(running, queued, return_exceptions=True)
+
+
+async def test_stop_strings_end_the_reply_before_them(make_engine) -> None:
+    engine = await make_engine()
+    base, _ = await collect(engine, request(chat(DOCTOR, "Count from 1 to 10."), max_tokens=40))
+    assert "5" in base
+    stopped, last = await collect(
+        engine, request(chat(DOCTOR, "Count from 1 to 10."), max_tokens=40, stop=("5",))
+    )
+    assert last.finish_reason == "stop"
+    assert stopped == base[: base.index("5")]
+
+
+async def test_prompt_longer_than_the_context_is_an_error(make_engine) -> None:
+    engine = await make_engine(n_ctx=256, kv_cells=256)
+    with pytest.raises(EngineError, match="context holds 256"):
+        await collect(engine, request(chat(PIRATE * 20, "Hi.")))
+
+
+def test_missing_model_file_fails_to_start(tmp_path: Path) -> None:
+    engine = BatchedEngine(tmp_path / "nope.gguf")
+    with pytest.raises(EngineError, match="nope.gguf"):
+        asyncio.run(engine.start())
+
+
+# -- the cache bookkeeping, without the model ------------------------------------------------
+
+
+def tokens(*values: int) -> np.ndarray:
+    return np.asarray(values, dtype=np.int32)
+
+
+def test_common_prefix_counts_equal_leading_tokens() -> None:
+    assert common_prefix(tokens(1, 2, 3), tokens(1, 2, 4, 5)) == 2
+    assert common_prefix(tokens(1, 2), tokens(1, 2, 3)) == 2
+    assert common_prefix(tokens(), tokens(1)) == 0
+
+
+def test_best_match_prefers_the_longest_shared_prefix_and_a_takeover_on_ties() -> None:
+    table = SequenceTable(8, park_budget_bytes=0)
+    table.put(Entry(0, tokens(1, 2, 3), "prefix"))
+    table.put(Entry(1, tokens(1, 2, 3, 4, 9), "conversation", last_turn_start=3))
+    table.put(Entry(2, tokens(1, 2, 3, 4), "conversation", last_turn_start=4))
+    match = table.best_match(tokens(1, 2, 3, 4, 5))
+    assert match.length == 4 and match.entry is not None and match.entry.seq_id == 2
+
+
+def test_only_the_same_conversation_may_take_a_sequence_over() -> None:
+    conversation = Entry(1, tokens(1, 2, 3, 4, 5, 6), "conversation", last_turn_start=4)
+    assert may_take_over(conversation, 4)  # repeats the whole history: the next turn
+    assert not may_take_over(conversation, 3)  # shares the persona only: another conversation
+    assert not may_take_over(Entry(0, tokens(1, 2, 3), "prefix"), 3)
+    conversation.busy = True
+    assert not may_take_over(conversation, 5)
+
+
+def test_parking_keeps_the_newest_within_the_budget() -> None:
+    import ctypes
+
+    table = SequenceTable(4, park_budget_bytes=250)
+    for i in range(3):
+        entry = Entry(i, tokens(i, i), "conversation")
+        assert table.park(entry, (ctypes.c_uint8 * 100)())
+    assert table.parked_count == 2 and table.parked_bytes == 200
+    assert table.best_match(tokens(0, 0)).length == 0  # the oldest was dropped
+    assert table.best_match(tokens(2, 2)).parked is not None
+    assert not table.park(Entry(3, tokens(3), "conversation"), (ctypes.c_uint8 * 300)())
