@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class App:
     watcher: Watcher | None = None
     started_at: float = 0.0
     adapters: dict[str, str] = field(default_factory=dict)
+    file_listeners: list[Callable[[set[Path]], None]] = field(default_factory=list)
     _model_loaded: bool = False
 
     @classmethod
@@ -100,6 +102,19 @@ class App:
             reload_ids |= {s.id for s in self.registry.states()}
         for persona_id in sorted(reload_ids):
             self.registry.reload(persona_id)
+        for listener in list(self.file_listeners):
+            try:
+                listener(paths)
+            except Exception:  # a broken listener must not stop reloads
+                log.exception("file change listener failed")
+
+    def add_file_listener(self, listener: Callable[[set[Path]], None]) -> None:
+        """Call `listener(paths)` on the watcher thread after each batch is reloaded and indexed."""
+        self.file_listeners.append(listener)
+
+    def remove_file_listener(self, listener: Callable[[set[Path]], None]) -> None:
+        if listener in self.file_listeners:
+            self.file_listeners.remove(listener)
 
     def _refresh_documents(self, path: Path) -> None:
         try:

@@ -56,6 +56,13 @@ class ModelSettings:
     top_p: float = 0.9
     repeat_penalty: float = 1.15
     quantize_q8: bool = True
+    # Run the local model in a supervised child process: a native crash costs one reply, not the bot.
+    isolate: bool = True
+    # Kill and restart the model worker after this long without progress while it has work.
+    watchdog_s: float = 60.0
+    # Give up (and exit non-zero) after this many worker restarts within restart_window_s.
+    max_restarts: int = 5
+    restart_window_s: float = 300.0
 
 
 @dataclass(frozen=True)

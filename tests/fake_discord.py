@@ -58,6 +58,9 @@ EVERYONE_PERMISSIONS = (
 )
 
 JSON_TYPE = "application/json"
+CALL = web.RequestKey("call", "Call")
+CUT = 0  # a fault status meaning "drop the connection"
+CUT_STATUS = 599  # what the call log records for a dropped connection
 
 
 def timestamp(at: float | None = None) -> str:
@@ -113,7 +116,8 @@ class Call:
 
 @dataclass
 class Fault:
-    """Answer the next `times` matching requests with `status` instead of serving them."""
+    """Answer the next `times` matching requests with `status` instead of serving them, or
+    (status 0) cut the connection, before or after doing the work."""
 
     method: str
     pattern: re.Pattern[str]
@@ -121,6 +125,7 @@ class Fault:
     times: int
     retry_after: float = 0.0
     via: bool = True
+    after_processing: bool = False
 
 
 @dataclass
@@ -464,11 +469,11 @@ class FakeDiscord:
             0,
             self.bots[token].id if token in self.bots else "",
         )
-        request["call"] = call
+        request[CALL] = call
         response: web.StreamResponse
         fault = self._take_fault(request.method, call.path)
-        if fault is not None:
-            response = self._fault_response(fault)
+        if fault is not None and not fault.after_processing:
+            response = self._fault_response(request, fault)
         elif (
             request.path.startswith("/api/")
             and _needs_bot_auth(call.path)
@@ -480,6 +485,8 @@ class FakeDiscord:
                 response = await handler(request)
             except ApiError as exc:
                 response = _json(exc.body, status=exc.status)
+            if fault is not None:  # the work is done, but the answer is lost
+                response = self._fault_response(request, fault)
         call.status = response.status
         self.calls.append(call)
         async with self._changed:
@@ -494,11 +501,15 @@ class FakeDiscord:
         return None
 
     @staticmethod
-    def _fault_response(fault: Fault) -> web.Response:
+    def _fault_response(request: web.Request, fault: Fault) -> web.Response:
+        if fault.status == CUT:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=CUT_STATUS)  # never sent: the connection is gone
         if fault.status == 429:
             headers = {"Retry-After": f"{fault.retry_after:.3f}", "X-RateLimit-Scope": "user"}
             if fault.via:
-                headers["Via"] = "1.1 google"
+                headers["Via"] = "1.1 google"  # without it discord.py assumes a Cloudflare ban
             body = {
                 "message": "You are being rate limited.",
                 "retry_after": fault.retry_after,
@@ -519,6 +530,17 @@ class FakeDiscord:
     ) -> Fault:
         """Answer the next `times` matching requests with an error (429 carries Retry-After)."""
         fault = Fault(method, re.compile(path_pattern), status, times, retry_after, via)
+        self.faults.append(fault)
+        return fault
+
+    def cut(
+        self, method: str, path_pattern: str, *, times: int = 1, after_processing: bool = False
+    ) -> Fault:
+        """Drop the connection on the next `times` matching requests (an outage); with
+        `after_processing` the request takes effect but its response is lost."""
+        fault = Fault(
+            method, re.compile(path_pattern), CUT, times, after_processing=after_processing
+        )
         self.faults.append(fault)
         return fault
 
@@ -550,7 +572,7 @@ class FakeDiscord:
 
     async def _sync_commands(self, request: web.Request) -> web.Response:
         bot = self._bot_of(request)
-        body = request["call"].body
+        body = request[CALL].body
         bot.commands = []
         for command in body:
             bot.commands.append(
@@ -571,7 +593,7 @@ class FakeDiscord:
 
     async def _open_dm(self, request: web.Request) -> web.Response:
         bot = self._bot_of(request)
-        user = self.users[str(request["call"].body["recipient_id"])]
+        user = self.users[str(request[CALL].body["recipient_id"])]
         return _json(_public(self.channels[self.dm_channel(user, bot)]))
 
     async def _attachment(self, request: web.Request) -> web.Response:
@@ -610,7 +632,7 @@ class FakeDiscord:
     async def _create_message(self, request: web.Request) -> web.Response:
         bot = self._bot_of(request)
         channel = self._channel(request.match_info["channel"])
-        body = request["call"].body
+        body = request[CALL].body
         self._check_content(body)
         nonce = body.get("nonce")
         if nonce is not None and body.get("enforce_nonce"):
@@ -639,7 +661,7 @@ class FakeDiscord:
             raise _error(404, 10008, "Unknown Message")
         if message["author"]["id"] != self._bot_of(request).id:
             raise _error(403, 50005, "Cannot edit a message authored by another user")
-        return _json(self._apply_edit(message, request["call"].body))
+        return _json(self._apply_edit(message, request[CALL].body))
 
     async def _delete_message(self, request: web.Request) -> web.Response:
         message = self.messages.pop(request.match_info["message"], None)
@@ -671,7 +693,7 @@ class FakeDiscord:
         starter = self.messages.get(request.match_info["message"])
         if starter is None:
             raise _error(404, 10008, "Unknown Message")
-        body = request["call"].body
+        body = request[CALL].body
         thread = {
             "id": starter["id"],
             "type": 11,
@@ -712,7 +734,7 @@ class FakeDiscord:
         channel = self._channel(request.match_info["channel"])
         if not self.manage_webhooks:
             raise _error(403, 50013, "Missing Permissions")
-        body = request["call"].body
+        body = request[CALL].body
         if "discord" in body["name"].lower() or "clyde" in body["name"].lower():
             raise _error(400, 50035, "Invalid Form Body")
         webhook = {
@@ -733,7 +755,7 @@ class FakeDiscord:
         webhook = self.webhooks.get(request.match_info["webhook"])
         if webhook is None:
             raise _error(404, 10015, "Unknown Webhook")
-        body = request["call"].body
+        body = request[CALL].body
         if "name" in body:
             webhook["name"] = body["name"]
         if "avatar" in body:
@@ -757,7 +779,7 @@ class FakeDiscord:
 
     async def _execute_webhook(self, request: web.Request) -> web.Response:
         hook = self._webhook(request)
-        body = request["call"].body
+        body = request[CALL].body
         self._check_content(body)
         if hook.get("_interaction"):  # an interaction follow-up
             bot = self.bots_by_id()[hook["application_id"]]
@@ -796,7 +818,7 @@ class FakeDiscord:
     async def _edit_webhook_message(self, request: web.Request) -> web.Response:
         hook = self._webhook(request)
         message = self._webhook_message(hook, request.match_info["message"])
-        return _json(self._apply_edit(message, request["call"].body))
+        return _json(self._apply_edit(message, request[CALL].body))
 
     def _webhook_message(self, hook: dict[str, Any], message_id: str) -> dict[str, Any]:
         if message_id == "@original":
@@ -818,7 +840,7 @@ class FakeDiscord:
         if interaction.get("_responded"):
             raise _error(400, 40060, "Interaction has already been acknowledged.")
         interaction["_responded"] = True
-        body = request["call"].body
+        body = request[CALL].body
         kind = body["type"]
         data = body.get("data") or {}
         self._check_content(data)
@@ -898,6 +920,10 @@ class FakeDiscord:
             message["referenced_message"] = reference
         return message
 
+    def as_event(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message as MESSAGE_CREATE carries it (with `guild_id` and the author's `member`)."""
+        return self._with_guild(message)
+
     def _with_guild(self, message: dict[str, Any]) -> dict[str, Any]:
         channel = self.channels.get(message["channel_id"], {})
         if not channel.get("guild_id"):
@@ -947,6 +973,23 @@ class FakeDiscord:
         `mention` puts `<@bot>` in front of the text; `reply_to` makes it a reply;
         `attachments` are (filename, content type, bytes), served by the fake's CDN.
         """
+        message = self.message_payload(
+            author, channel_id, content, mention=mention, reply_to=reply_to, attachments=attachments
+        )
+        self._store_and_announce(message)
+        return message
+
+    def message_payload(
+        self,
+        author: dict[str, Any],
+        channel_id: str,
+        content: str,
+        *,
+        mention: BotAccount | None = None,
+        reply_to: str | None = None,
+        attachments: Iterable[tuple[str, str, bytes]] = (),
+    ) -> dict[str, Any]:
+        """The message object `user_message` would post, without posting it."""
         channel = self._channel(channel_id)
         mentions: list[dict[str, Any]] = []
         if mention is not None:
@@ -982,7 +1025,6 @@ class FakeDiscord:
             attachments=files,
             nonce=self.ids.next(),
         )
-        self._store_and_announce(message)
         return message
 
     def edit_user_message(self, message_id: str, content: str) -> None:

@@ -35,6 +35,9 @@ CHANNEL = "C0CHAN001"
 DM = "D0DM00001"
 SCOPES = "app_mentions:read,channels:history,chat:write,chat:write.customize,commands,im:history"
 MAX_TEXT = 40_000
+# Message timestamps are unique across every fake of a test session, as they are per channel in
+# Slack: the bot's store outlives one fake and de-duplicates by channel + ts.
+_TS_COUNTER = itertools.count(1)
 
 
 @dataclass
@@ -104,9 +107,15 @@ class Envelope:
 class FakeSlack:
     """Slack's Web API and Socket Mode on 127.0.0.1."""
 
-    def __init__(self, *, streaming: bool = False, customize: bool = True) -> None:
+    def __init__(
+        self, *, streaming: bool = False, customize: bool = True, stream_expires_after: int = 0
+    ) -> None:
         self.streaming = streaming
         self.customize = customize
+        # When set, a stream stops taking text after this many appends (as if it expired).
+        self.stream_expires_after = stream_expires_after
+        # Channels the bot is not a member of: posting there fails with not_in_channel.
+        self.outside: set[str] = set()
         self.calls: list[Call] = []
         self.messages: dict[tuple[str, str], Message] = {}
         self.ephemeral: list[dict[str, Any]] = []
@@ -117,7 +126,6 @@ class FakeSlack:
         self.connections = 0
         self.url = ""
         self._limited: dict[str, list[float]] = {}
-        self._clock = itertools.count(1)
         self._ws: web.WebSocketResponse | None = None
         self._connected = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -153,7 +161,7 @@ class FakeSlack:
         self._limited[method] = [retry_after_s] * times
 
     def new_ts(self) -> str:
-        return f"{int(time.time())}.{next(self._clock):06d}"
+        return f"{int(time.time())}.{next(_TS_COUNTER):06d}"
 
     # ---- Web API ----
 
@@ -164,14 +172,14 @@ class FakeSlack:
             args.update(await request.json())
         elif request.can_read_body:
             args.update(await request.post())
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ") or args.get("token")
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        token = bearer or args.get("token")
         self.calls.append(Call(method, args, time.perf_counter()))
         waits = self._limited.get(method)
         if waits:
             wait = waits.pop(0)
-            return web.json_response(
-                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(int(wait))}
-            )
+            limited = {"ok": False, "error": "ratelimited"}
+            return web.json_response(limited, status=429, headers={"Retry-After": str(int(wait))})
         wanted = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
         if token != wanted:
             return self._reply({"ok": False, "error": "invalid_auth"})
@@ -189,8 +197,14 @@ class FakeSlack:
 
     def m_auth_test(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {
-            "ok": True, "url": "https://fake.slack.com/", "team": "Fake", "user": "bots",
-            "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID, "is_enterprise_install": False,
+            "ok": True,
+            "url": "https://fake.slack.com/",
+            "team": "Fake",
+            "user": "bots",
+            "team_id": TEAM,
+            "user_id": BOT_USER,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
         }
 
     def m_apps_connections_open(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -198,16 +212,28 @@ class FakeSlack:
         return {"ok": True, "url": f"ws://{self.url.removeprefix('http://')}/link/?ticket={ticket}"}
 
     def m_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("channel") in self.outside:
+            return {"ok": False, "error": "not_in_channel"}
         problem = self._identity_problem(args) or self._text_problem(args)
         if problem:
             return problem
         message = Message(
-            channel=args["channel"], ts=self.new_ts(), text=args.get("text", ""), bot_id=BOT_ID,
-            thread_ts=args.get("thread_ts", ""), username=args.get("username", ""),
-            icon_url=args.get("icon_url", ""), blocks=_blocks(args),
+            channel=args["channel"],
+            ts=self.new_ts(),
+            text=args.get("text", ""),
+            bot_id=BOT_ID,
+            thread_ts=args.get("thread_ts", ""),
+            username=args.get("username", ""),
+            icon_url=args.get("icon_url", ""),
+            blocks=_blocks(args),
         )
         self.messages[(message.channel, message.ts)] = message
-        return {"ok": True, "channel": message.channel, "ts": message.ts, "message": message.as_api()}
+        return {
+            "ok": True,
+            "channel": message.channel,
+            "ts": message.ts,
+            "message": message.as_api(),
+        }
 
     def m_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
         message = self.messages.get((args.get("channel", ""), args.get("ts", "")))
@@ -242,9 +268,14 @@ class FakeSlack:
         if problem:
             return problem
         message = Message(
-            channel=channel, ts=self.new_ts(), text=_chunk_text(args), bot_id=BOT_ID,
-            thread_ts=args["thread_ts"], username=args.get("username", ""),
-            icon_url=args.get("icon_url", ""), stream="in_progress",
+            channel=channel,
+            ts=self.new_ts(),
+            text=_chunk_text(args),
+            bot_id=BOT_ID,
+            thread_ts=args["thread_ts"],
+            username=args.get("username", ""),
+            icon_url=args.get("icon_url", ""),
+            stream="in_progress",
         )
         self.messages[(channel, message.ts)] = message
         return {"ok": True, "channel": channel, "ts": message.ts}
@@ -252,6 +283,9 @@ class FakeSlack:
     def m_chat_appendStream(self, args: dict[str, Any]) -> dict[str, Any]:
         message = self.messages.get((args.get("channel", ""), args.get("ts", "")))
         if message is None or message.stream != "in_progress":
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        if self.stream_expires_after and message.edits >= self.stream_expires_after:
+            message.stream = "completed"
             return {"ok": False, "error": "message_not_in_streaming_state"}
         message.text += _chunk_text(args)
         message.edits += 1
@@ -264,13 +298,21 @@ class FakeSlack:
         message.text += _chunk_text(args)
         message.blocks = _blocks(args)
         message.stream = "completed"
-        return {"ok": True, "channel": message.channel, "ts": message.ts, "message": message.as_api()}
+        return {
+            "ok": True,
+            "channel": message.channel,
+            "ts": message.ts,
+            "message": message.as_api(),
+        }
 
     def m_conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
         channel, root = args.get("channel", ""), args.get("ts", "")
         thread = sorted(
-            (m for m in self.messages.values()
-             if m.channel == channel and (m.ts == root or m.thread_ts == root)),
+            (
+                m
+                for m in self.messages.values()
+                if m.channel == channel and (m.ts == root or m.thread_ts == root)
+            ),
             key=lambda m: float(m.ts),
         )
         if not thread:
@@ -278,7 +320,7 @@ class FakeSlack:
         return {"ok": True, "messages": [m.as_api() for m in thread], "has_more": False}
 
     def m_reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
-        self.reactions.append((args.get("channel", ""), args.get("timestamp", ""), args.get("name", "")))
+        self.reactions.append((args["channel"], args["timestamp"], args["name"]))
         return {"ok": True}
 
     def m_views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -289,8 +331,12 @@ class FakeSlack:
 
     def _identity_problem(self, args: dict[str, Any]) -> dict[str, Any] | None:
         if not self.customize and (args.get("username") or args.get("icon_url")):
-            return {"ok": False, "error": "missing_scope", "needed": "chat:write.customize",
-                    "provided": SCOPES.replace(",chat:write.customize", "")}
+            return {
+                "ok": False,
+                "error": "missing_scope",
+                "needed": "chat:write.customize",
+                "provided": SCOPES.replace(",chat:write.customize", ""),
+            }
         return None
 
     @staticmethod
@@ -317,14 +363,19 @@ class FakeSlack:
     def bot_messages(self, channel: str = "", thread_ts: str = "") -> list[Message]:
         """The bot's messages, oldest first (optionally in one channel/thread)."""
         return sorted(
-            (m for m in self.messages.values()
-             if m.bot_id == BOT_ID and (not channel or m.channel == channel)
-             and (not thread_ts or m.thread_ts == thread_ts)),
+            (
+                m
+                for m in self.messages.values()
+                if m.bot_id == BOT_ID
+                and (not channel or m.channel == channel)
+                and (not thread_ts or m.thread_ts == thread_ts)
+            ),
             key=lambda m: float(m.ts),
         )
 
     async def wait_for(self, check: Any, timeout: float = 60.0) -> Any:
         """Wait until `check()` is truthy (re-checked whenever the fake is called)."""
+
         async def until() -> Any:
             async with self._changed:
                 while not (result := check()):
@@ -395,8 +446,13 @@ class FakeSlack:
             "event_id": event_id or "Ev" + uuid.uuid4().hex[:10].upper(),
             "event_time": int(time.time()),
             "authorizations": [
-                {"enterprise_id": None, "team_id": TEAM, "user_id": BOT_USER, "is_bot": True,
-                 "is_enterprise_install": False}
+                {
+                    "enterprise_id": None,
+                    "team_id": TEAM,
+                    "user_id": BOT_USER,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
             ],
             "is_ext_shared_channel": False,
             "event_context": "4-" + uuid.uuid4().hex,
@@ -447,16 +503,25 @@ class FakeSlack:
             headers["X-Slack-Retry-Num"] = str(retry_num)
             headers["X-Slack-Retry-Reason"] = "http_timeout"
         started = time.perf_counter()
-        async with aiohttp.ClientSession() as session, session.post(url, data=body.encode(), headers=headers) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, data=body.encode(), headers=headers) as response,
+        ):
             text = await response.text()
             return response.status, text, time.perf_counter() - started
 
     @classmethod
-    async def post_event(cls, url: str, event: Any, *, event_id: str = "", **kwargs: Any) -> tuple[int, str, float]:
+    async def post_event(
+        cls, url: str, event: Any, *, event_id: str = "", **kwargs: Any
+    ) -> tuple[int, str, float]:
+        """Deliver `event` in its Events API envelope to the app's request URL."""
         return await cls.post_signed(url, json.dumps(cls.envelope_body(event, event_id)), **kwargs)
 
     @classmethod
-    async def post_command(cls, url: str, fields: dict[str, str], **kwargs: Any) -> tuple[int, str, float]:
+    async def post_command(
+        cls, url: str, fields: dict[str, str], **kwargs: Any
+    ) -> tuple[int, str, float]:
+        """Deliver a slash command, form-encoded, to the app's request URL."""
         return await cls.post_signed(
             url, urlencode(fields), content_type="application/x-www-form-urlencoded", **kwargs
         )
@@ -468,11 +533,16 @@ class FakeSlack:
         await ws.prepare(request)
         self._ws = ws
         self.connections += 1
-        await ws.send_str(json.dumps({
-            "type": "hello", "num_connections": 1,
-            "debug_info": {"host": "applink-fake", "approximate_connection_time": 18060},
-            "connection_info": {"app_id": APP_ID},
-        }))
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "num_connections": 1,
+                    "debug_info": {"host": "applink-fake", "approximate_connection_time": 18060},
+                    "connection_info": {"app_id": APP_ID},
+                }
+            )
+        )
         self._connected.set()
         # Slack redelivers what was never acknowledged, counting the attempts.
         for envelope in list(self.envelopes.values()):
@@ -496,7 +566,9 @@ class FakeSlack:
     async def connected(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
-    async def deliver(self, payload: dict[str, Any], kind: str = "events_api", *, retry_of: str = "") -> Envelope:
+    async def deliver(
+        self, payload: dict[str, Any], kind: str = "events_api", *, retry_of: str = ""
+    ) -> Envelope:
         """Push an envelope over the current connection (kept for redelivery until acked)."""
         if retry_of:
             previous = self.envelopes[retry_of]
@@ -515,10 +587,15 @@ class FakeSlack:
     async def ask_to_reconnect(self) -> None:
         """Slack's `disconnect` message: the client must open a new connection."""
         if self._ws is not None:
-            await self._ws.send_str(json.dumps(
-                {"type": "disconnect", "reason": "refresh_requested",
-                 "debug_info": {"host": "applink-fake"}}
-            ))
+            await self._ws.send_str(
+                json.dumps(
+                    {
+                        "type": "disconnect",
+                        "reason": "refresh_requested",
+                        "debug_info": {"host": "applink-fake"},
+                    }
+                )
+            )
 
     async def drop(self) -> None:
         """Cut the current connection without warning."""

@@ -3,6 +3,13 @@ change what a conversation generates, and cancelling one stream must not disturb
 
 Greedy decoding (temperature 0) and a fixed seed make the outputs reproducible, so each test
 compares an engine doing the clever thing with one that cannot: a fresh engine, a request alone.
+
+Bitwise equality has a precondition in llama.cpp itself: its CPU flash attention picks a kernel
+by the shape of each batch (a tiled one with float32 queries from 64 queries on, one with float16
+queries below, a split one for a single query over 512 or more cells), and the kernels round
+differently. The personas below are long enough (over 64 prompt tokens) and the caches small
+enough that the requests compared run the same kernels; beyond that, differences are rounding,
+not a wrong cache, and greedy replies still agree.
 """
 
 from __future__ import annotations
@@ -30,16 +37,24 @@ from bots.engine.prefix_cache import Entry, SequenceTable, common_prefix, may_ta
 
 PIRATE = (
     "You are Pip, the pirate captain of the good ship Marmalade. You always talk like a pirate, "
-    "call everyone 'matey', and end every answer with a sea shanty line."
+    "call everyone 'matey', and end every answer with a sea shanty line. You have sailed the seven "
+    "seas for forty years, you fear nothing but calm weather, and you keep a parrot named Biscuit "
+    "who repeats everything you say."
 )
 DOCTOR = (
     "You are Dr. Lee, a careful and polite physician. You answer in calm, precise sentences and "
-    "remind people to see their own doctor for anything serious."
+    "remind people to see their own doctor for anything serious. You never guess a diagnosis, you "
+    "explain medical words in plain language, and you ask one clarifying question when a "
+    "description is vague."
 )
-GARDENER = "You are Rosa, a gardener who loves tomatoes and talks about compost whenever she can."
+GARDENER = (
+    "You are Rosa, a gardener who loves tomatoes and talks about compost whenever she can. You "
+    "grow vegetables on a small city balcony, you answer with practical steps, and you always "
+    "mention what season is best for the task at hand."
+)
 KV_CELLS = 4096
 N_CTX = 2048
-REPLY_TOKENS = 20
+REPLY_TOKENS = 16
 
 
 def chat(system: str, *turns: str) -> tuple[ChatMessage, ...]:
@@ -166,20 +181,34 @@ async def test_evicted_conversation_continues_the_same(make_engine, park_bytes: 
     reference_engine = await make_engine()
     first, _ = await collect(reference_engine, request(conversation))
     follow_up = request(chat(GARDENER, "What is compost?", first, "And worms?"))
-    expected, _ = await collect(reference_engine, follow_up)
+    # Parked cells come back bit for bit, so the follow-up continues exactly as if it had stayed
+    # in the cache; an evicted conversation is evaluated again, exactly as on a fresh engine.
+    if park_bytes:
+        expected, _ = await collect(reference_engine, follow_up)
+    else:
+        await reference_engine.close()
+        expected, _ = await collect(await make_engine(), follow_up)
     await reference_engine.close()
 
     # A cache too small for more than a few sequences: the other personas push it out.
     engine = await make_engine(kv_cells=512, n_ctx=512, park_bytes=park_bytes)
     assert (await collect(engine, request(conversation)))[0] == first
     for system in (PIRATE, DOCTOR, PIRATE + " Arr!", DOCTOR + " Thanks."):
-        await collect(engine, request(chat(system, "Hello there, who are you?")))
+        await collect(engine, request(chat(system, "Hello there, who are you?"), max_tokens=4))
     continued, last = await collect(engine, follow_up)
     assert continued == expected
     restored = usage(last).cached_tokens
     if park_bytes:
-        assert restored > engine.count_tokens(GARDENER), "the parked conversation was restored"
-    assert "parked" in engine.status().detail
+        assert restored > len(usage_tokens(engine, conversation)), "restored from RAM"
+    else:
+        assert restored == 0, "evicted, so evaluated again"
+
+
+def usage_tokens(engine: BatchedEngine, messages: tuple[ChatMessage, ...]) -> np.ndarray:
+    """The prompt tokens of `messages` as the engine renders them."""
+    model = engine._model
+    assert model is not None
+    return model.tokenize(model.render(messages, generation_prompt=True), template_output=True)
 
 
 async def test_cancelling_one_stream_leaves_the_others_intact(make_engine) -> None:

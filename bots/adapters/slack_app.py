@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
 
 from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.response import BoltResponse
@@ -56,11 +57,15 @@ from bots.settings import SlackSettings
 
 log = logging.getLogger(__name__)
 
-PLATFORM = "slack"
+PLATFORM: Final = "slack"
 EVENTS_PATH = "/slack/events"
 SLACK_API_URL = "https://slack.com/api/"
+# Slack's events are a few kilobytes; a message's text is at most 40,000 characters.
+MAX_REQUEST_BYTES = 1024 * 1024
 # 429s are waited out (Retry-After) this many times per call before giving up.
 RATE_LIMIT_RETRIES = 3
+# Threads the bot replies in, kept in memory for the cheap check (the store knows the rest).
+MAX_REMEMBERED_THREADS = 10_000
 # Messages of a thread read from Slack when the store has none of it.
 THREAD_HISTORY_LIMIT = 20
 BUSY_REACTION = "hourglass_flowing_sand"
@@ -109,7 +114,9 @@ class SlackAdapter:
         self.settings = settings
         self.limits = limits or SlackLimits()
         self.socket_mode = bool(settings.app_token)
-        self.client = AsyncWebClient(token=settings.bot_token, base_url=api_base_url(settings.api_url))
+        self.client = AsyncWebClient(
+            token=settings.bot_token, base_url=api_base_url(settings.api_url)
+        )
         self.client.retry_handlers.append(
             AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES)
         )
@@ -118,6 +125,8 @@ class SlackAdapter:
             client=self.client,
             signing_secret=settings.signing_secret,
             request_verification_enabled=not self.socket_mode,
+            # Runs after the signature check and before Bolt's own parsing of the event.
+            before_authorize=self._well_formed,
         )
         self.poster = Poster(self.client)
         self.pacer = EditPacer(self.limits.update_interval_s, self.limits.updates_per_minute)
@@ -128,14 +137,13 @@ class SlackAdapter:
         self._socket: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None
         self._accepting = False
-        self._threads: set[str] = set()
+        self._threads: dict[str, None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replies_at = -self.limits.replies_interval_s
         self._register()
 
     def _register(self) -> None:
         bolt = self.bolt
-        bolt.middleware(self._well_formed)
         bolt.event("app_mention")(self._on_message)
         bolt.event("message")(self._on_message)
         bolt.event("reaction_added")(self._on_reaction_added)
@@ -160,11 +168,8 @@ class SlackAdapter:
         else:
             await self._listen_http()
         self._set_state("connected")
-        log.info(
-            "slack: %s as %s", "Socket Mode connected" if self.socket_mode else
-            f"listening on {self.settings.http_host}:{self.http_port}{EVENTS_PATH}",
-            self.bot_user_id,
-        )
+        where = "Socket Mode" if self.socket_mode else f"HTTP port {self.http_port}"
+        log.info("slack: connected (%s) as %s", where, self.bot_user_id)
 
     async def _connect_socket(self) -> None:
         handler = AsyncSocketModeHandler(
@@ -183,21 +188,31 @@ class SlackAdapter:
         handler.client.message_listeners.append(self._on_socket_message)
         handler.client.on_close_listeners.append(self._on_socket_close)
         self._socket = handler
-        await handler.connect_async()
+        await handler.connect_async()  # type: ignore[no-untyped-call]  # unannotated in Bolt
 
     async def _listen_http(self) -> None:
-        runner = web.AppRunner(self.bolt.web_app(path=EVENTS_PATH), access_log=None)
+        web_app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        web_app.router.add_post(EVENTS_PATH, self._handle_http)
+        runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, self.settings.http_host, self.settings.http_port).start()
         self._runner = runner
         address = runner.addresses[0] if runner.addresses else None
         self.http_port = int(address[1]) if address else self.settings.http_port
 
+    async def _handle_http(self, request: web.Request) -> web.Response:
+        """Bolt's aiohttp adapter, refusing a body that is not even JSON or a form."""
+        try:
+            bolt_request = await to_bolt_request(request)
+        except ValueError:
+            return web.Response(status=400, text="malformed request body")
+        return await to_aiohttp_response(await self.bolt.async_dispatch(bolt_request))
+
     async def stop(self) -> None:
         """Stop taking events, give in-flight replies a bounded time, cut the rest with a note."""
         self._accepting = False
         if self._socket is not None:
-            await self._socket.close_async()
+            await self._socket.close_async()  # type: ignore[no-untyped-call]
         if self._runner is not None:
             await self._runner.cleanup()
         pending = set(self._tasks)
@@ -260,7 +275,8 @@ class SlackAdapter:
         if not await self._addressed(message):
             return
         store = self.app.store
-        if not await store.run(store.first_sighting, f"slack:{message.key}", self.limits.dedup_ttl_s):
+        key, ttl = f"slack:{message.key}", self.limits.dedup_ttl_s
+        if not await store.run(store.first_sighting, key, ttl):
             return
         async with self._tracked():
             try:
@@ -275,6 +291,12 @@ class SlackAdapter:
         if any(message.channel in p.slack_channels for p in self.app.registry.personas()):
             return True
         return message.in_thread and await self._bot_in_thread(message.channel, message.root_ts)
+
+    def _joined(self, place: str) -> None:
+        """Remember a thread the bot replies in (the oldest are forgotten past a bound)."""
+        self._threads[place] = None
+        if len(self._threads) > MAX_REMEMBERED_THREADS:
+            del self._threads[next(iter(self._threads))]
 
     async def _bot_in_thread(self, channel: str, root_ts: str) -> bool:
         place = f"{channel}:{root_ts}"
@@ -312,12 +334,19 @@ class SlackAdapter:
             return
         history = await self._thread_history(message) if message.in_thread and not stored else ()
         incoming = Incoming(
-            PLATFORM, place, message.user, chosen.text, persona.id,
-            message_id=message.key, history=history,
+            PLATFORM,
+            place,
+            message.user,
+            chosen.text,
+            persona.id,
+            message_id=message.key,
+            history=history,
         )
         recipient = None if message.is_dm else (message.user, message.team or self.team_id)
-        self._threads.add(place)
-        await self._reply(incoming, persona, message.channel, message.root_ts, message.ts, recipient)
+        self._joined(place)
+        await self._reply(
+            incoming, persona, message.channel, message.root_ts, message.ts, recipient
+        )
 
     async def _thread_memory(self, place: str) -> tuple[int, str]:
         """How many turns the store holds for a thread, and the persona that last answered."""
@@ -367,18 +396,20 @@ class SlackAdapter:
         thread_ts: str,
         source_ts: str,
         recipient: tuple[str, str] | None,
-    ) -> Reply | None:
-        """Generate and show a reply in a thread; returns it once shown (None if it never began)."""
+    ) -> None:
+        """Generate a reply and show it in a thread as it grows."""
         identity = self._identity(persona)
         view = self._view(channel, thread_ts, identity, recipient)
-        # The placeholder is posted while the prompt is prepared, not after.
-        opening = asyncio.ensure_future(view.open() if isinstance(view, UpdateView) else _nothing())
+        # A placeholder is posted while the prompt is prepared, not after.
+        opening = asyncio.ensure_future(view.open())
         try:
             reply = await self.app.service.start(incoming, check_policy=False)
         except (ChatRefused, EngineError) as exc:
             await opening
-            await self._refused(exc, view, channel, thread_ts, source_ts, identity, incoming.user_id)
-            return None
+            await self._refused(
+                exc, view, channel, thread_ts, source_ts, identity, incoming.user_id
+            )
+            return
         except BaseException:
             opening.cancel()
             raise
@@ -408,20 +439,26 @@ class SlackAdapter:
                 store = self.app.store
                 shown = f"{channel}:{view.message_ids[0]}"
                 await store.run(store.set_message_id, reply.turn_id, shown)
-        return reply
 
     def _view(
         self, channel: str, thread_ts: str, identity: Identity, recipient: tuple[str, str] | None
     ) -> ReplyView:
         def updates(placeholder_ts: str = "") -> UpdateView:
             return UpdateView(
-                self.poster, channel, thread_ts, identity, self.limits, self.pacer,
+                self.poster,
+                channel,
+                thread_ts,
+                identity,
+                self.limits,
+                self.pacer,
                 placeholder_ts=placeholder_ts,
             )
 
         if not self.streaming:
             return updates()
-        return StreamView(self.poster, channel, thread_ts, identity, recipient, self.limits, updates)
+        return StreamView(
+            self.poster, channel, thread_ts, identity, recipient, self.limits, updates
+        )
 
     async def _refused(
         self,
@@ -469,7 +506,9 @@ class SlackAdapter:
     # ---- slash commands ----
 
     async def _on_ask(
-        self, ack: Callable[..., Awaitable[None]], command: dict[str, Any],
+        self,
+        ack: Callable[..., Awaitable[None]],
+        command: dict[str, Any],
         respond: Callable[..., Awaitable[Any]],
     ) -> None:
         """`/ask [persona] question`: acknowledged at once; the answer follows in a thread."""
@@ -510,17 +549,16 @@ class SlackAdapter:
     ) -> None:
         asker = command.get("user_name") if isinstance(command.get("user_name"), str) else "someone"
         shown = defuse_broadcasts(escape(question))
+        header = f"_/ask from {escape(str(asker))}:_ {shown}"
         try:
-            root = await self.poster.post(
-                channel, f"_/ask from {escape(str(asker))}:_ {shown}", identity=self._identity(persona)
-            )
+            root = await self.poster.post(channel, header, identity=self._identity(persona))
         except SlackApiError as exc:
             # Not a member of the channel: answer privately through the command's response_url.
             log.info("slack: /ask in %s answered privately (%s)", channel, error_code(exc))
             await self._respond_privately(persona, question, channel, user, respond)
             return
         place = f"{channel}:{root}"
-        self._threads.add(place)
+        self._joined(place)
         incoming = Incoming(PLATFORM, place, user, question, persona.id, message_id=place)
         recipient = None if channel.startswith("D") else (user, team or self.team_id)
         await self._reply(incoming, persona, channel, root, root, recipient)
@@ -535,9 +573,12 @@ class SlackAdapter:
     ) -> None:
         incoming = Incoming(PLATFORM, f"{channel}:/ask:{user}", user, question, persona.id)
         try:
-            reply = await self.app.service.complete(incoming)
+            reply = await self.app.service.start(incoming, check_policy=False)
+            async for _ in reply:
+                pass
         except (ChatRefused, EngineError) as exc:
-            await respond(text=escape(getattr(exc, "user_message", "") or "Please try again later."))
+            note = exc.user_message if isinstance(exc, ChatRefused) else "Please try again later."
+            await respond(text=escape(note))
             return
         await respond(text=to_mrkdwn(reply.text))
 
@@ -550,11 +591,14 @@ class SlackAdapter:
             if rest.strip() and named in (persona.id, persona.display_name.lower()):
                 return persona, rest.strip()
         chosen = route(
-            personas, text, platform=PLATFORM, channel_id=channel,
+            personas,
+            text,
+            platform=PLATFORM,
+            channel_id=channel,
             default=self.app.settings.default_persona,
         )
-        persona = self.app.registry.get(chosen.persona_id) if chosen.persona_id else None
-        return persona, chosen.text
+        fallback = self.app.registry.get(chosen.persona_id) if chosen.persona_id else None
+        return fallback, chosen.text
 
     async def _on_persona(
         self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]
@@ -569,8 +613,9 @@ class SlackAdapter:
             wanted = " ".join(words[1:]).lower()
             found = [p for p in personas if wanted in (p.id, p.display_name.lower())]
             await ack(
-                text=persona_info(found[0]) if found else
-                f"No persona named `{escape(wanted)}`; `/persona list` shows them."
+                text=persona_info(found[0])
+                if found
+                else f"No persona named `{escape(wanted)}`; `/persona list` shows them."
             )
         else:
             await ack(text=PERSONA_USAGE)
@@ -582,7 +627,8 @@ class SlackAdapter:
         if event.get("tab") != "home" or not (isinstance(user, str) and USER_ID.match(user)):
             return
         try:
-            await self.client.views_publish(user_id=user, view=home_view(self.app.registry.personas()))
+            view = home_view(self.app.registry.personas())
+            await self.client.views_publish(user_id=user, view=view)
         except SlackApiError as exc:
             log.warning("slack: publishing the App Home failed: %s", error_code(exc))
 
@@ -605,16 +651,7 @@ class SlackAdapter:
         await store.run(change, turn.id, reaction.user, reaction.value)
 
 
-async def _nothing() -> None:
-    return None
-
-
 async def _discard(reply: Reply) -> None:
     """Stop a reply that will not be shown (its generator then frees the engine)."""
     async for _ in reply:
         break
-
-
-def slack_adapters(app: App) -> Sequence[SlackAdapter]:
-    """The Slack adapter when a bot token is configured (raises SlackConfigError if incomplete)."""
-    return [SlackAdapter(app)] if app.settings.slack.bot_token else []

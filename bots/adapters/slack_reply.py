@@ -74,6 +74,9 @@ class ReplyView(Protocol):
     def message_ids(self) -> list[str]:
         """The messages showing the reply so far, in order."""
 
+    async def open(self) -> None:
+        """Show that a reply is coming (called while the prompt is being prepared)."""
+
     async def feed(self, piece: str) -> None: ...
 
     async def finish(self, blocks: Sequence[Block] = ()) -> None: ...
@@ -209,7 +212,7 @@ class UpdateView:
 
     async def abort(self, note: str) -> None:
         if not self.message_ids and self._placeholder and not self.renderer.text.strip():
-            await self.poster.update(self.channel, self._placeholder, note)
+            await self.poster.update(self.channel, self._placeholder, to_mrkdwn(note))
             self.message_ids.append(self._placeholder)
             return
         await self.renderer.finish(footer=f"_{note}_")
@@ -253,6 +256,9 @@ class StreamView:
     @property
     def message_ids(self) -> list[str]:
         return self._streamed + (self._fallback.message_ids if self._fallback else [])
+
+    async def open(self) -> None:
+        """Nothing to show yet: a stream begins with its first text."""
 
     async def feed(self, piece: str) -> None:
         if self._fallback is not None:

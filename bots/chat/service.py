@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from bots.chat.policy import Policy
 from bots.chat.prompt import BuiltPrompt, build_prompt
 from bots.chat.store import ConversationStore
-from bots.engine.base import ChatMessage, Engine, GenerationRequest, Piece, Usage
+from bots.engine.base import ChatMessage, Engine, EngineBusy, GenerationRequest, Piece, Usage
 from bots.knowledge.model import Hit, Retriever
 from bots.persona.model import Persona
 from bots.persona.registry import PersonaRegistry
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 DECLINE = "I don't know: my documents don't cover that."
 HISTORY_LIMIT = 40
+SHUTTING_DOWN = "I'm restarting right now; please ask again in a minute."
+SHUTDOWN_RETRY_AFTER_S = 30.0
 
 
 class Knowledge(Protocol):
@@ -77,6 +79,7 @@ class Reply:
     usage: Usage | None = None
     finish_reason: Literal["stop", "length", "cancelled", "error", "declined"] | None = None
     started: float = field(default_factory=time.perf_counter)
+    platform: str = ""
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._run()
@@ -126,6 +129,17 @@ def source_dict(hit: Hit) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ReplyRecord:
+    """What logs and metrics learn of a finished or refused reply: figures, never the text."""
+
+    persona_id: str
+    platform: str
+    outcome: str  # stop, length, cancelled, error, declined, busy
+    usage: Usage
+    duration_ms: float
+
+
 class ChatService:
     """Chooses the snapshot, retrieves, builds the prompt, streams from the engine, stores turns."""
 
@@ -144,6 +158,13 @@ class ChatService:
         self.engine = engine
         self.store = store
         self.policy = policy or Policy(settings.policy)
+        self.listeners: list[Callable[[ReplyRecord], None]] = []
+        self.in_flight = 0
+        self.draining = False
+
+    def drain(self) -> None:
+        """Refuse new messages from now on (shutdown); replies under way go on."""
+        self.draining = True
 
     def persona(self, persona_id: str) -> Persona:
         persona = self.registry.get(persona_id)
@@ -160,6 +181,9 @@ class ChatService:
 
     async def start(self, incoming: Incoming, *, check_policy: bool = True) -> Reply:
         """Begin a reply. Raises ChatRefused (unknown persona, access, rate) or EngineBusy."""
+        started = time.perf_counter()
+        if self.draining:
+            raise ChatRefused(SHUTTING_DOWN, status=503, retry_after_s=SHUTDOWN_RETRY_AFTER_S)
         persona = self.persona(incoming.persona_id)
         if check_policy:
             decision = self.policy.check(
@@ -216,8 +240,10 @@ class ChatService:
             # stored; a caller that gives up while waiting (message deleted) frees the engine.
             try:
                 first = await stream.__anext__()
-            except BaseException:
+            except BaseException as exc:
                 await stream.aclose()  # type: ignore[attr-defined]
+                outcome = "busy" if isinstance(exc, EngineBusy) else "error"
+                self._observe(persona.id, incoming.platform, outcome, None, started)
                 raise
             pieces = _prepend(first, stream)
         turn_id = None
@@ -242,7 +268,10 @@ class ChatService:
                     sources=[source_dict(h) for h in prompt.sources],
                 )
             )
-        return Reply(persona, prompt.sources, prompt, conversation_id, turn_id, pieces, self)
+        reply = Reply(persona, prompt.sources, prompt, conversation_id, turn_id, pieces, self)
+        reply.platform = incoming.platform
+        self.in_flight += 1
+        return reply
 
     async def complete(self, incoming: Incoming) -> Reply:
         """Start a reply and read it to the end."""
@@ -257,20 +286,40 @@ class ChatService:
         return await self.store.run(self.store.forget, conversation_id)
 
     async def _finish(self, reply: Reply, status: Literal["complete", "interrupted"]) -> None:
-        if reply.turn_id is not None:
-            await self.store.run(
-                self.store.finish_turn, reply.turn_id, reply.text, status, reply.source_dicts()
-            )
-        usage = reply.usage or Usage()
-        log.info(
-            "reply persona=%s outcome=%s queue_ms=%.0f ttft_ms=%.0f tokens=%d duration_ms=%.0f",
-            reply.persona.id,
-            reply.finish_reason,
-            usage.queue_ms,
-            usage.ttft_ms,
-            usage.completion_tokens,
-            (time.perf_counter() - reply.started) * 1000,
+        try:
+            if reply.turn_id is not None:
+                await self.store.run(
+                    self.store.finish_turn, reply.turn_id, reply.text, status, reply.source_dicts()
+                )
+        finally:
+            self.in_flight -= 1
+            outcome = reply.finish_reason or "error"
+            self._observe(reply.persona.id, reply.platform, outcome, reply.usage, reply.started)
+
+    def _observe(
+        self, persona_id: str, platform: str, outcome: str, usage: Usage | None, started: float
+    ) -> None:
+        """One log line per reply (figures only) and the listeners (metrics)."""
+        usage = usage or Usage()
+        record = ReplyRecord(
+            persona_id, platform, outcome, usage, (time.perf_counter() - started) * 1000
         )
+        fields = {
+            "persona": persona_id,
+            "platform": platform,
+            "outcome": outcome,
+            "queue_ms": round(usage.queue_ms),
+            "ttft_ms": round(usage.ttft_ms),
+            "tokens": usage.completion_tokens,
+            "tokens_per_s": round(usage.tokens_per_s, 1),
+            "duration_ms": round(record.duration_ms),
+        }
+        log.info("reply %s", " ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:  # metrics must never break a reply
+                log.exception("reply listener failed")
 
 
 async def _prepend(first: Piece, rest: AsyncIterator[Piece]) -> AsyncIterator[Piece]:

@@ -27,6 +27,11 @@ def make_engine(settings: Settings) -> Engine:
             queue_size=model.queue_size,
         )
     path = resolve_model_path(model.path or None)
+    if model.isolate and model.engine in ENGINES:
+        # The worker process builds this same engine with isolation off.
+        from bots.engine.supervised import SupervisedEngine
+
+        return SupervisedEngine(settings, path)
     if model.engine == "simple":
         from bots.engine.simple import SimpleEngine
 

@@ -1,0 +1,219 @@
+"""The model worker: a child process that owns the local engine and talks to its supervisor.
+
+`SupervisedEngine` (bots.engine.supervised) runs `python -m bots.engine.worker_process`. The two
+speak frames on the worker's stdin and stdout: a 4-byte big-endian length, then a pickle (the
+pipes are private to the two processes, and pickle carries the frozen dataclasses as they are).
+
+Parent -> worker: ("init", settings, log_level, log_json) first; then ("gen", id, request),
+("cancel", id), ("status",) and ("stop",).
+Worker -> parent: ("ready", context_size, model, queue_capacity) or ("failed", message) once
+loaded; then ("pieces", [(id, piece), ...]), ("error", id, kind, message, retry_after_s) with kind
+"busy", "timeout" or "error", and ("status", EngineStatus).
+
+Native code (llama.cpp) may print to fd 1, so the frames use a private copy of it and fd 1 is
+pointed at stderr, which the worker shares with its parent for logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+from bots.engine.base import Engine, EngineBusy, EngineTimeout, GenerationRequest, Piece
+
+log = logging.getLogger("bots.engine.worker_process")  # not __main__ under `python -m`
+
+FRAME_HEADER = struct.Struct(">I")
+# A frame holds one request (a prompt of at most the context window) or a batch of pieces.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+# Asked of the kernel: under memory pressure, kill the worker (which holds the model), not the bot.
+OOM_SCORE_ADJ = 500
+ENGINE_CLOSE_TIMEOUT_S = 10.0
+EXIT_LOAD_FAILED = 2
+
+Frame = tuple[Any, ...]
+
+
+class FrameError(RuntimeError):
+    """The other side sent something that is not a frame (a bug, or a process gone wrong)."""
+
+
+def encode(frame: Frame) -> bytes:
+    """One frame, ready to write."""
+    data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME_HEADER.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Frame:
+    """The next frame; raises asyncio.IncompleteReadError when the other side has gone."""
+    (size,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
+    if size > MAX_FRAME_BYTES:
+        raise FrameError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+    frame = pickle.loads(await reader.readexactly(size))
+    if not isinstance(frame, tuple) or not frame:
+        raise FrameError(f"not a frame: {type(frame).__name__}")
+    return frame
+
+
+class _Outbox:
+    """Frames to the parent; pieces posted in one event-loop turn travel in one frame."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._pieces: list[tuple[int, Piece]] = []
+
+    def piece(self, rid: int, piece: Piece) -> None:
+        if not self._pieces:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pieces.append((rid, piece))
+
+    def send(self, frame: Frame) -> None:
+        # Pieces go first so that an error or status never overtakes the text before it.
+        self._flush()
+        self._writer.write(encode(frame))
+
+    def _flush(self) -> None:
+        if self._pieces:
+            pieces, self._pieces = self._pieces, []
+            self._writer.write(encode(("pieces", pieces)))
+
+    async def drain(self) -> None:
+        self._flush()
+        await self._writer.drain()
+
+
+class _Worker:
+    """Runs the parent's requests on the engine, one task per request."""
+
+    def __init__(self, engine: Engine, outbox: _Outbox) -> None:
+        self.engine = engine
+        self.outbox = outbox
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        """Until ("stop",) or the parent goes away (end of stdin)."""
+        try:
+            while True:
+                try:
+                    frame = await read_frame(reader)
+                except asyncio.IncompleteReadError:
+                    log.warning("the supervisor went away; the model worker stops")
+                    return
+                kind = frame[0]
+                if kind == "gen":
+                    _, rid, request = frame
+                    self.tasks[rid] = asyncio.create_task(self._generate(rid, request))
+                elif kind == "cancel":
+                    task = self.tasks.get(frame[1])
+                    if task is not None:
+                        task.cancel()
+                elif kind == "status":
+                    self.outbox.send(("status", self.engine.status()))
+                elif kind == "stop":
+                    return
+                else:
+                    raise FrameError(f"unknown frame {kind!r}")
+        finally:
+            for task in self.tasks.values():
+                task.cancel()
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+    async def _generate(self, rid: int, request: GenerationRequest) -> None:
+        pieces = self.engine.stream(request)
+        try:
+            async for piece in pieces:
+                self.outbox.piece(rid, piece)
+        except EngineBusy as exc:
+            self.outbox.send(("error", rid, "busy", str(exc), exc.retry_after_s))
+        except EngineTimeout as exc:
+            self.outbox.send(("error", rid, "timeout", str(exc), 0.0))
+        except asyncio.CancelledError:
+            pass  # the parent cancelled (or is stopping us): it expects no answer
+        except Exception as exc:  # EngineError or a bug: the caller gets it, the worker goes on
+            self.outbox.send(("error", rid, "error", str(exc) or type(exc).__name__, 0.0))
+        finally:
+            await pieces.aclose()  # type: ignore[attr-defined]
+            self.tasks.pop(rid, None)
+
+
+async def _connect(in_fd: int, out_fd: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_FRAME_BYTES)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(in_fd, "rb", buffering=0)
+    )
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(out_fd, "wb", buffering=0)
+    )
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    return reader, writer
+
+
+async def run(in_fd: int, out_fd: int) -> int:
+    """Load the engine the init frame describes, then serve requests; the exit status."""
+    from bots.engine.factory import make_engine
+    from bots.observability.logs import setup_logging
+
+    reader, writer = await _connect(in_fd, out_fd)
+    outbox = _Outbox(writer)
+    try:
+        _, settings, log_level, log_json = await read_frame(reader)
+    except asyncio.IncompleteReadError:
+        return 0
+    setup_logging(level=log_level, json_logs=log_json)
+    # Never a supervisor inside the supervisor, whatever the settings say.
+    settings = dataclasses.replace(
+        settings, model=dataclasses.replace(settings.model, isolate=False)
+    )
+    try:
+        engine = make_engine(settings)
+        await engine.start()
+    except Exception as exc:  # a missing or unreadable model: the parent reports it
+        log.error("the model worker could not load the model: %s", exc)
+        outbox.send(("failed", f"could not load the model: {exc}"))
+        await outbox.drain()
+        return EXIT_LOAD_FAILED
+    status = engine.status()
+    outbox.send(("ready", engine.context_size, status.model, status.queue_capacity))
+    log.info("model worker ready (pid %d, %s)", os.getpid(), status.model)
+    try:
+        await _Worker(engine, outbox).serve(reader)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(engine.close(), ENGINE_CLOSE_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            await outbox.drain()
+    return 0
+
+
+def _prefer_oom_kill() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text(str(OOM_SCORE_ADJ))
+
+
+def main() -> None:
+    """Entry point of the worker process."""
+    in_fd, out_fd = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    # The supervisor decides when the worker stops: a terminal's Ctrl-C or a service manager's
+    # SIGTERM to the whole group must not kill the replies the bot is finishing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _prefer_oom_kill()
+    sys.exit(asyncio.run(run(in_fd, out_fd)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Operating a running bot: logs (human or JSON, secrets masked), metrics, health."""

@@ -1,0 +1,72 @@
+"""The `bots` command through click's runner: new, check, ask --json, chat."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bots.cli import main
+
+
+def run(project: Path, *args: str, input: str | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        main,
+        ["--personas", str(project / "personas"), "--knowledge", str(project / "knowledge"),
+         "--data-dir", str(project / "data"), "--engine", "simple", *args],
+        input=input,
+        env={"BOTS_MODEL_N_CTX": "4096"},
+    )
+    return result.exit_code, result.output
+
+
+def test_new_scaffolds_a_persona_that_checks_clean(project: Path) -> None:
+    code, out = run(project, "new", "tutor")
+    assert code == 0 and "personas/tutor/persona.md" in out
+    assert (project / "personas" / "tutor" / "persona.md").is_file()
+    code, out = run(project, "check")
+    assert code == 0, out
+    code, out = run(project, "new", "tutor")
+    assert code != 0 and "already exists" in out
+
+
+def test_check_reports_file_line_key_and_exits_1(project: Path) -> None:
+    path = project / "personas" / "pirate" / "persona.md"
+    path.write_text("---\nname: Pete\nknowledge: [nope]\n---\nArr.\n")
+    code, out = run(project, "check")
+    assert code == 1
+    assert f"{path}:3: knowledge: unknown library 'nope'" in out
+
+
+def test_ask_json_prints_answer_sources_and_timings(project: Path) -> None:
+    code, out = run(project, "ask", "librarian", "How many vacation days per year?", "--json",
+                    "--temperature", "0", "--max-tokens", "24")
+    assert code == 0, out
+    data = json.loads(out[out.index("{"):])
+    assert data["persona"] == "librarian" and data["answer"].strip()
+    assert data["sources"][0] == {
+        "path": "handbook/vacation.md", "title": "Vacation", "score": data["sources"][0]["score"]
+    }
+    assert data["timings"]["completion_tokens"] > 0 and data["timings"]["ttft_ms"] > 0
+
+
+def test_ask_unknown_persona_is_a_clear_error(project: Path) -> None:
+    code, out = run(project, "ask", "nobody", "hi")
+    assert code == 1 and "doesn't exist" in out and "librarian" in out
+
+
+@pytest.mark.timeout(300)
+def test_chat_switches_persona_resets_and_shows_sources(project: Path) -> None:
+    script = "\n".join([
+        "/persona librarian",
+        "How long must passwords be?",
+        "/sources",
+        "/reset",
+        "/quit",
+    ]) + "\n"
+    code, out = run(project, "chat", "pirate", input=script)
+    assert code == 0, out
+    assert "Pete (pirate)" in out and "now talking to Libby" in out
+    assert "handbook/security.md" in out and "history cleared" in out
