@@ -12,15 +12,10 @@ from typing import Any
 
 import click
 
+from bots.observability.logs import setup_logging
 from bots.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("bots")
-
-
-def setup_logging(verbose: int, json_logs: bool = False) -> None:
-    """Human-readable logs on stderr by default; `-v` for more."""
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @click.group()
@@ -207,18 +202,26 @@ def check(ctx: click.Context) -> None:
 @click.option("--log-json", is_flag=True, default=None, help="JSON log lines")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool | None) -> None:
-    """Run the HTTP API, the workbench and every configured adapter (Discord, Slack)."""
+    """Run the HTTP API, the workbench and every configured adapter (Discord, Slack).
+
+    Exits 0 after SIGTERM/SIGINT, non-zero when the model cannot be loaded or brought back.
+    """
     from bots.app import App
+    from bots.engine.base import EngineError
+    from bots.engine.model_files import ModelNotFound
     from bots.serve import serve as run_server
 
     settings = settings_of(
         ctx, **{"server.host": host, "server.port": port, "server.log_json": log_json}
     )
-    if settings.server.log_json:
-        setup_logging(max(ctx.obj["verbose"], 1), json_logs=True)
-    elif ctx.obj["verbose"] == 0:
-        logging.getLogger().setLevel(logging.INFO)
-    asyncio.run(run_server(App.create(settings)))
+    setup_logging(
+        max(ctx.obj["verbose"], 1), json_logs=settings.server.log_json, secrets=settings.secrets()
+    )
+    try:
+        exit_status = asyncio.run(run_server(App.create(settings)))
+    except (EngineError, ModelNotFound) as exc:
+        raise click.ClickException(f"the model could not be started: {exc}") from exc
+    sys.exit(exit_status)
 
 
 @main.command()
@@ -240,18 +243,35 @@ def status(ctx: click.Context, url: str | None) -> None:
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach {base}/status: {exc}") from exc
     engine = body["engine"]
+    click.echo(f"up {body['uptime_s']:.0f}s")
     click.echo(
         f"engine  {engine['model']}  healthy={engine['healthy']}  "
         f"queue {engine['queue_depth']}/{engine['queue_capacity']}  active {engine['active']}"
     )
+    if engine["detail"]:
+        click.echo(f"        {engine['detail']}")
     for name, state in body["adapters"].items():
         click.echo(f"adapter {name}: {state}")
     for p in body["personas"]:
         mark = "ok " if not p["errors"] else "ERR"
-        click.echo(f"{mark} {p['id']:<16} {p['content_hash'] or '-':<16} reloads={p['reloads']}")
+        reloaded = _ago(p["last_reload"]) if p["last_reload"] else "-"
+        click.echo(
+            f"{mark} {p['id']:<16} {p['content_hash'] or '-':<16} reloads={p['reloads']}  "
+            f"last reload {reloaded}"
+        )
         for e in p["errors"]:
             click.echo(f"      {e['path']}:{e['line']}: {e['key']}: {e['message']}")
-    sys.exit(0 if all(not p["errors"] for p in body["personas"]) else 1)
+    healthy = engine["healthy"] and all(not p["errors"] for p in body["personas"])
+    sys.exit(0 if healthy else 1)
+
+
+def _ago(timestamp: float) -> str:
+    seconds = max(0.0, time.time() - timestamp)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
 
 
 @main.group(invoke_without_command=True)
@@ -310,3 +330,69 @@ def bench_ask(ctx: click.Context, persona: str, question: str) -> None:
                    f"{run.ttft_ms:>9.0f}{run.tokens_per_s:>11.1f}")
     if raw.tokens_per_s:
         click.echo(f"ratio (bots / raw) gen tok/s: {ours.tokens_per_s / raw.tokens_per_s:.2f}x")
+
+
+@main.command("eval")
+@click.argument("personas", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+@click.option("--retrieval-only", is_flag=True, help="judge `cites`/`declines` without generating")
+@click.option("--watch", is_flag=True, help="re-run one persona's cases on every save")
+@click.pass_context
+def eval_cases(
+    ctx: click.Context, personas: tuple[str, ...], as_json: bool, retrieval_only: bool, watch: bool
+) -> None:
+    """Run the personas' evals.yaml cases (temperature 0, fixed seed); exit 1 on any failure."""
+    from bots.evals.commands import CommandError, run_evals, watch_evals
+
+    settings = settings_of(ctx)
+    if watch:
+        if len(personas) != 1:
+            raise click.UsageError("--watch takes exactly one PERSONA")
+        try:
+            asyncio.run(
+                watch_evals(settings, personas[0], retrieval_only=retrieval_only, echo=click.echo)
+            )
+        except CommandError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
+    status = asyncio.run(
+        run_evals(
+            settings,
+            personas,
+            retrieval_only=retrieval_only,
+            as_json_output=as_json,
+            echo=click.echo,
+            note=lambda line: click.echo(line, err=True),
+        )
+    )
+    sys.exit(status)
+
+
+@main.command()
+@click.argument("persona", required=False)
+@click.option("--json", "as_json", is_flag=True, help="print the reactions as JSON")
+@click.option(
+    "--to-evals", is_flag=True, help="append PERSONA's thumbs-down questions to evals.yaml"
+)
+@click.pass_context
+def feedback(ctx: click.Context, persona: str | None, as_json: bool, to_evals: bool) -> None:
+    """List thumbs-up/down reactions from chat, newest first (of PERSONA, or of all)."""
+    from bots.evals.commands import (
+        CommandError,
+        describe_append,
+        feedback_to_evals,
+        list_feedback,
+        print_feedback,
+    )
+    from bots.evals.feedback import AppendRefused
+
+    settings = settings_of(ctx)
+    if to_evals:
+        if not persona:
+            raise click.UsageError("--to-evals needs the PERSONA whose evals.yaml to extend")
+        try:
+            click.echo(describe_append(feedback_to_evals(settings, persona)))
+        except (CommandError, AppendRefused) as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
+    print_feedback(list_feedback(settings, persona), as_json_output=as_json, echo=click.echo)

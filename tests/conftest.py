@@ -14,6 +14,9 @@ from bots.settings import Settings, load_settings
 if TYPE_CHECKING:
     from bots.app import App
 
+# Every log of the session is kept and scanned for the suite's secrets at the end.
+pytest_plugins = ["tests.secret_scan"]
+
 HANDBOOK = {
     "vacation.md": """\
         # Vacation

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,11 +19,51 @@ READY = re.compile(r"serving the API on (http://[\d.]+:\d+)")
 START_TIMEOUT_S = 60.0
 
 
-@contextmanager
-def running_server(
-    project: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None
-) -> Iterator[str]:
-    """Yield the base URL of `bots serve` on the project; SIGTERM it afterwards."""
+@dataclass
+class ServerProcess:
+    """A `bots serve` process started for a test."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def worker_pids(self) -> list[int]:
+        """The server's child processes (its model worker)."""
+        pids = []
+        for children in Path(f"/proc/{self.proc.pid}/task").glob("*/children"):
+            try:
+                pids += [int(pid) for pid in children.read_text().split()]
+            except OSError:
+                continue
+        return pids
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, wait (SIGKILL after `timeout_s`); the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def start_server(
+    project: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    host: str | None = "127.0.0.1",
+) -> ServerProcess:
+    """Start `bots serve` on the project on a free port and wait until it answers.
+
+    Secret settings passed in `env` are registered with the session's secret scan.
+    """
+    from bots.engine.supervised import secret_environment_names
+    from tests.secret_scan import register_secret
+
+    secret_names = secret_environment_names()
+    register_secret(*(v for k, v in (env or {}).items() if k in secret_names))
     log = log or project / "serve.log"
     environment = {
         **os.environ,
@@ -30,6 +71,7 @@ def running_server(
         "BOTS_MODEL_MAX_TOKENS": "48",
         **(env or {}),
     }
+    where = ["--host", host] if host is not None else []
     with log.open("w") as out:
         proc = subprocess.Popen(
             [
@@ -43,8 +85,7 @@ def running_server(
                 "--data-dir",
                 str(project / "data"),
                 "serve",
-                "--host",
-                "127.0.0.1",
+                *where,
                 "--port",
                 "0",
                 *args,
@@ -55,15 +96,23 @@ def running_server(
             env=environment,
         )
     try:
-        url = _wait_ready(proc, log)
-        yield url
+        return ServerProcess(proc, _wait_ready(proc, log), log)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+@contextmanager
+def running_server(
+    project: Path, *args: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[str]:
+    """Yield the base URL of `bots serve` on the project; SIGTERM it afterwards."""
+    server = start_server(project, *args, env=env, log=log)
+    try:
+        yield server.url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> str:

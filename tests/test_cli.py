@@ -14,8 +14,17 @@ from bots.cli import main
 def run(project: Path, *args: str, input: str | None = None) -> tuple[int, str]:
     result = CliRunner().invoke(
         main,
-        ["--personas", str(project / "personas"), "--knowledge", str(project / "knowledge"),
-         "--data-dir", str(project / "data"), "--engine", "simple", *args],
+        [
+            "--personas",
+            str(project / "personas"),
+            "--knowledge",
+            str(project / "knowledge"),
+            "--data-dir",
+            str(project / "data"),
+            "--engine",
+            "simple",
+            *args,
+        ],
         input=input,
         env={"BOTS_MODEL_N_CTX": "4096"},
     )
@@ -41,13 +50,24 @@ def test_check_reports_file_line_key_and_exits_1(project: Path) -> None:
 
 
 def test_ask_json_prints_answer_sources_and_timings(project: Path) -> None:
-    code, out = run(project, "ask", "librarian", "How many vacation days per year?", "--json",
-                    "--temperature", "0", "--max-tokens", "24")
+    code, out = run(
+        project,
+        "ask",
+        "librarian",
+        "How many vacation days per year?",
+        "--json",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "24",
+    )
     assert code == 0, out
-    data = json.loads(out[out.index("{"):])
+    data = json.loads(out[out.index("{") :])
     assert data["persona"] == "librarian" and data["answer"].strip()
     assert data["sources"][0] == {
-        "path": "handbook/vacation.md", "title": "Vacation", "score": data["sources"][0]["score"]
+        "path": "handbook/vacation.md",
+        "title": "Vacation",
+        "score": data["sources"][0]["score"],
     }
     assert data["timings"]["completion_tokens"] > 0 and data["timings"]["ttft_ms"] > 0
 
@@ -59,13 +79,18 @@ def test_ask_unknown_persona_is_a_clear_error(project: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_chat_switches_persona_resets_and_shows_sources(project: Path) -> None:
-    script = "\n".join([
-        "/persona librarian",
-        "How long must passwords be?",
-        "/sources",
-        "/reset",
-        "/quit",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "/persona librarian",
+                "How long must passwords be?",
+                "/sources",
+                "/reset",
+                "/quit",
+            ]
+        )
+        + "\n"
+    )
     code, out = run(project, "chat", "pirate", input=script)
     assert code == 0, out
     assert "Pete (pirate)" in out and "now talking to Libby" in out

@@ -38,6 +38,7 @@ from tests.fake_discord import BotAccount, Call, FakeDiscord
 
 TOKEN = "fake-bot-token.for-tests"
 EDIT_INTERVAL_S = 0.05
+MODEL_TIMEOUT_S = 120.0  # the real model on a busy shared machine can be slow
 FAST_RETRY = RetryPolicy(first_delay_s=0.05, max_delay_s=0.2, give_up_after_s=30.0)
 CODE = "```python\n" + "\n".join(f"print('line {i}')" for i in range(120)) + "\n```"
 LONG_REPLY = (
@@ -135,7 +136,7 @@ class Env:
         return [t for t in store.turns(asked.conversation_id) if t.id > asked.id]
 
     async def answer(
-        self, message: dict[str, Any], timeout: float = 60.0
+        self, message: dict[str, Any], timeout: float = MODEL_TIMEOUT_S
     ) -> tuple[Turn, list[dict[str, Any]]]:
         """Wait until the reply to `message` is complete; its stored turn and Discord messages."""
 
@@ -149,16 +150,12 @@ class Env:
         return turn, self.shown_from(turn.platform_message_id)
 
     def shown_from(self, first_id: str) -> list[dict[str, Any]]:
-        """The reply messages starting at `first_id` (a split reply continues in order)."""
-        first = self.fake.messages[first_id]
-        author = first["author"]["id"]
-        return [
-            m
-            for m in self.fake.messages.values()
-            if m["channel_id"] == first["channel_id"]
-            and int(m["id"]) >= int(first_id)
-            and m["author"]["id"] == author
-        ]
+        """The messages showing a reply: its first message and the parts it was split into."""
+        parts = self.adapter.conversations.part_of
+        ids = [first_id] + sorted(
+            (str(p) for p, first in parts.items() if str(first) == first_id), key=int
+        )
+        return [self.fake.messages[i] for i in ids]
 
     async def quiet(self, seconds: float = 0.6) -> None:
         """Let in-flight events settle (used before asserting that nothing was sent)."""
@@ -227,6 +224,7 @@ async def start_discord(
                 "discord.api_url": fake.api_url,
                 "discord.gateway_url": fake.gateway_url,
                 "discord.edit_interval_s": EDIT_INTERVAL_S,
+                "model.max_tokens": 8,  # the real model: a few tokens say enough here
                 # A callable override is given the channel ids (they exist only now).
                 **{k: v(channels) if callable(v) else v for k, v in overrides.items()},
             },
@@ -289,7 +287,7 @@ def write_personas(
 
 
 async def test_mention_streams_a_reply_in_paced_edits(start_discord: StartDiscord) -> None:
-    env = await start_discord()
+    env = await start_discord(**{"model.max_tokens": 16})
     asked = env.say("alice", "general", "Tell me about the sea in three sentences.")
     turn, shown = await env.answer(asked)
 
@@ -309,7 +307,7 @@ async def test_mention_streams_a_reply_in_paced_edits(start_discord: StartDiscor
 
 
 async def test_channel_binding_answers_without_mention(start_discord: StartDiscord) -> None:
-    env = await start_discord(**{"model.max_tokens": 12})
+    env = await start_discord()
     unbound = env.say("alice", "quiet", "Is anyone here?", mention=False)
     bound = env.say("alice", "library", "How many vacation days do I get?", mention=False)
     turn, shown = await env.answer(bound)
@@ -324,7 +322,7 @@ async def test_channel_binding_answers_without_mention(start_discord: StartDisco
 async def test_named_persona_and_reply_chain_continue_one_conversation(
     start_discord: StartDiscord,
 ) -> None:
-    env = await start_discord(**{"model.max_tokens": 12})
+    env = await start_discord()
     first = env.say("alice", "general", "librarian: how many vacation days do I get?")
     turn, shown = await env.answer(first)
     assert turn.persona_id == "librarian"
@@ -354,7 +352,7 @@ async def test_reply_chain_unknown_to_the_store_becomes_history(
 
 
 async def test_dm_is_answered_and_is_one_conversation(start_discord: StartDiscord) -> None:
-    env = await start_discord(**{"model.max_tokens": 12})
+    env = await start_discord()
     first = env.say("bob", "dm", "Hello there, who are you?", mention=False)
     turn, shown = await env.answer(first)
     assert not shown[0].get("webhook_id"), "no webhooks in DMs"
@@ -364,7 +362,7 @@ async def test_dm_is_answered_and_is_one_conversation(start_discord: StartDiscor
 
 
 async def test_thread_from_ask_is_one_conversation(start_discord: StartDiscord) -> None:
-    env = await start_discord(**{"model.max_tokens": 12})
+    env = await start_discord()
     env.fake.slash(
         env.bot,
         env.users["alice"],
@@ -380,7 +378,8 @@ async def test_thread_from_ask_is_one_conversation(start_discord: StartDiscord) 
     thread_id = created[0].path.split("/")[-2]
     assert thread_id in env.fake.channels
     first = await env.fake.wait_for(
-        lambda: [m for m in env.fake.bot_messages(thread_id) if m.get("webhook_id")]
+        lambda: [m for m in env.fake.bot_messages(thread_id) if m.get("webhook_id")],
+        MODEL_TIMEOUT_S,
     )
     assert first[0]["author"]["username"] == "Libby"
     assert env.fake.calls_to("POST", r"/webhooks/")[0].query.get("thread_id") == thread_id
@@ -404,7 +403,7 @@ async def test_thread_from_ask_is_one_conversation(start_discord: StartDiscord) 
 async def test_ask_command_streams_into_the_interaction_response(
     start_discord: StartDiscord,
 ) -> None:
-    env = await start_discord()
+    env = await start_discord(**{"model.max_tokens": 16})
     env.fake.slash(
         env.bot,
         env.users["bob"],
@@ -418,7 +417,8 @@ async def test_ask_command_streams_into_the_interaction_response(
         lambda: (
             (e := env.fake.calls_to("PATCH", r"/messages/@original$"))
             and not (e[-1].content or "").endswith(CURSOR)
-        )
+        ),
+        MODEL_TIMEOUT_S,
     )
     edits = env.fake.calls_to("PATCH", r"/messages/@original$")
     assert len(edits) >= 2
@@ -492,7 +492,7 @@ async def test_ask_autocomplete_offers_personas_and_starters(start_discord: Star
 
 
 async def test_reset_forgets_a_thread_and_explains_elsewhere(start_discord: StartDiscord) -> None:
-    env = await start_discord(**{"model.max_tokens": 8})
+    env = await start_discord()
     env.fake.slash(
         env.bot,
         env.users["alice"],
@@ -507,7 +507,8 @@ async def test_reset_forgets_a_thread_and_explains_elsewhere(start_discord: Star
     thread_id = created[0].path.split("/")[-2]
     conversation = env.app.store.conversation_id("discord", f"thread:{thread_id}")
     await env.fake.wait_for(
-        lambda: [t for t in env.app.store.history(conversation) if t.role == "assistant"]
+        lambda: [t for t in env.app.store.history(conversation) if t.role == "assistant"],
+        MODEL_TIMEOUT_S,
     )
 
     env.fake.slash(env.bot, env.users["alice"], thread_id, "reset")
@@ -547,7 +548,7 @@ async def test_mass_mention_bait_is_defused(start_discord: StartDiscord) -> None
 
 
 async def test_plain_messages_without_manage_webhooks(start_discord: StartDiscord) -> None:
-    env = await start_discord(fake_options={"manage_webhooks": False}, **{"model.max_tokens": 12})
+    env = await start_discord(fake_options={"manage_webhooks": False})
     asked = env.say("alice", "general", "Who are you?")
     _, shown = await env.answer(asked)
     assert not shown[0].get("webhook_id")
@@ -593,7 +594,7 @@ async def test_bots_webhooks_and_itself_are_ignored(start_discord: StartDiscord)
 
 
 async def test_access_lists_allow_users_and_roles_only(start_discord: StartDiscord) -> None:
-    env = await start_discord(**{"model.max_tokens": 8})
+    env = await start_discord()
     denied = env.say("bob", "general", "vault: open up")
     refusal = await env.fake.wait_for(lambda: env.fake.replies_to(denied["id"]))
     assert refusal[0]["content"] == "Sorry, you don't have access to Vault."
@@ -826,7 +827,7 @@ async def test_two_personas_in_two_channels_at_once(start_discord: StartDiscord)
 async def test_persona_edited_on_disk_changes_the_next_reply(
     start_discord: StartDiscord, project: Path
 ) -> None:
-    env = await start_discord(**{"model.max_tokens": 8})
+    env = await start_discord()
     before = env.say("alice", "cove", "Ahoy?", mention=False)
     _, shown = await env.answer(before)
     assert shown[0]["author"]["username"] == "Pete"

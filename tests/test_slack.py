@@ -47,9 +47,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 BOUND = "C0BOUND01"
 ALLOWED_USER = "U0ALLOW01"
 FAST = SlackLimits(
-    update_interval_s=0.05,
+    update_interval_s=0.02,
     updates_per_minute=100_000,
-    stream_interval_s=0.05,
+    stream_interval_s=0.02,
     ping_interval_s=0.5,
     replies_interval_s=60.0,
     stop_grace_s=5.0,

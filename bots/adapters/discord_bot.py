@@ -602,6 +602,12 @@ class DiscordAdapter(CommandHandler):
         self, interaction: discord.Interaction, question: str, persona: str | None, thread: bool
     ) -> None:
         """`/ask`: answer in the channel (streamed into the response), or in a new thread."""
+        # A tracked task, so that stopping the adapter finishes or closes off this reply too.
+        await self._spawn(self._ask(interaction, question, persona, thread))
+
+    async def _ask(
+        self, interaction: discord.Interaction, question: str, persona: str | None, thread: bool
+    ) -> None:
         channel = interaction.channel
         if channel is None or not self._place_allowed(channel, interaction.guild):
             await _ephemeral(interaction, NOT_HERE)

@@ -211,7 +211,8 @@ class Conversations:
 
     async def _last_persona(self, place: str) -> str | None:
         conversation_id = await self.store.run(self.store.conversation_id, PLATFORM, place)
-        for turn in reversed(await self.store.run(self.store.history, conversation_id, 10)):
+        # All turns, pending ones too: a follow-up may come while the last reply still streams.
+        for turn in reversed(await self.store.run(self.store.turns, conversation_id)):
             if turn.role == "assistant":
                 return turn.persona_id
         return None

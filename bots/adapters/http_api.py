@@ -22,11 +22,15 @@ from aiohttp.typedefs import Middleware
 from bots.app import App
 from bots.chat.service import ChatRefused, Incoming, Reply
 from bots.engine.base import ChatMessage, EngineBusy, EngineError, EngineTimeout
+from bots.observability.health import HealthProbe
+from bots.observability.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 APP_KEY = web.AppKey("bots_app", App)
+METRICS_KEY = web.AppKey("bots_metrics", Metrics)
+HEALTH_KEY = web.AppKey("bots_health", HealthProbe)
 OPEN_PATHS = ("/healthz",)
 MAX_MESSAGES = 200
 
@@ -49,10 +53,15 @@ def create_http_app(app: App) -> web.Application:
         client_max_size=server.max_request_bytes, middlewares=[_auth_middleware(server.api_token)]
     )
     web_app[APP_KEY] = app
+    metrics = Metrics()
+    metrics.attach(app)
+    web_app[METRICS_KEY] = metrics
+    web_app[HEALTH_KEY] = HealthProbe(app.engine)
     web_app.router.add_get("/v1/models", list_models)
     web_app.router.add_post("/v1/chat/completions", chat_completions)
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/status", status)
+    web_app.router.add_get("/metrics", metrics_text)
     if server.cors_origins:
         web_app.middlewares.append(_cors_middleware(server.cors_origins))
     return web_app
@@ -64,7 +73,7 @@ def _auth_middleware(token: str) -> Middleware:
         if (
             token
             and request.path not in OPEN_PATHS
-            and request.path.startswith(("/v1/", "/status"))
+            and request.path.startswith(("/v1/", "/status", "/metrics"))
         ):
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -109,9 +118,18 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    engine = request.app[APP_KEY].engine.status()
-    body = {"ok": engine.healthy, "detail": engine.detail}
-    return web.json_response(body, status=200 if engine.healthy else 503)
+    """200 when the model answers a one-token probe; 503 while it restarts or the bot stops."""
+    if request.app[APP_KEY].service.draining:
+        return web.json_response({"ok": False, "detail": "shutting down"}, status=503)
+    health = await request.app[HEALTH_KEY].check()
+    body = {"ok": health.ok, "detail": health.detail}
+    return web.json_response(body, status=200 if health.ok else 503)
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    body = request.app[METRICS_KEY].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def status(request: web.Request) -> web.Response:
@@ -242,7 +260,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         reply = await app.service.start(incoming, check_policy=False)
     except ChatRefused as exc:
         kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
-        return error(exc.status, exc.user_message, kind)
+        retry = {"Retry-After": str(round(exc.retry_after_s))} if exc.retry_after_s else {}
+        return error(exc.status, exc.user_message, kind, **retry)
     except EngineBusy as exc:
         return error(503, str(exc), "server_busy", **{"Retry-After": str(int(exc.retry_after_s))})
     except EngineError as exc:

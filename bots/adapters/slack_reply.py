@@ -110,14 +110,11 @@ class Poster:
         *,
         thread_ts: str = "",
         identity: Identity | None = None,
-        blocks: Sequence[Block] = (),
     ) -> str:
         """Post a message; returns its ts."""
         args: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
         if thread_ts:
             args["thread_ts"] = thread_ts
-        if blocks:
-            args["blocks"] = list(blocks)
         if identity is not None and self.customize:
             try:
                 response = await self.client.chat_postMessage(**{**args, **identity.args()})

@@ -29,14 +29,26 @@ async def bench_ask(settings: Settings, persona_id: str, question: str) -> tuple
     app = App.create(settings)
     await app.start(watch=False)
     try:
-        incoming = Incoming("bench", "", "bench", question, persona_id, remember=False,
-                            temperature=0.0, max_tokens=MAX_TOKENS)
+        incoming = Incoming(
+            "bench",
+            "",
+            "bench",
+            question,
+            persona_id,
+            remember=False,
+            temperature=0.0,
+            max_tokens=MAX_TOKENS,
+        )
         reply = await app.service.start(incoming, check_policy=False)
         async for _ in reply:
             pass
         assert reply.usage is not None and reply.prompt is not None
-        ours = AskRun(reply.usage.prompt_tokens, reply.usage.completion_tokens,
-                      reply.usage.ttft_ms, reply.usage.tokens_per_s)
+        ours = AskRun(
+            reply.usage.prompt_tokens,
+            reply.usage.completion_tokens,
+            reply.usage.ttft_ms,
+            reply.usage.tokens_per_s,
+        )
         messages = [{"role": m.role, "content": m.content} for m in reply.prompt.messages]
     finally:
         await app.close()
@@ -48,16 +60,28 @@ def _raw(settings: Settings, messages: list[dict[str, str]]) -> AskRun:
 
     threads = settings.model.n_threads or os.cpu_count() or 1
     with without_extra_buffers():
-        llm = Llama(str(resolve_model_path(settings.model.path or None)), n_ctx=settings.model.n_ctx,
-                    n_threads=threads, n_threads_batch=threads, verbose=False)
+        llm = Llama(
+            str(resolve_model_path(settings.model.path or None)),
+            n_ctx=settings.model.n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
     started = time.perf_counter()
     first = 0.0
     tokens = 0
-    for chunk in llm.create_chat_completion(messages, max_tokens=MAX_TOKENS, temperature=0.0,  # type: ignore[arg-type]
-                                            repeat_penalty=settings.model.repeat_penalty, stream=True):
+    for chunk in llm.create_chat_completion(
+        messages,
+        max_tokens=MAX_TOKENS,
+        temperature=0.0,  # type: ignore[arg-type]
+        repeat_penalty=settings.model.repeat_penalty,
+        stream=True,
+    ):
         if chunk["choices"][0]["delta"].get("content"):  # type: ignore[index, union-attr]
             first = first or time.perf_counter()
             tokens += 1
     end = time.perf_counter()
     prompt = int(llm.n_tokens) - tokens
-    return AskRun(prompt, tokens, (first - started) * 1000, tokens / (end - first) if end > first else 0)
+    return AskRun(
+        prompt, tokens, (first - started) * 1000, tokens / (end - first) if end > first else 0
+    )

@@ -213,6 +213,7 @@ class SupervisedEngine:
         if self._worker is not None:
             return
         self._closing = False
+        self._detail = "loading the model"
         self._vocab = await asyncio.to_thread(_Vocab, self.model_path)
         await self._spawn()
         self._keep(self._watch())
@@ -315,7 +316,6 @@ class SupervisedEngine:
 
     async def _spawn(self) -> None:
         """Start a worker and wait for its model; EngineError if it cannot load."""
-        self._detail = "loading the model"
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
