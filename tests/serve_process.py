@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,8 @@ import httpx
 
 READY = re.compile(r"serving the API on (http://[\d.]+:\d+)")
 START_TIMEOUT_S = 60.0
+# One model thread: llama.cpp's spinning thread barriers crawl on an oversubscribed machine.
+ONE_THREAD = {"BOTS_MODEL_N_THREADS": "1"}
 
 
 @dataclass
@@ -54,6 +58,7 @@ def start_server(
     env: dict[str, str] | None = None,
     log: Path | None = None,
     host: str | None = "127.0.0.1",
+    verbose: int = 0,
 ) -> ServerProcess:
     """Start `bots serve` on the project on a free port and wait until it answers.
 
@@ -84,6 +89,7 @@ def start_server(
                 str(project / "knowledge"),
                 "--data-dir",
                 str(project / "data"),
+                *(["-" + "v" * verbose] if verbose else []),
                 "serve",
                 *where,
                 "--port",
@@ -127,3 +133,30 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> str:
             raise RuntimeError(f"bots serve exited {proc.returncode}:\n{log.read_text()}")
         time.sleep(0.1)
     raise RuntimeError(f"bots serve did not start:\n{log.read_text()}")
+
+
+class StreamReader(threading.Thread):
+    """Reads an SSE reply in the background; `first` is set at the first piece of text."""
+
+    def __init__(self, url: str, request: dict[str, object]) -> None:
+        super().__init__(daemon=True)
+        self.url, self.request = url, request
+        self.first = threading.Event()
+        self.text = ""
+        self.events: list[dict[str, object]] = []
+        self.done = False
+
+    def run(self) -> None:
+        with httpx.stream(
+            "POST", self.url + "/v1/chat/completions", json=self.request, timeout=120
+        ) as r:
+            for line in r.iter_lines():
+                if line == "data: [DONE]":
+                    self.done = True
+                elif line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    self.events.append(event)
+                    for choice in event.get("choices", []):
+                        self.text += choice["delta"].get("content") or ""
+                    if self.text:
+                        self.first.set()

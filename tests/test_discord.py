@@ -26,12 +26,14 @@ from bots.app import App
 from bots.chat.service import Incoming
 from bots.chat.store import Turn
 from bots.engine.base import (
+    Engine,
     EngineBusy,
     EngineStatus,
     GenerationRequest,
     Piece,
     Usage,
 )
+from bots.engine.factory import make_engine
 from bots.settings import Settings
 from tests.conftest import persona_md, write
 from tests.fake_discord import BotAccount, Call, FakeDiscord
@@ -152,9 +154,8 @@ class Env:
     def shown_from(self, first_id: str) -> list[dict[str, Any]]:
         """The messages showing a reply: its first message and the parts it was split into."""
         parts = self.adapter.conversations.part_of
-        ids = [first_id] + sorted(
-            (str(p) for p, first in parts.items() if str(first) == first_id), key=int
-        )
+        later = [str(p) for p, first in parts.items() if str(first) == first_id]
+        ids = [first_id, *sorted(later, key=int)]
         return [self.fake.messages[i] for i in ids]
 
     async def quiet(self, seconds: float = 0.6) -> None:
@@ -198,6 +199,7 @@ async def start_discord(
     async def start(
         *,
         engine: ScriptedEngine | None = None,
+        wrap_engine: Callable[[Engine], Engine] | None = None,
         fake_options: dict[str, Any] | None = None,
         adapter_options: dict[str, Any] | None = None,
         **overrides: object,
@@ -229,7 +231,9 @@ async def start_discord(
                 **{k: v(channels) if callable(v) else v for k, v in overrides.items()},
             },
         )
-        app = App.create(settings, engine=engine)
+        app = App.create(
+            settings, engine=wrap_engine(make_engine(settings)) if wrap_engine else engine
+        )
         await app.start()
         adapter = DiscordAdapter(
             app, guild_ready_timeout_s=0.05, retry=FAST_RETRY, **(adapter_options or {})
@@ -492,7 +496,7 @@ async def test_ask_autocomplete_offers_personas_and_starters(start_discord: Star
 
 
 async def test_reset_forgets_a_thread_and_explains_elsewhere(start_discord: StartDiscord) -> None:
-    env = await start_discord()
+    env = await start_discord(engine=ScriptedEngine("Once upon a tide..."))
     env.fake.slash(
         env.bot,
         env.users["alice"],
@@ -548,7 +552,9 @@ async def test_mass_mention_bait_is_defused(start_discord: StartDiscord) -> None
 
 
 async def test_plain_messages_without_manage_webhooks(start_discord: StartDiscord) -> None:
-    env = await start_discord(fake_options={"manage_webhooks": False})
+    env = await start_discord(
+        engine=ScriptedEngine("Pete."), fake_options={"manage_webhooks": False}
+    )
     asked = env.say("alice", "general", "Who are you?")
     _, shown = await env.answer(asked)
     assert not shown[0].get("webhook_id")
@@ -594,7 +600,7 @@ async def test_bots_webhooks_and_itself_are_ignored(start_discord: StartDiscord)
 
 
 async def test_access_lists_allow_users_and_roles_only(start_discord: StartDiscord) -> None:
-    env = await start_discord()
+    env = await start_discord(engine=ScriptedEngine("The vault is open."))
     denied = env.say("bob", "general", "vault: open up")
     refusal = await env.fake.wait_for(lambda: env.fake.replies_to(denied["id"]))
     assert refusal[0]["content"] == "Sorry, you don't have access to Vault."
@@ -845,42 +851,114 @@ async def test_persona_edited_on_disk_changes_the_next_reply(
 # --------------------------------------------------------------------------- latency
 
 
+@dataclass
+class Timing:
+    """When the engine got a request, yielded its first and its last piece (monotonic)."""
+
+    requested: float
+    first: float = 0.0
+    last: float = 0.0
+
+
+class TimedEngine:
+    """The real engine, with a stopwatch on each request (to time the adapter around it)."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.timings: list[Timing] = []
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
+        timing = Timing(time.monotonic())
+        self.timings.append(timing)
+        async for piece in self.inner.stream(request):
+            if piece.text:
+                timing.first = timing.first or time.monotonic()
+                timing.last = time.monotonic()
+            yield piece
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    @property
+    def context_size(self) -> int:
+        return self.inner.context_size
+
+    def status(self) -> EngineStatus:
+        return self.inner.status()
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
 async def test_adapter_adds_almost_no_latency(start_discord: StartDiscord) -> None:
     """MESSAGE_CREATE -> first visible text and -> final message, against the same request made
-    straight to the chat service (what `bots ask` does), in the same run."""
-    env = await start_discord(**{"model.max_tokens": 24, "model.temperature": 0.0})
-    runs = 3
-    direct_first, direct_total, discord_first, discord_total = [], [], [], []
-    for run in range(runs):
-        question = f"Name a famous ship, number {run}."
-        started = time.perf_counter()
+    straight to the chat service (what `bots ask` does), in the same run, in alternating order
+    (the engine caches prompt prefixes, which favours whichever goes second). The assertions are
+    on the adapter's own share, timed around the engine within each Discord reply."""
+    timed: list[TimedEngine] = []
+
+    def wrap(engine: Engine) -> Engine:
+        timed.append(TimedEngine(engine))
+        return timed[0]
+
+    env = await start_discord(wrap_engine=wrap, **{"model.max_tokens": 24, "model.temperature": 0})
+    engine = timed[0]
+    results: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "direct_first",
+            "direct_final",
+            "discord_first",
+            "discord_final",
+            "to_engine",
+            "piece_to_visible",
+            "last_piece_to_final",
+        )
+    }
+
+    async def direct(question: str) -> None:
+        started = time.monotonic()
         reply = await env.app.service.start(
             Incoming("cli", "", "cli", question, "pirate", remember=False), check_policy=False
         )
-        first_piece = 0.0
+        first = 0.0
         async for _ in reply:
-            first_piece = first_piece or time.perf_counter() - started
-        direct_first.append(first_piece)
-        direct_total.append(time.perf_counter() - started)
+            first = first or time.monotonic() - started
+        results["direct_first"].append(first)
+        results["direct_final"].append(time.monotonic() - started)
 
-        sent_at = time.monotonic()
+    async def via_discord(question: str) -> None:
+        sent = time.monotonic()
         asked = env.say("alice", "general", question)
         _, shown = await env.answer(asked)
-        posts = [c for c in env.fake.calls if c.at >= sent_at and c.content and c.status < 300]
-        edits = env.fake.calls_to("PATCH", rf"/messages/{shown[0]['id']}$")
-        discord_first.append(posts[0].at - sent_at)
-        discord_total.append((edits[-1].at if edits else posts[0].at) - sent_at)
+        timing = engine.timings[-1]
+        posts = [c for c in env.fake.calls if c.at >= sent and c.content and c.status < 300]
+        edits = env.fake.calls_to("PATCH", rf"/messages/{shown[-1]['id']}$")
+        final = edits[-1].at if edits else posts[-1].at
+        results["discord_first"].append(posts[0].at - sent)
+        results["discord_final"].append(final - sent)
+        results["to_engine"].append(timing.requested - sent)
+        results["piece_to_visible"].append(posts[0].at - timing.first)
+        results["last_piece_to_final"].append(final - timing.last)
 
-    medians = {
-        "direct_first_s": statistics.median(direct_first),
-        "direct_total_s": statistics.median(direct_total),
-        "discord_first_s": statistics.median(discord_first),
-        "discord_total_s": statistics.median(discord_total),
-    }
-    print(f"discord latency (median of {runs}):", {k: round(v, 3) for k, v in medians.items()})
-    # Generous bounds for a shared 2-core machine: the adapter's own work is milliseconds.
-    assert medians["discord_first_s"] - medians["direct_first_s"] < 0.5
-    assert medians["discord_total_s"] - medians["direct_total_s"] < 0.5
+    await via_discord("Say ahoy.")  # warm-up: the persona webhook is made once per channel
+    for results_list in results.values():
+        results_list.clear()
+    for run in range(4):
+        question = f"Name a famous ship, number {run}."
+        first, second = (direct, via_discord) if run % 2 else (via_discord, direct)
+        await first(question)
+        await second(question)
+
+    medians = {k: round(statistics.median(v) * 1000) for k, v in results.items()}
+    print("\ndiscord latency, median ms of 4:", medians)
+    # The adapter's own work around the engine is milliseconds; bounds allow a busy 2-core box.
+    assert medians["to_engine"] < 300
+    assert medians["piece_to_visible"] < 300
+    assert medians["last_piece_to_final"] < 300 + EDIT_INTERVAL_S * 1000
 
 
 async def test_the_token_never_reaches_the_log(

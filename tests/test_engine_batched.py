@@ -190,8 +190,9 @@ async def test_evicted_conversation_continues_the_same(make_engine, park_bytes: 
         expected, _ = await collect(await make_engine(), follow_up)
     await reference_engine.close()
 
-    # A cache too small for more than a few sequences: the other personas push it out.
-    engine = await make_engine(kv_cells=512, n_ctx=512, park_bytes=park_bytes)
+    # Room for two conversations: the other personas push this one out. (Under 512 cells, so
+    # the single-stream attention kernel stays the one the reference used.)
+    engine = await make_engine(kv_cells=256, n_ctx=256, park_bytes=park_bytes)
     assert (await collect(engine, request(conversation)))[0] == first
     for system in (PIRATE, DOCTOR, PIRATE + " Arr!", DOCTOR + " Thanks."):
         await collect(engine, request(chat(system, "Hello there, who are you?"), max_tokens=4))
@@ -201,7 +202,7 @@ async def test_evicted_conversation_continues_the_same(make_engine, park_bytes: 
     if park_bytes:
         assert restored > len(usage_tokens(engine, conversation)), "restored from RAM"
     else:
-        assert restored == 0, "evicted, so evaluated again"
+        assert restored < engine.count_tokens(GARDENER), "evicted, so evaluated again"
 
 
 def usage_tokens(engine: BatchedEngine, messages: tuple[ChatMessage, ...]) -> np.ndarray:
@@ -249,7 +250,9 @@ async def test_task_cancellation_stops_the_generation(make_engine) -> None:
     started = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in engine.stream(request(chat(PIRATE, "Tell me a long story."), max_tokens=500)):
+        async for _ in engine.stream(
+            request(chat(PIRATE, "Tell me a long story."), max_tokens=500)
+        ):
             started.set()
 
     task = asyncio.create_task(consume())
@@ -268,7 +271,9 @@ async def test_task_cancellation_stops_the_generation(make_engine) -> None:
 async def test_timeout_raises_and_the_engine_keeps_serving(make_engine) -> None:
     engine = await make_engine()
     with pytest.raises(EngineTimeout):
-        await collect(engine, request(chat(PIRATE, "Tell me a long story."), max_tokens=500, timeout_s=0.3))
+        await collect(
+            engine, request(chat(PIRATE, "Tell me a long story."), max_tokens=500, timeout_s=0.3)
+        )
     text, _ = await collect(engine, request(chat(DOCTOR, "Hello.")))
     assert text
 

@@ -24,7 +24,8 @@ from bots.engine.model_files import default_model_path
 from bots.engine.supervised import SupervisedEngine
 from bots.settings import Settings, load_settings
 
-WATCHDOG_S = 2.0
+# Short enough for a test, long enough for a first token on a busy 2-core machine.
+WATCHDOG_S = 10.0
 # A crash is seen at once (the pipe closes); the error reaches the caller well within this.
 CRASH_ERROR_BOUND_S = 2.0
 # Silence is noticed after the watchdog limit plus one watchdog tick.
@@ -46,7 +47,8 @@ def settings(root: Path, **overrides: object) -> Settings:
         "model.n_ctx": 2048,
         "model.queue_size": 4,
         "model.parallel": 1,
-        "model.watchdog_s": WATCHDOG_S,
+        # One thread: llama.cpp's spinning thread barriers crawl on an oversubscribed machine.
+        "model.n_threads": 1,
     }
     return load_settings(root, environ={}, overrides={**base, **overrides})
 
@@ -60,6 +62,17 @@ def supervised(root: Path, **overrides: object) -> SupervisedEngine:
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[SupervisedEngine]:
     eng = supervised(tmp_path)
+    await eng.start()
+    try:
+        yield eng
+    finally:
+        await eng.close()
+
+
+@pytest.fixture
+async def watched(tmp_path: Path) -> AsyncIterator[SupervisedEngine]:
+    """An engine whose watchdog acts within seconds."""
+    eng = supervised(tmp_path, **{"model.watchdog_s": WATCHDOG_S})
     await eng.start()
     try:
         yield eng
@@ -104,7 +117,7 @@ async def test_sigkill_mid_reply_ends_that_reply_and_the_waiting_one_is_answered
     await engine.start()
     try:
         victim = engine.stream(request(LONG, max_tokens=400))
-        first = await anext(victim)  # type: ignore[call-overload]
+        first = await anext(victim)
         assert first.text
         # One generation at a time: this one waits in the worker's queue when the worker dies.
         waiting = asyncio.create_task(collect(engine, request()))
@@ -114,32 +127,34 @@ async def test_sigkill_mid_reply_ends_that_reply_and_the_waiting_one_is_answered
         killed = time.monotonic()
         os.kill(old_pid, signal.SIGKILL)
         with pytest.raises(EngineError, match="restarting"):
-            async for _ in victim:  # type: ignore[attr-defined]
+            async for _ in victim:
                 pass
-        assert time.monotonic() - killed < CRASH_ERROR_BOUND_S
+        errored = time.monotonic() - killed
+        assert errored < CRASH_ERROR_BOUND_S
         assert not engine.status().healthy
         assert await asyncio.wait_for(waiting, RECOVERY_BOUND_S)
         recovery = time.monotonic() - killed
         await wait_until(lambda: engine.status().healthy, RECOVERY_BOUND_S)
         assert engine.restarts == 1 and engine.worker_pid not in (None, old_pid)
         assert await collect(engine, request(max_tokens=4))
-        print(f"\n[{kind}] SIGKILL -> error {0:.0f}; waiting reply done {recovery:.2f}s after kill")
+        print(f"\n[{kind}] SIGKILL: error after {errored:.3f}s, next reply done {recovery:.2f}s")
     finally:
         await engine.close()
 
 
 async def test_hung_worker_is_killed_by_the_watchdog_and_replaced(
-    engine: SupervisedEngine,
+    watched: SupervisedEngine,
 ) -> None:
+    engine = watched
     victim = engine.stream(request(LONG, max_tokens=400))
-    await anext(victim)  # type: ignore[call-overload]
+    await anext(victim)
     old_pid = engine.worker_pid
     assert old_pid is not None
     stopped = time.monotonic()
     os.kill(old_pid, signal.SIGSTOP)  # alive but making no progress: a hang
     try:
         with pytest.raises(EngineError, match="restarting"):
-            async for _ in victim:  # type: ignore[attr-defined]
+            async for _ in victim:
                 pass
         assert time.monotonic() - stopped < HANG_ERROR_BOUND_S
         assert "no progress" in engine.status().detail
@@ -154,8 +169,9 @@ async def test_hung_worker_is_killed_by_the_watchdog_and_replaced(
 
 
 async def test_worker_hung_while_idle_is_replaced_and_reported_unhealthy(
-    engine: SupervisedEngine,
+    watched: SupervisedEngine,
 ) -> None:
+    engine = watched
     old_pid = engine.worker_pid
     assert old_pid is not None
     os.kill(old_pid, signal.SIGSTOP)
@@ -170,7 +186,7 @@ async def test_unreadable_model_fails_start_with_the_file_named(tmp_path: Path) 
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 4096)
     engine = supervised(tmp_path, **{"model.path": str(broken)})
-    with pytest.raises(EngineError, match="broken.gguf"):
+    with pytest.raises(EngineError, match=r"broken\.gguf"):
         await engine.start()
     assert engine.worker_pid is None
 
@@ -179,7 +195,8 @@ async def test_gives_up_when_the_model_cannot_be_loaded_again(tmp_path: Path) ->
     model = tmp_path / "model.gguf"
     shutil.copy(default_model_path(), model)
     engine = supervised(
-        tmp_path, **{"model.path": str(model), "model.max_restarts": 2, "model.restart_window_s": 60}
+        tmp_path,
+        **{"model.path": str(model), "model.max_restarts": 2, "model.restart_window_s": 60},
     )
     await engine.start()
     try:
@@ -233,7 +250,7 @@ async def test_supervisor_overhead_is_small(tmp_path: Path) -> None:
     req = request(LONG, max_tokens=120)
     figures: dict[str, list[tuple[float, float]]] = {"direct": [], "worker": []}
     try:
-        for name, eng in (("direct", direct), ("worker", worker)):
+        for eng in (direct, worker):
             await _timed(eng, req)  # warm the prefix cache
         for _ in range(3):
             for name, eng in (("direct", direct), ("worker", worker)):

@@ -531,11 +531,11 @@ class DiscordAdapter(CommandHandler):
             if reply.persona.citations and not footer:
                 footer = sources_footer(reply.sources)
             message_ids = await renderer.finish(footer)
+            self.conversations.remember_parts(message_ids)
             if reply.turn_id is not None and message_ids:
                 await self.app.store.run(
                     self.app.store.set_message_id, reply.turn_id, message_ids[0]
                 )
-                self.conversations.remember_parts(message_ids)
         except asyncio.CancelledError:
             if self._stopping and renderer is not None and renderer.message_ids:
                 await renderer.finish(INTERRUPTED)

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from bots.adapters.web import mount_workbench
 from bots.app import App
 from bots.chat.service import ChatRefused, Incoming, Reply
 from bots.engine.base import ChatMessage, EngineBusy, EngineError, EngineTimeout
@@ -62,6 +63,7 @@ def create_http_app(app: App) -> web.Application:
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/status", status)
     web_app.router.add_get("/metrics", metrics_text)
+    mount_workbench(web_app, app)
     if server.cors_origins:
         web_app.middlewares.append(_cors_middleware(server.cors_origins))
     return web_app

@@ -258,11 +258,12 @@ class NativeContext:
         n_seq_max: int,
         n_threads: int,
         n_batch: int,
+        n_ubatch: int,
     ) -> None:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = kv_cells
         params.n_batch = n_batch
-        params.n_ubatch = n_batch
+        params.n_ubatch = n_ubatch
         params.n_seq_max = n_seq_max
         params.n_threads = n_threads
         params.n_threads_batch = n_threads

@@ -23,10 +23,9 @@ from bots.evals.model import EVALS_FILE
 THUMBS_DOWN = -1
 ANSWER_COMMENT_CHARS = 600
 COMMENT_WIDTH = 96
-TODO_TEXT = (
-    "add the checks a good answer meets (contains, not_contains, cites, declines, max_chars), "
-    "then delete this todo"
-)
+TODO_TEXT = "replace with checks (contains, not_contains, cites, declines, max_chars)"
+# Wide enough that a question and the todo stay on one line each.
+YAML_WIDTH = 1000
 
 
 class AppendRefused(Exception):
@@ -45,7 +44,8 @@ class AppendResult:
 def append_feedback_cases(
     folder: Path, feedback: Sequence[Feedback], *, now: float | None = None
 ) -> AppendResult:
-    """Append one TODO case per distinct thumbs-down question not asked in `evals.yaml` yet."""
+    """Append one TODO case per distinct thumbs-down question not asked in `evals.yaml` yet,
+    oldest first."""
     path = folder / EVALS_FILE
     raw = path.read_bytes() if path.is_file() else b""
     text = raw.decode("utf-8-sig", errors="replace")
@@ -53,32 +53,31 @@ def append_feedback_cases(
     before = parse_evals(path, raw)
     asked = {_key(case.turns[-1]) for case in before.cases}
     names = {case.name for case in before.cases}
-    blocks: list[str] = []
-    added: list[str] = []
-    skipped = 0
-    for item in feedback:
-        question = item.question.strip()
-        if item.value != THUMBS_DOWN or not question:
+    # The same question disliked several times is one case, with every disliked answer above it.
+    groups: dict[str, list[Feedback]] = {}
+    already_there: set[str] = set()
+    for item in sorted(feedback, key=lambda f: f.created_at):  # oldest first, as a log reads
+        key = _key(item.question)
+        if item.value != THUMBS_DOWN or not key:
             continue
-        if _key(question) in asked:
-            skipped += 1
-            continue
-        asked.add(_key(question))
-        blocks.append(_case_text(item, question, names))
-        added.append(question)
+        if key in asked:
+            already_there.add(key)
+        else:
+            groups.setdefault(key, []).append(item)
+    blocks = [_case_text(items, names) for items in groups.values()]
+    added = [items[0].question.strip() for items in groups.values()]
     if not blocks:
-        return AppendResult(path, (), skipped)
+        return AppendResult(path, (), len(already_there))
     stamp = time.strftime("%Y-%m-%d", time.localtime(now if now is not None else time.time()))
     header = f"# Thumbs-down questions from chat, added by `bots feedback --to-evals` on {stamp}.\n"
     lead = "" if not text or text.endswith("\n") else "\n"
     new_text = text + lead + ("\n" if text.strip() else "") + header + "\n".join(blocks)
     after = parse_evals(path, new_text.encode())
-    if len(after.cases) != len(before.cases) + len(blocks) or len(after.errors) != len(
-        before.errors
-    ):
+    appended = len(after.cases) - len(before.cases)
+    if appended != len(blocks) or len(after.errors) != len(before.errors):
         raise AppendRefused(f"{path}: appending would not give valid cases; file left unchanged")
     _write_atomically(path, new_text)
-    return AppendResult(path, tuple(added), skipped)
+    return AppendResult(path, tuple(added), len(already_there))
 
 
 def _check_appendable(path: Path, text: str) -> None:
@@ -95,10 +94,13 @@ def _check_appendable(path: Path, text: str) -> None:
         )
 
 
-def _case_text(item: Feedback, question: str, names: set[str]) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.created_at))
-    lines = [f"# thumbs-down in {item.platform} on {when}; the answer was:"]
-    lines += [f"#   {line}" for line in _wrap(item.answer)]
+def _case_text(items: Sequence[Feedback], names: set[str]) -> str:
+    lines = []
+    for item in items:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.created_at))
+        lines.append(f"# thumbs-down in {item.platform} on {when}; the answer was:")
+        lines += [f"#   {line}" for line in _wrap(item.answer)]
+    question = items[0].question.strip()
     case: dict[str, Any] = {}
     name = default_name(question)
     if name in names:
@@ -110,7 +112,7 @@ def _case_text(item: Feedback, question: str, names: set[str]) -> str:
     names.add(name)
     case["ask"] = question
     case["todo"] = TODO_TEXT
-    dumped = yaml.safe_dump([case], sort_keys=False, allow_unicode=True, width=COMMENT_WIDTH)
+    dumped = yaml.safe_dump([case], sort_keys=False, allow_unicode=True, width=YAML_WIDTH)
     return "\n".join(lines) + "\n" + dumped
 
 

@@ -129,6 +129,7 @@ def _case(path: Path, number: int, node: yaml.Node, errors: list[EvalError]) -> 
         errors.append(EvalError(path, line, "", f"case {number} must be a mapping like 'ask: ...'"))
         return None
     items: dict[str, _Item] = {}
+    seen: set[str] = set()
     found: list[EvalError] = []
     for key_node, value_node in node.value:
         key = str(key_node.value)
@@ -143,15 +144,16 @@ def _case(path: Path, number: int, node: yaml.Node, errors: list[EvalError]) -> 
                 EvalError(path, key_line, key, f"given twice (first on line {items[key].line})")
             )
             continue
+        seen.add(key)
         try:
             value = _value(value_node)
-        except yaml.YAMLError as exc:
-            found.append(EvalError(path, key_line, key, f"bad value: {exc}"))
+        except yaml.MarkedYAMLError as exc:
+            found.append(EvalError(path, key_line, key, f"bad value: {exc.problem}"))
             continue
         items[key] = _Item(key_line, value_node, value)
     turns = _turns(path, line, items.get("ask"), found)
     checks = _checks(path, items, found)
-    if not any(k in items for k in (*CHECK_KEYS, "todo")):
+    if not seen & {*CHECK_KEYS, "todo"}:
         found.append(
             EvalError(
                 path, line, "", f"case {number} has no check: add one of {', '.join(CHECK_KEYS)}"
@@ -165,7 +167,7 @@ def _case(path: Path, number: int, node: yaml.Node, errors: list[EvalError]) -> 
 
 
 def _value(node: yaml.Node) -> Any:
-    """The plain Python value of a node (safe types only; raises yaml.YAMLError otherwise)."""
+    """The plain Python value of a node (safe types only; raises yaml.MarkedYAMLError otherwise)."""
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_document(node)

@@ -201,14 +201,14 @@ def judge(
 
 def _text_failures(checks: Checks, answer: str) -> list[str]:
     failures = [
-        f"contains {p.source!r}: not in the answer"
+        f"contains '{p.source}': not in the answer"
         for p in checks.contains
         if p.find(answer) is None
     ]
     for pattern in checks.not_contains:
         found = pattern.find(answer)
         if found is not None:
-            failures.append(f"not_contains {pattern.source!r}: the answer has {found!r}")
+            failures.append(f"not_contains '{pattern.source}': the answer has '{found}'")
     if checks.max_chars is not None and len(answer) > checks.max_chars:
         failures.append(f"max_chars {checks.max_chars}: the answer has {len(answer)} characters")
     return failures

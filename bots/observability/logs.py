@@ -70,7 +70,14 @@ class RedactingFormatter(logging.Formatter):
 
 
 class _BotsHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The handler `setup_logging` installs, so a second call replaces it and nothing else."""
+    """The handler `setup_logging` installs; writes to whatever `sys.stderr` is at the time."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
 
 
 def setup_logging(
@@ -82,12 +89,16 @@ def setup_logging(
 ) -> None:
     """Log to stderr at the level `verbose` (or `level`) names; JSON lines if `json_logs`.
 
-    Other handlers on the root logger (a test runner's, say) are left alone.
+    A second call replaces the first one's setup. Like `logging.basicConfig`, a setup made by
+    someone else (a test runner, a program embedding bots) is left alone.
     """
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _BotsHandler)]:
+    ours = [h for h in root.handlers if isinstance(h, _BotsHandler)]
+    if len(ours) < len(root.handlers):
+        return
+    for handler in ours:
         root.removeHandler(handler)
-    handler = _BotsHandler(sys.stderr)
+    handler = _BotsHandler()
     inner = JsonFormatter() if json_logs else logging.Formatter(HUMAN_FORMAT)
     handler.setFormatter(RedactingFormatter(inner, secrets))
     root.addHandler(handler)

@@ -1,0 +1,404 @@
+"""The workbench routes on the `bots serve` HTTP app: the page, its fragments, chat, events.
+
+GET  /                                   the page (?persona=ID), or the sign-in form
+POST /workbench/login                    sign in with the API token (sets a cookie)
+GET  /workbench/events                   server-sent events: states, evals, changes
+GET  /workbench/personas/{id}/about      instructions and documents (fragment)
+GET  /workbench/personas/{id}/evals      the last eval run (fragment)
+POST /workbench/personas/{id}/evals/run  run the evals again
+GET  /workbench/personas/{id}/feedback   reactions from chat (fragment)
+GET  /workbench/personas/{id}/retrieve   ranked chunks for ?q= (fragment)
+POST /workbench/personas/{id}/chat       {"text": ...} -> NDJSON: sources, text pieces, done
+POST /workbench/personas/{id}/reset      forget this browser's conversation
+GET  /workbench/static/...               the script and the style sheet
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Collection
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from bots.adapters.web import views
+from bots.adapters.web.auth import authorized, host_allowed, set_session, token_matches
+from bots.adapters.web.events import EventHub, ServerEvent, json_event
+from bots.app import App
+from bots.chat.service import ChatRefused, Incoming
+from bots.engine.base import EngineBusy, EngineError
+from bots.evals.model import Flip
+from bots.evals.watch import EvalEvent, EvalMonitor
+from bots.knowledge.library import KnowledgeError
+from bots.persona.model import Persona
+from bots.persona.registry import ReloadEvent
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PLATFORM = "web"
+CHAT_COOKIE = "bots_chat"
+CHAT_COOKIE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+STATIC_PREFIX = "/workbench/static"
+LOGIN_PATH = "/workbench/login"
+MAX_CHAT_CHARS = 4000
+MAX_QUERY_CHARS = 500
+DEFAULT_HITS = 10
+MAX_HITS = 50
+
+
+class Workbench:
+    """The workbench's state in one server: open pages, eval runs, the last flips."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.hub = EventHub()
+        self.monitor = EvalMonitor(app)
+        self.flips: dict[str, tuple[Flip, ...]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.app.settings.root
+
+    async def start(self, _: web.Application) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.monitor.add_listener(self._on_eval)
+        self.monitor.start()
+        self.app.registry.add_listener(self._on_reload)
+        self.app.add_file_listener(self._on_files)
+
+    async def shutdown(self, _: web.Application) -> None:
+        """End the event streams first, so the server does not wait for open pages."""
+        self.app.registry.remove_listener(self._on_reload)
+        self.app.remove_file_listener(self._on_files)
+        self.hub.close()
+        await self.monitor.close()
+
+    def eval_view(self, persona_id: str) -> views.EvalView:
+        return views.EvalView(
+            self.monitor.last(persona_id),
+            self.monitor.running(persona_id),
+            self.flips.get(persona_id, ()),
+        )
+
+    def personas_html(self, selected: str = "") -> str:
+        states = self.app.registry.states()
+        evals = {s.id: self.eval_view(s.id) for s in states}
+        return views.personas_list(states, selected, evals, self.root)
+
+    def personas_event(self) -> ServerEvent:
+        return ServerEvent("personas", self.personas_html())
+
+    def evals_event(self, persona_id: str) -> ServerEvent:
+        html = views.evals(self.eval_view(persona_id), self.root)
+        return json_event("evals", persona=persona_id, html=html)
+
+    def evals_html(self, persona_id: str) -> str:
+        """The evals fragment; the first time a persona is looked at, its evals start running."""
+        if self.monitor.last(persona_id) is None and not self.monitor.running(persona_id):
+            self.monitor.request(persona_id)
+        return views.evals(self.eval_view(persona_id), self.root)
+
+    # Listeners. The registry and the app call theirs on the watcher thread: hop to the loop.
+
+    def _call_soon(self, callback: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # RuntimeError: the loop closed while the watcher was reporting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(callback)
+
+    def _on_reload(self, event: ReloadEvent) -> None:
+        self._call_soon(lambda: self.hub.publish(self.personas_event()))
+
+    def _on_files(self, paths: set[Path]) -> None:
+        touched = self.monitor.personas_touched(paths)
+        self._call_soon(lambda: self._publish_changed(touched))
+
+    def _publish_changed(self, persona_ids: Collection[str]) -> None:
+        for persona_id in sorted(persona_ids):
+            self.hub.publish(json_event("persona", persona=persona_id))
+
+    def _on_eval(self, event: EvalEvent) -> None:
+        if event.kind == "finished":
+            self.flips[event.persona_id] = event.flips
+        self.hub.publish(self.evals_event(event.persona_id))
+        self.hub.publish(self.personas_event())
+
+
+WORKBENCH_KEY = web.AppKey("bots_workbench", Workbench)
+
+
+def mount_workbench(web_app: web.Application, app: App) -> Workbench:
+    """Add the workbench to the `bots serve` HTTP app (same host, port and API token)."""
+    workbench = Workbench(app)
+    web_app[WORKBENCH_KEY] = workbench
+    web_app.middlewares.append(_guard(app))
+    web_app.on_startup.append(workbench.start)
+    web_app.on_shutdown.append(workbench.shutdown)
+    web_app.router.add_get("/", index)
+    web_app.router.add_post(LOGIN_PATH, login)
+    web_app.router.add_get(LOGIN_PATH, to_page)
+    web_app.router.add_get("/workbench/events", events)
+    base = "/workbench/personas/{persona}"
+    web_app.router.add_get(f"{base}/about", about)
+    web_app.router.add_get(f"{base}/evals", evals)
+    web_app.router.add_post(f"{base}/evals/run", run_evals)
+    web_app.router.add_get(f"{base}/feedback", feedback)
+    web_app.router.add_get(f"{base}/retrieve", retrieve)
+    web_app.router.add_post(f"{base}/chat", chat)
+    web_app.router.add_post(f"{base}/reset", reset)
+    static = Path(str(resources.files(__package__).joinpath("static")))
+    web_app.router.add_static(STATIC_PREFIX, static, append_version=False)
+    return workbench
+
+
+def _guard(app: App) -> Middleware:
+    server = app.settings.server
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path != "/" and not path.startswith("/workbench/"):
+            return await handler(request)
+        if not host_allowed(request, server):
+            return web.Response(status=403, text="the workbench answers on a loopback address")
+        if path.startswith(STATIC_PREFIX + "/") or path == LOGIN_PATH:
+            return await handler(request)
+        if authorized(request, server.api_token):
+            return await handler(request)
+        if path == "/":
+            return _html(views.login_page(failed=False), status=401)
+        return web.json_response({"error": "sign in with the API token first"}, status=401)
+
+    return guard
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(
+        text=text, status=status, content_type="text/html", headers={"Cache-Control": "no-store"}
+    )
+
+
+def _workbench(request: web.Request) -> Workbench:
+    return request.app[WORKBENCH_KEY]
+
+
+def _persona(request: web.Request) -> Persona:
+    persona = _workbench(request).app.registry.get(request.match_info["persona"])
+    if persona is None:
+        raise web.HTTPNotFound(text=f"no persona {request.match_info['persona']!r}")
+    return persona
+
+
+def _chat_id(request: web.Request) -> str:
+    value = request.cookies.get(CHAT_COOKIE, "")
+    return value if CHAT_COOKIE_PATTERN.match(value) else ""
+
+
+def _place(chat_id: str, persona_id: str) -> str:
+    return f"{chat_id or 'anonymous'}/{persona_id}"
+
+
+def _require_json(request: web.Request) -> None:
+    # Forms and "simple" cross-site requests cannot send JSON: see `auth`.
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="send application/json")
+
+
+async def index(request: web.Request) -> web.Response:
+    workbench = _workbench(request)
+    app = workbench.app
+    states = app.registry.states()
+    selected = request.query.get("persona") or (states[0].id if states else "")
+    state = app.registry.state(selected)
+    persona = state.persona if state else None
+    chat_id = _chat_id(request) or secrets.token_urlsafe(12)
+    panel = ""
+    if persona is not None:
+        conversation = await app.store.run(
+            app.store.conversation_id, PLATFORM, _place(chat_id, persona.id)
+        )
+        turns = await app.store.run(app.store.history, conversation, 50)
+        shelves = await asyncio.to_thread(_shelves, app, persona)
+        panel = views.persona_panel(
+            persona,
+            state,
+            history_html=views.history(turns),
+            about_html=views.about(persona, shelves, workbench.root),
+            evals_html=workbench.evals_html(persona.id),
+            root=workbench.root,
+        )
+    else:
+        panel = views.persona_panel(
+            None, state, history_html="", about_html="", evals_html="", root=workbench.root
+        )
+    html = views.page(
+        personas_html=workbench.personas_html(selected), persona_id=selected, panel_html=panel
+    )
+    response = _html(html)
+    if not _chat_id(request):
+        response.set_cookie(CHAT_COOKIE, chat_id, httponly=True, samesite="Strict", path="/")
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    token = _workbench(request).app.settings.server.api_token
+    form = await request.post()
+    given = form.get("token")
+    if not token or (isinstance(given, str) and token_matches(given.strip(), token)):
+        response = web.HTTPSeeOther("/")
+        if token:
+            set_session(response, token)
+        raise response
+    return _html(views.login_page(failed=True), status=401)
+
+
+async def to_page(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/")
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    workbench = _workbench(request)
+    return await workbench.hub.stream(request, [workbench.personas_event()])
+
+
+async def about(request: web.Request) -> web.Response:
+    workbench = _workbench(request)
+    persona = _persona(request)
+    shelves = await asyncio.to_thread(_shelves, workbench.app, persona)
+    return _html(views.about(persona, shelves, workbench.root))
+
+
+async def evals(request: web.Request) -> web.Response:
+    return _html(_workbench(request).evals_html(_persona(request).id))
+
+
+async def run_evals(request: web.Request) -> web.Response:
+    _require_json(request)
+    persona = _persona(request)
+    _workbench(request).monitor.request(persona.id, force=True)
+    return web.json_response({"persona": persona.id, "running": True}, status=202)
+
+
+async def feedback(request: web.Request) -> web.Response:
+    store = _workbench(request).app.store
+    items = await store.run(store.feedback, _persona(request).id)
+    return _html(views.feedback(items))
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    app = _workbench(request).app
+    persona = _persona(request)
+    query = request.query.get("q", "")[:MAX_QUERY_CHARS]
+    try:
+        k = min(max(int(request.query.get("k", DEFAULT_HITS)), 1), MAX_HITS)
+    except ValueError:
+        k = DEFAULT_HITS
+    retrieval = app.settings.retrieval
+    strict = persona.grounding == "strict"
+    # The floor `ChatService.start` applies: below it a chunk never reaches the prompt.
+    floor = retrieval.min_score if strict else retrieval.min_score_open
+    try:
+        hits = await asyncio.to_thread(app.service.retrieve, persona, query, k) if query else []
+    except KnowledgeError as exc:
+        return _html(f'<p class="error">{views.h(exc)}</p>')
+    return _html(views.retrieval(query, hits, floor, strict))
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    _require_json(request)
+    app = _workbench(request).app
+    persona = _persona(request)
+    try:
+        body = await request.json()
+    except json.JSONDecodeError:
+        return web.json_response({"error": "the body is not valid JSON"}, status=400)
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_CHAT_CHARS:
+        message = f"'text' must be a message of 1 to {MAX_CHAT_CHARS} characters"
+        return web.json_response({"error": message}, status=400)
+    chat_id = _chat_id(request)
+    incoming = Incoming(
+        platform=PLATFORM,
+        place=_place(chat_id, persona.id),
+        user_id=f"web:{chat_id or 'anonymous'}",
+        text=text.strip(),
+        persona_id=persona.id,
+    )
+    try:
+        reply = await app.service.start(incoming, check_policy=False)
+    except ChatRefused as exc:
+        return web.json_response({"error": exc.user_message}, status=exc.status)
+    except EngineBusy as exc:
+        headers = {"Retry-After": str(int(exc.retry_after_s))}
+        return web.json_response({"error": str(exc)}, status=503, headers=headers)
+    except EngineError as exc:
+        return web.json_response({"error": f"the model is unavailable: {exc}"}, status=503)
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    pieces = reply.__aiter__()
+    try:
+        await _line(response, type="sources", sources=[views.hit_dict(h) for h in reply.sources])
+        try:
+            async for piece in pieces:
+                await _line(response, type="text", text=piece)
+        except EngineError as exc:
+            await _line(response, type="error", error=str(exc))
+        await _line(response, type="done", finish_reason=reply.finish_reason, turn=reply.turn_id)
+        await response.write_eof()
+    except ConnectionResetError:
+        log.info("the page closed while %s was answering", persona.id)
+    finally:
+        await pieces.aclose()  # type: ignore[attr-defined]
+    return response
+
+
+async def _line(response: web.StreamResponse, **data: Any) -> None:
+    await response.write(json.dumps(data, ensure_ascii=False).encode() + b"\n")
+
+
+async def reset(request: web.Request) -> web.Response:
+    _require_json(request)
+    app = _workbench(request).app
+    persona = _persona(request)
+    forgotten = await app.service.reset(PLATFORM, _place(_chat_id(request), persona.id))
+    return web.json_response({"persona": persona.id, "forgotten": forgotten})
+
+
+def _shelves(app: App, persona: Persona) -> list[views.Shelf]:
+    """The persona's documents, per index (blocks while an index is first built)."""
+    shelves = []
+    sources = [("this folder", None), *((f"library {n}", n) for n in persona.knowledge)]
+    for label, library in sources:
+        try:
+            index = (
+                app.knowledge.index_for_library(library)
+                if library
+                else app.knowledge.index_for_persona(persona.id)
+            )
+        except KnowledgeError as exc:
+            shelves.append(views.Shelf(label, (), (str(exc),)))
+            continue
+        counts: dict[str, tuple[str, int]] = {}
+        for chunk in index.chunks:
+            title, count = counts.get(chunk.path, (chunk.title, 0))
+            counts[chunk.path] = (title, count + 1)
+        prefix = f"{library}/" if library else ""
+        documents = tuple(
+            views.Document(prefix + path, title, count) for path, (title, count) in counts.items()
+        )
+        shelves.append(views.Shelf(label, documents, index.stats.skipped))
+    return shelves
