@@ -56,7 +56,7 @@ class ModelSettings:
     top_p: float = 0.9
     repeat_penalty: float = 1.15
     quantize_q8: bool = True
-    # Run the local model in a supervised child process: a native crash costs one reply, not the bot.
+    # Run the local model in a supervised child process: a native crash costs one reply only.
     isolate: bool = True
     # Kill and restart the model worker after this long without progress while it has work.
     watchdog_s: float = 60.0

@@ -145,8 +145,15 @@ class StreamReader(threading.Thread):
         self.text = ""
         self.events: list[dict[str, object]] = []
         self.done = False
+        self.error: httpx.HTTPError | None = None
 
     def run(self) -> None:
+        try:
+            self._read()
+        except httpx.HTTPError as exc:  # the server went away mid-reply (a test killed it)
+            self.error = exc
+
+    def _read(self) -> None:
         with httpx.stream(
             "POST", self.url + "/v1/chat/completions", json=self.request, timeout=120
         ) as r:

@@ -116,18 +116,27 @@ class Env:
     users: dict[str, dict[str, Any]]
     roles: dict[str, str]
     engine: ScriptedEngine | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    persona_bots: dict[str, BotAccount] = field(default_factory=dict)
 
     def say(
-        self, user: str, channel: str, text: str, *, mention: bool = True, **kwargs: Any
+        self,
+        user: str,
+        channel: str,
+        text: str,
+        *,
+        mention: bool = True,
+        to: BotAccount | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any]:
-        """`user` posts in `channel` (a name, or "dm"); by default @mentioning the bot."""
+        """`user` posts in `channel` (a name, or "dm"); by default @mentioning the main bot
+        (`to` picks another bot: the one mentioned or DMed)."""
+        bot = to or self.bot
         if channel == "dm":
-            channel_id = self.fake.dm_channel(self.users[user], self.bot)
+            channel_id = self.fake.dm_channel(self.users[user], bot)
         else:
             channel_id = self.channels.get(channel, channel)
         return self.fake.user_message(
-            self.users[user], channel_id, text, mention=self.bot if mention else None, **kwargs
+            self.users[user], channel_id, text, mention=bot if mention else None, **kwargs
         )
 
     def turns_after(self, user_message_id: str) -> list[Turn]:
@@ -202,10 +211,14 @@ async def start_discord(
         wrap_engine: Callable[[Engine], Engine] | None = None,
         fake_options: dict[str, Any] | None = None,
         adapter_options: dict[str, Any] | None = None,
+        persona_bots: tuple[str, ...] = (),
         **overrides: object,
     ) -> Env:
         fake = FakeDiscord(**(fake_options or {}))
         bot = fake.add_bot(TOKEN)
+        own_bots = {p: fake.add_bot(f"{p}-token", username=p) for p in persona_bots}
+        if persona_bots:
+            overrides["discord.persona_tokens"] = ",".join(f"{p}={p}-token" for p in persona_bots)
         staff = fake.add_role("staff")
         users = {
             "alice": fake.add_user("alice"),
@@ -239,7 +252,7 @@ async def start_discord(
             app, guild_ready_timeout_s=0.05, retry=FAST_RETRY, **(adapter_options or {})
         )
         await adapter.start()
-        env = Env(fake, bot, app, adapter, channels, users, {"staff": staff}, engine)
+        env = Env(fake, bot, app, adapter, channels, users, {"staff": staff}, engine, own_bots)
         started.append(env)
         return env
 
@@ -673,6 +686,7 @@ async def test_malformed_gateway_payloads_get_no_reply_and_no_crash(
     await env.answer(after)
     await env.quiet()
     assert len(engine.requests) == 1, "only the well-formed message was answered"
+    assert len(env.sent_messages()) == 1, "and nothing else got a reply, not even a greeting"
     assert env.bot.identifies == 1 and env.bot.resumes == 0, "the connection never dropped"
 
 
@@ -848,6 +862,28 @@ async def test_persona_edited_on_disk_changes_the_next_reply(
     assert shown[0]["author"]["username"] == "Captain Pete"
 
 
+async def test_a_persona_with_its_own_bot_answers_as_itself(start_discord: StartDiscord) -> None:
+    engine = ScriptedEngine("Shh, this is a library.")
+    env = await start_discord(engine=engine, persona_bots=("librarian",))
+    libby = env.persona_bots["librarian"]
+
+    bound = env.say("alice", "library", "Anything on vacation days?", mention=False)
+    mentioned = env.say("alice", "general", "vacation days?", to=libby)
+    direct = env.say("bob", "dm", "vacation days?", mention=False, to=libby)
+    main = env.say("alice", "general", "Ahoy?")
+    answers = [await env.answer(m) for m in (bound, mentioned, direct, main)]
+
+    for turn, shown in answers[:3]:
+        assert turn.persona_id == "librarian"
+        assert shown[0]["author"]["id"] == libby.id and not shown[0].get("webhook_id")
+        assert not shown[0]["content"].startswith("**"), "the bot is the persona: no name prefix"
+    turn, shown = answers[3]
+    assert turn.persona_id == "pirate" and shown[0]["author"]["username"] == "Pete"
+    await env.quiet()
+    assert len(engine.requests) == 4, "each message answered once, by one bot"
+    assert libby.commands == [] and env.bot.commands, "commands belong to the main bot"
+
+
 # --------------------------------------------------------------------------- latency
 
 
@@ -904,7 +940,7 @@ async def test_adapter_adds_almost_no_latency(start_discord: StartDiscord) -> No
         timed.append(TimedEngine(engine))
         return timed[0]
 
-    env = await start_discord(wrap_engine=wrap, **{"model.max_tokens": 24, "model.temperature": 0})
+    env = await start_discord(wrap_engine=wrap, **{"model.max_tokens": 12, "model.temperature": 0})
     engine = timed[0]
     results: dict[str, list[float]] = {
         k: []

@@ -1,4 +1,4 @@
-"""Evals re-run on save: `bots eval --watch` prints flips; the monitor coalesces and skips no-ops."""
+"""Evals re-run on save: `bots eval --watch` prints flips; the monitor coalesces, skips no-ops."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ from tests.serve_process import ONE_THREAD, ServerProcess, start_server
 API_TOKEN = "api-token-0123456789-abcdef"
 WRONG_TOKEN = "wrong-token-9876543210-zyxw"
 MAX_REQUEST_BYTES = 100_000
-# Long enough to exceed the 4,096-token context many times over, short enough for the size limit.
+N_CTX = 1024
+# Long enough to exceed the context many times over, short enough for the size limit.
 LONG_MESSAGE = "Tell me about the sea and the ships on it. " * 1_500
 PROTECTED = ("/v1/models", "/status", "/metrics")
 
@@ -35,6 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         verbose=2,
         env={
             **ONE_THREAD,
+            "BOTS_MODEL_N_CTX": str(N_CTX),
             "BOTS_API_TOKEN": API_TOKEN,
             "BOTS_SERVER_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
             "BOTS_MODEL_QUEUE_SIZE": "1",
@@ -102,7 +104,7 @@ def test_message_longer_than_the_context_is_answered(server: ServerProcess) -> N
     )
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"]
-    assert response.json()["usage"]["prompt_tokens"] < 4096
+    assert response.json()["usage"]["prompt_tokens"] < N_CTX
 
 
 async def test_full_queue_answers_503_with_retry_after_and_recovers(server: ServerProcess) -> None:

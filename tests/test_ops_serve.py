@@ -83,6 +83,8 @@ def test_kill_9_mid_reply_then_restart_keeps_every_earlier_turn(tmp_path: Path) 
     assert reader.first.wait(60)
     server.proc.kill()
     server.proc.wait()
+    reader.join(10)
+    assert reader.error is not None and not reader.done  # the reply was cut mid-stream
     wait_gone(workers, 10)  # the worker sees its supervisor gone and exits
 
     restarted = start_server(root, env=ONE_THREAD, log=tmp_path / "restarted.log")

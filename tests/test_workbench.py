@@ -1,7 +1,7 @@
 """The workbench over HTTP (no browser): page, token, host check, events, chat stream, fragments.
 
-The personas here never reach the model (a strict persona declines an off-topic question before
-generating), so the app runs without loading it; the browser tests use the real model.
+The questions here never reach generation (a strict persona declines an off-topic question
+before generating), so most tests run the app without the model; the browser tests generate.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bots.adapters.http_api import create_http_app
@@ -20,12 +21,13 @@ from bots.app import App
 from bots.settings import Settings
 from tests.conftest import persona_md, write
 
+Client = TestClient[web.Request, web.Application]
 TOKEN = "workbench-test-token"
 OFF_TOPIC = "Who won the 1998 football world cup?"
 EVENT_WAIT_S = 30.0
 
 
-async def client_for(app: App) -> TestClient[aiohttp.web.Request, aiohttp.web.Application]:
+async def client_for(app: App) -> Client:
     client = TestClient(TestServer(create_http_app(app), host="127.0.0.1"))
     await client.start_server()
     return client
@@ -44,7 +46,7 @@ async def idle_app(project: Path, settings_for: Callable[..., Settings]) -> Asyn
 @pytest.fixture
 async def client(
     idle_app: App,
-) -> AsyncIterator[TestClient[aiohttp.web.Request, aiohttp.web.Application]]:
+) -> AsyncIterator[Client]:
     test_client = await client_for(idle_app)
     try:
         yield test_client
@@ -52,8 +54,10 @@ async def client(
         await test_client.close()
 
 
-async def next_event(response: aiohttp.ClientResponse, name: str) -> str:
-    """The data of the next server-sent event called `name`."""
+async def next_event(
+    response: aiohttp.ClientResponse, name: str, until: Callable[[str], bool] = lambda _: True
+) -> str:
+    """The data of the next server-sent event called `name` (that satisfies `until`)."""
 
     async def read() -> str:
         event, data = "", []
@@ -64,16 +68,14 @@ async def next_event(response: aiohttp.ClientResponse, name: str) -> str:
             elif line.startswith("data: "):
                 data.append(line[len("data: ") :])
             elif not line and event:
-                if event == name:
+                if event == name and until("\n".join(data)):
                     return "\n".join(data)
                 event, data = "", []
 
     return await asyncio.wait_for(read(), EVENT_WAIT_S)
 
 
-async def test_page_lists_personas_and_shows_the_chosen_one(
-    client: TestClient, project: Path
-) -> None:  # type: ignore[type-arg]
+async def test_page_lists_personas_and_shows_the_chosen_one(client: Client, project: Path) -> None:
     response = await client.get("/")
     assert response.status == 200
     html = await response.text()
@@ -126,31 +128,36 @@ async def test_api_token_is_asked_for_and_gates_every_route(
         await app.close()
 
 
-async def test_loopback_server_refuses_other_host_names(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_loopback_server_refuses_other_host_names(client: Client) -> None:
     assert (await client.get("/", headers={"Host": "rebound.example:80"})).status == 403
     assert (await client.get("/", headers={"Host": f"localhost:{client.port}"})).status == 200
 
 
-async def test_state_changes_reach_the_page_as_events(client: TestClient, project: Path) -> None:  # type: ignore[type-arg]
+async def test_state_changes_reach_the_page_as_events(client: Client, project: Path) -> None:
     async with client.session.get(client.make_url("/workbench/events")) as events:
         assert events.headers["Content-Type"] == "text/event-stream"
         first = await next_event(events, "personas")
         assert 'data-id="pirate"' in first
         source = project / "personas" / "pirate" / "persona.md"
         write(source, "---\nname: Pete\ngrounding: sometimes\n---\nArr.\n")
-        broken = await next_event(events, "personas")
+        broken = await next_event(events, "personas", lambda html: "persona.md:3" in html)
         assert "personas/pirate/persona.md:3" in broken and "must be one of strict, open" in broken
         changed = json.loads(await next_event(events, "persona"))
         assert changed == {"persona": "pirate"}
         write(source, persona_md("You are a calmer pirate.", name="Pete"))
-        fixed = await next_event(events, "personas")
-        assert "persona.md:3" not in fixed and "badge ok" in fixed
+        fixed = await next_event(events, "personas", lambda html: "persona.md:3" not in html)
+        assert '<strong>Pete</strong> <code>pirate</code></a> <span class="badge ok">' in fixed
 
 
-async def test_chat_streams_sources_text_and_stores_the_turn(
-    client: TestClient,
-    idle_app: App,  # type: ignore[type-arg]
-) -> None:
+async def test_chat_streams_sources_text_and_stores_the_turn(app: App) -> None:
+    client = await client_for(app)
+    try:
+        await chat_and_reset(client, app)
+    finally:
+        await client.close()
+
+
+async def chat_and_reset(client: Client, app: App) -> None:
     await client.get("/")  # the page gives the browser its conversation cookie
     response = await client.post("/workbench/personas/librarian/chat", json={"text": OFF_TOPIC})
     assert response.status == 200 and response.headers["Content-Type"] == "application/x-ndjson"
@@ -162,8 +169,8 @@ async def test_chat_streams_sources_text_and_stores_the_turn(
     )
     assert lines[-1]["type"] == "done" and lines[-1]["finish_reason"] == "declined"
     chat_id = client.session.cookie_jar.filter_cookies(client.make_url("/"))["bots_chat"].value
-    conversation = idle_app.store.conversation_id("web", f"{chat_id}/librarian")
-    assert [t.role for t in idle_app.store.history(conversation)] == ["user", "assistant"]
+    conversation = app.store.conversation_id("web", f"{chat_id}/librarian")
+    assert [t.role for t in app.store.history(conversation)] == ["user", "assistant"]
     html = await (await client.get("/?persona=librarian")).text()
     assert OFF_TOPIC in html  # the conversation is shown again after a reload
     reset = await client.post("/workbench/personas/librarian/reset", json={})
@@ -174,7 +181,7 @@ async def test_chat_streams_sources_text_and_stores_the_turn(
     assert unknown.status == 404
 
 
-async def test_retrieval_inspector_ranks_chunks_with_scores(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_retrieval_inspector_ranks_chunks_with_scores(client: Client) -> None:
     html = await (
         await client.get("/workbench/personas/librarian/retrieve", params={"q": "vacation days"})
     ).text()
@@ -186,26 +193,28 @@ async def test_retrieval_inspector_ranks_chunks_with_scores(client: TestClient) 
     assert "Nothing in the documents matches" in none
 
 
-async def test_persona_tab_shows_instructions_and_documents(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_persona_tab_shows_instructions_and_documents(client: Client) -> None:
     html = await (await client.get("/workbench/personas/librarian/about")).text()
     assert "You are the librarian." in html and "handbook/vacation.md" in html
     assert "library handbook" in html and "grounding" in html
 
 
-async def test_evals_run_when_first_shown_and_results_are_pushed(
-    client: TestClient, project: Path
-) -> None:  # type: ignore[type-arg]
-    write(
-        project / "personas" / "librarian" / "evals.yaml", f"- ask: {OFF_TOPIC}\n  declines: true\n"
-    )
+async def test_evals_run_when_first_shown_and_results_are_pushed(app: App, project: Path) -> None:
+    evals = f"- ask: {OFF_TOPIC}\n  declines: true\n"
+    write(project / "personas" / "librarian" / "evals.yaml", evals)
+    client = await client_for(app)
+    try:
+        await evals_shown_and_pushed(client)
+    finally:
+        await client.close()
+
+
+async def evals_shown_and_pushed(client: Client) -> None:
     async with client.session.get(client.make_url("/workbench/events")) as events:
         await next_event(events, "personas")
         first = await (await client.get("/workbench/personas/librarian/evals")).text()
         assert "running" in first
-        while True:
-            pushed = json.loads(await next_event(events, "evals"))
-            if "status-pass" in pushed["html"]:
-                break
+        pushed = json.loads(await next_event(events, "evals", lambda data: "status-pass" in data))
         assert pushed["persona"] == "librarian" and "1 passed, 0 failing of 1" in pushed["html"]
         shown = await (await client.get("/workbench/personas/librarian/evals")).text()
         assert "status-pass" in shown

@@ -8,6 +8,9 @@ small text attachments read) -> conversation (thread, DM or reply chain) -> pers
 binding, name at the start, the conversation's persona, the default) -> typing while the prompt
 is processed -> streamed into paced edits of the persona's webhook messages (plain messages
 where webhooks are not allowed) -> sources footer -> message ids stored for replies and reactions.
+
+Optionally a persona has a bot of its own (`discord.persona_tokens = ["tutor=TOKEN"]`): that bot
+answers its DMs, its mentions and replies to it, and shows every reply of that persona.
 """
 
 from __future__ import annotations
@@ -15,17 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
 import discord
 import yarl
-from discord import app_commands
 
-from bots.adapters.discord_commands import CommandHandler, build_tree
+from bots.adapters.discord_commands import SlashCommands, build_tree, member_roles
 from bots.adapters.discord_context import (
+    CONTROL_CHARS,
     MAX_INPUT_CHARS,
     PLATFORM,
     Conversation,
@@ -36,11 +39,16 @@ from bots.adapters.discord_context import (
     well_formed,
 )
 from bots.adapters.discord_delivery import (
+    BUSY,
+    CUT_SHORT,
+    FAILED,
+    INTERRUPTED,
     MESSAGE_LIMIT,
     NO_MENTIONS,
+    NO_PERSONAS,
     ChannelSink,
-    InteractionSink,
     PersonaWebhooks,
+    ReplyTarget,
     RetryPolicy,
     WebhookSink,
     defuse_mentions,
@@ -64,22 +72,6 @@ TYPING_REFRESH_S = 8.0  # Discord shows "typing" for about 10 s per request
 STOP_GRACE_S = 10.0
 FINALISE_TIMEOUT_S = 5.0
 MESSAGE_CACHE = 1000
-THREAD_NAME_LIMIT = 100
-CHOICES_LIMIT = 25  # Discord shows at most 25 autocomplete choices
-CHOICE_NAME_LIMIT = 100
-LIST_LIMIT = 1900
-
-BUSY = "I'm busy, try again in a few seconds."
-FAILED = "Sorry, something went wrong while answering. Please try again."
-NO_SUCH_PERSONA = "That persona doesn't exist: try /persona list."
-NO_PERSONAS = "No persona is available right now."
-NOT_HERE = "I don't answer in this channel."
-INTERRUPTED = "(reply interrupted: the bot is restarting)"
-CUT_SHORT = "(reply cut short by an error)"
-RESET_CHAINS = (
-    "Here each reply chain is its own conversation: post a new message (not a reply) to start "
-    "fresh. /reset forgets threads and DMs."
-)
 THUMBS_UP = "👍"
 THUMBS_DOWN = "👎"
 
@@ -88,6 +80,30 @@ Addressed = Literal["dm", "mention", "reply", "channel", "thread"]
 
 class DiscordSetupError(RuntimeError):
     """The adapter cannot start: the message says which setting to fix."""
+
+
+@dataclass(frozen=True)
+class BotLogin:
+    """One bot account to log in: the main bot (no persona) or a persona's own bot."""
+
+    persona_id: str | None
+    token: str = field(repr=False)
+    setting: str
+
+
+def bot_logins(token: str, persona_tokens: tuple[str, ...]) -> list[BotLogin]:
+    """The main bot, then one per `discord.persona_tokens` entry (`PERSONA=TOKEN`)."""
+    if not token:
+        raise DiscordSetupError("DISCORD_TOKEN is not set (env, .env or [discord] token)")
+    logins = [BotLogin(None, token, "DISCORD_TOKEN")]
+    for number, entry in enumerate(persona_tokens, 1):
+        persona_id, sep, persona_token = (part.strip() for part in entry.partition("="))
+        if not sep or not persona_id or not persona_token:
+            raise DiscordSetupError(
+                f"discord.persona_tokens entry {number}: write it as PERSONA=TOKEN"
+            )
+        logins.append(BotLogin(persona_id, persona_token, f"discord.persona_tokens ({persona_id})"))
+    return logins
 
 
 def intents() -> discord.Intents:
@@ -139,20 +155,12 @@ def _guarded(event: str, parser: Callable[[Any], None]) -> Callable[[Any], None]
     return parse
 
 
-@dataclass(frozen=True)
-class _Target:
-    """Where a reply goes: how to show it, where to type, how to say a short notice."""
-
-    sink: Callable[[Persona], Awaitable[tuple[MessageSink, int]]]
-    notify: Callable[[str], Awaitable[None]]
-    typing_in: discord.abc.Messageable | None
-    explicit: bool
-
-
 class PersonaClient(discord.Client):
-    """The discord.py client; every event goes to the adapter."""
+    """One logged-in bot; every event goes to the adapter. The main bot carries the commands."""
 
-    def __init__(self, adapter: DiscordAdapter, *, guild_ready_timeout: float) -> None:
+    def __init__(
+        self, adapter: DiscordAdapter, login: BotLogin, *, guild_ready_timeout: float
+    ) -> None:
         super().__init__(
             intents=intents(),
             allowed_mentions=NO_MENTIONS,
@@ -161,27 +169,36 @@ class PersonaClient(discord.Client):
             chunk_guilds_at_startup=False,
         )
         self.adapter = adapter
-        self.tree = build_tree(self, adapter)
+        self.login_as = login
+        self.ready = asyncio.Event()
+        self.tree = build_tree(self, adapter.commands) if login.persona_id is None else None
         guard_parsers(self._connection.parsers)
 
+    @property
+    def persona_id(self) -> str | None:
+        return self.login_as.persona_id
+
     async def setup_hook(self) -> None:
+        if self.tree is None:
+            return
         try:
             await self.tree.sync()
         except (discord.HTTPException, aiohttp.ClientError) as exc:
             log.warning("could not sync slash commands (%s); the previous set stays", exc)
 
     async def on_ready(self) -> None:
-        self.adapter.set_state("connected")
+        self.ready.set()
+        self.adapter.connection_changed(self, "connected")
 
     async def on_resumed(self) -> None:
-        self.adapter.set_state("connected")
+        self.adapter.connection_changed(self, "connected")
 
     async def on_disconnect(self) -> None:
         if not self.is_closed():
-            self.adapter.set_state("reconnecting")
+            self.adapter.connection_changed(self, "reconnecting")
 
     async def on_message(self, message: discord.Message) -> None:
-        await self.adapter.on_message(message)
+        await self.adapter.on_message(self, message)
 
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         self.adapter.on_edit(payload.message_id, payload.data.get("content"))
@@ -196,7 +213,7 @@ class PersonaClient(discord.Client):
         await self.adapter.on_reaction(payload, added=False)
 
 
-class DiscordAdapter(CommandHandler):
+class DiscordAdapter:
     """Serves the personas on Discord; `bots serve` starts it when `DISCORD_TOKEN` is set."""
 
     name = "discord"
@@ -218,11 +235,11 @@ class DiscordAdapter(CommandHandler):
         self.stop_grace_s = (
             stop_grace_s if stop_grace_s is not None else max(0.0, min(STOP_GRACE_S, fits))
         )
-        self.client: PersonaClient | None = None
+        self.clients: list[PersonaClient] = []
+        self.commands = SlashCommands(self)
         self.webhooks = PersonaWebhooks()
         self.conversations = Conversations(app.store, self._is_ours)
-        self._ready = asyncio.Event()
-        self._gateway: asyncio.Task[None] | None = None
+        self._gateways: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, tuple[asyncio.Task[None], str]] = {}
         self._warned_until: dict[str, float] = {}
@@ -232,46 +249,53 @@ class DiscordAdapter(CommandHandler):
 
     async def start(self) -> None:
         """Log in, sync the slash commands, connect to the gateway; return once ready."""
-        if not self.settings.token:
-            raise DiscordSetupError("DISCORD_TOKEN is not set (env, .env or [discord] token)")
+        logins = bot_logins(self.settings.token, self.settings.persona_tokens)
         point_client_at(self.settings.api_url, self.settings.gateway_url)
-        self.client = PersonaClient(self, guild_ready_timeout=self.guild_ready_timeout_s)
-        self.set_state("connecting")
+        self.app.adapters[self.name] = "connecting"
         try:
-            await self.client.login(self.settings.token)
+            for login in logins:
+                client = PersonaClient(self, login, guild_ready_timeout=self.guild_ready_timeout_s)
+                self.clients.append(client)
+                await self._login(client)
+                self._gateways.append(asyncio.create_task(client.connect(reconnect=True)))
+            for client, gateway in zip(self.clients, self._gateways, strict=True):
+                await self._until_ready(client, gateway)
+        except BaseException:
+            for client in self.clients:
+                await client.close()
+            raise
+        for client in self.clients:
+            log.info("Discord: %s connected as %s", client.login_as.setting, client.user)
+
+    async def _login(self, client: PersonaClient) -> None:
+        setting = client.login_as.setting
+        try:
+            await client.login(client.login_as.token)
         except discord.LoginFailure:
-            await self.client.close()
             raise DiscordSetupError(
-                "Discord refused DISCORD_TOKEN (401): copy the bot token again from the "
+                f"Discord refused {setting} (401): copy the bot token again from the "
                 "Developer Portal (Bot -> Reset Token)"
             ) from None
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
-            await self.client.close()
             raise DiscordSetupError(
-                f"cannot reach Discord at {discord.http.Route.BASE}: {exc}"
+                f"cannot reach Discord at {discord.http.Route.BASE} ({setting}): {exc}"
             ) from None
-        self._gateway = asyncio.create_task(self._connect(self.client))
-        ready = asyncio.create_task(self._ready.wait())
-        done, _ = await asyncio.wait(
-            {ready, self._gateway}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-        )
-        if ready not in done:
-            ready.cancel()
-            failure = self._gateway.exception() if self._gateway in done else None
-            await self.client.close()
-            if isinstance(failure, discord.PrivilegedIntentsRequired):
-                raise DiscordSetupError(
-                    "Discord refused the Message Content intent: enable it in the Developer "
-                    "Portal (Bot -> Privileged Gateway Intents -> Message Content Intent)"
-                )
-            raise DiscordSetupError(
-                f"the Discord gateway did not become ready: {failure or 'timeout'}"
-            )
-        user = self.client.user
-        log.info("Discord: connected as %s (%s)", user, user.id if user else "?")
 
-    async def _connect(self, client: PersonaClient) -> None:
-        await client.connect(reconnect=True)
+    async def _until_ready(self, client: PersonaClient, gateway: asyncio.Task[None]) -> None:
+        ready = asyncio.create_task(client.ready.wait())
+        done, _ = await asyncio.wait(
+            {ready, gateway}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready in done:
+            return
+        ready.cancel()
+        failure = gateway.exception() if gateway in done else None
+        if isinstance(failure, discord.PrivilegedIntentsRequired):
+            raise DiscordSetupError(
+                f"Discord refused the Message Content intent for {client.login_as.setting}: "
+                "enable it in the Developer Portal (Bot -> Privileged Gateway Intents)"
+            )
+        raise DiscordSetupError(f"the Discord gateway did not become ready: {failure or 'timeout'}")
 
     async def stop(self) -> None:
         """Stop taking messages; give in-flight replies a bounded time, then close them off."""
@@ -282,22 +306,26 @@ class DiscordAdapter(CommandHandler):
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=FINALISE_TIMEOUT_S)
-        if self.client is not None:
-            await self.client.close()
-        if self._gateway is not None:
+        for client in self.clients:
+            await client.close()
+        for gateway in self._gateways:
             try:
-                await self._gateway
+                await gateway
             except Exception:
-                log.debug("gateway task ended with an error", exc_info=True)
-        self.set_state("stopped")
+                log.debug("a gateway connection ended with an error", exc_info=True)
+        self.app.adapters[self.name] = "stopped"
 
-    def set_state(self, state: str) -> None:
-        """What `/status` shows for Discord."""
-        self.app.adapters[self.name] = state
-        if state == "connected":
-            self._ready.set()
+    def connection_changed(self, client: PersonaClient, state: str) -> None:
+        """`/status` shows the main bot's connection; every change is logged."""
+        log.info("Discord: %s %s", client.login_as.setting, state)
+        if client.persona_id is None:
+            self.app.adapters[self.name] = state
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def accepting(self) -> bool:
+        return not self._stopping
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a reply as a task that `stop()` waits for (and then closes off)."""
         task = asyncio.create_task(self._logged(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -314,74 +342,110 @@ class DiscordAdapter(CommandHandler):
 
     # ------------------------------------------------------------------ messages
 
-    async def on_message(self, message: discord.Message) -> None:
-        """Answer the message if it is for us (see the module docstring for the path)."""
-        me = self.client.user if self.client else None
+    async def on_message(self, client: PersonaClient, message: discord.Message) -> None:
+        """Answer the message if it is for this bot (see the module docstring for the path)."""
+        me = client.user
         if self._stopping or me is None or not well_formed(message):
             return
-        if message.author.bot or message.webhook_id is not None or message.author.id == me.id:
+        if message.author.bot or message.webhook_id is not None or self._is_ours(message):
             return
-        if len(message.content) > MAX_INPUT_CHARS:
-            log.info("ignored message %s: %d characters", message.id, len(message.content))
+        if len(message.content) > MAX_INPUT_CHARS or CONTROL_CHARS.search(message.content):
+            log.info(
+                "ignored malformed message %s (%d characters)", message.id, len(message.content)
+            )
             return
-        how = await self._addressed(message, me.id)
-        if how is None or not self._place_allowed(message.channel, message.guild):
+        how = await self._addressed(message)
+        if how is None or (how != "dm" and self._answered_by(message) is not client):
             return
-        if not await self._first_sighting(f"message:{message.id}"):
+        if not self.place_allowed(message.channel, message.guild):
+            return
+        if not await self.first_sighting(f"message:{message.id}"):
             log.info("message %s was already answered (gateway replay)", message.id)
             return
-        task = self._spawn(self._answer(message, how, me.id))
+        task = self.spawn(self._answer(client, message, how))
         self._waiting[message.id] = (task, message.content)
         task.add_done_callback(lambda _: self._waiting.pop(message.id, None))
 
-    async def _addressed(self, message: discord.Message, me_id: int) -> Addressed | None:
+    async def _addressed(self, message: discord.Message) -> Addressed | None:
         if message.guild is None:
             return "dm"
-        if mentions_me(message, me_id):
+        if any(c.user and mentions_me(message, c.user.id) for c in self.clients):
             return "mention"
         if await self.conversations.is_reply_to_us(message):
             return "reply"
         if self._binding(message.channel) is not None:
             return "channel"
         channel = message.channel
-        if isinstance(channel, discord.Thread) and channel.owner_id == me_id:
+        if isinstance(channel, discord.Thread) and any(
+            c.user and channel.owner_id == c.user.id for c in self.clients
+        ):
             return "thread"
         return None
 
-    async def _answer(self, message: discord.Message, how: Addressed, me_id: int) -> None:
+    def _answered_by(self, message: discord.Message) -> PersonaClient | None:
+        """Which of our bots answers in a guild: a persona's own bot when it is talked to
+        directly (its mention, a reply to it), else the main bot. Every bot that receives the
+        event computes the same answer, so exactly one goes on. (A DM has one receiver.)"""
+        replied = message.reference.resolved if message.reference else None
+        for bot in self.clients[1:]:
+            if bot.user is None:
+                continue
+            if mentions_me(message, bot.user.id) or (
+                isinstance(replied, discord.Message) and replied.author.id == bot.user.id
+            ):
+                return bot
+        return self.clients[0] if self.clients else None
+
+    async def _answer(
+        self, client: PersonaClient, message: discord.Message, how: Addressed
+    ) -> None:
         explicit = how != "channel"
-        target = self._message_target(message, explicit)
-        text = "\n\n".join(
-            t for t in (readable_text(message, me_id), await attachments_text(message)) if t
-        )
+        ours = {c.user.id for c in self.clients if c.user is not None}
+        attached = await attachments_text(message)
+        text = "\n\n".join(t for t in (readable_text(message, ours), attached) if t)
         conversation = await self.conversations.of(message)
-        persona_id, text = self._choose(text, message.channel, conversation)
-        if persona_id is None:
+        persona_id: str | None
+        if client.persona_id is not None:  # a persona's own bot speaks only as that persona
+            own = self.app.registry.get(client.persona_id)
+            persona_id = own.id if own else None
+            text = route([own], text).text if own else text
+        else:
+            persona_id, text = self.choose(text, message.channel, conversation)
+        notify_in = ChannelSink(message.channel, self.retry, reference=message)
+        if persona_id is None or self.app.registry.get(persona_id) is None:
             if explicit:
-                await target.notify(NO_PERSONAS)
+                await notify_in.send(NO_PERSONAS)
             return
+        persona = self.app.service.persona(persona_id)
         if not text:
-            persona = self.app.registry.get(persona_id)
-            if explicit and persona is not None:
-                await target.notify(
+            if explicit:
+                await notify_in.send(
                     persona.greeting or f"Hi! I'm {persona.display_name}. Ask me anything."
                 )
             return
+        shown_by = self._client_of_persona(persona_id, message.guild) or client
+        channel = _channel_as(shown_by, message.channel, message.guild)
+
+        async def sink(snapshot: Persona) -> tuple[MessageSink, int]:
+            return await self.sink_for(channel, message.guild, snapshot, reference=message)
+
+        async def notify(text: str) -> None:
+            await ChannelSink(channel, self.retry, reference=message).send(text)
+
         incoming = Incoming(
             PLATFORM,
             conversation.place,
             str(message.author.id),
             text,
             persona_id,
-            roles=_roles(message.author),
+            roles=member_roles(message.author),
             message_id=str(message.id),
             history=conversation.history,
         )
-        await self._reply(incoming, target, check_policy=True, waiting_on=message.id)
+        target = ReplyTarget(sink, notify, channel, explicit)
+        await self.reply(incoming, target, check_policy=True, waiting_on=message.id)
 
-    def _choose(
-        self, text: str, channel: Any, conversation: Conversation
-    ) -> tuple[str | None, str]:
+    def choose(self, text: str, channel: Any, conversation: Conversation) -> tuple[str | None, str]:
         """Channel binding, else a persona named first, else the conversation's, else default."""
         personas = self.app.registry.personas()
         chosen = route(
@@ -407,7 +471,8 @@ class DiscordAdapter(CommandHandler):
                     return channel_id
         return None
 
-    def _place_allowed(self, channel: Any, guild: discord.Guild | None) -> bool:
+    def place_allowed(self, channel: Any, guild: discord.Guild | None) -> bool:
+        """The global allow/deny lists of guilds and channels (a thread counts as its parent)."""
         policy = self.app.service.policy
         guild_id = str(guild.id) if guild else ""
         ids = [str(channel.id)]
@@ -415,22 +480,21 @@ class DiscordAdapter(CommandHandler):
             ids.append(str(channel.parent_id))
         return all(policy.place_allowed(guild_id=guild_id, channel_id=i) for i in ids)
 
-    async def _first_sighting(self, key: str) -> bool:
+    async def first_sighting(self, key: str) -> bool:
+        """True once per event id, persisted: a RESUME replay or a restart does not repeat it."""
         store = self.app.store
         return await store.run(store.first_sighting, f"discord:{key}", SEEN_TTL_S)
 
-    def _message_target(self, message: discord.Message, explicit: bool) -> _Target:
-        channel = message.channel
+    def _client_of_persona(
+        self, persona_id: str, guild: discord.Guild | None
+    ) -> PersonaClient | None:
+        """The persona's own bot, if it has one that is in this guild."""
+        for client in self.clients:
+            if client.persona_id == persona_id and (guild is None or client.get_guild(guild.id)):
+                return client
+        return None
 
-        async def sink(persona: Persona) -> tuple[MessageSink, int]:
-            return await self._sink_for(channel, message.guild, persona, reference=message)
-
-        async def notify(text: str) -> None:
-            await ChannelSink(channel, self.retry, reference=message).send(text)
-
-        return _Target(sink, notify, channel, explicit)
-
-    async def _sink_for(
+    async def sink_for(
         self,
         channel: Any,
         guild: discord.Guild | None,
@@ -438,26 +502,27 @@ class DiscordAdapter(CommandHandler):
         *,
         reference: discord.Message | None,
     ) -> tuple[MessageSink, int]:
-        """The persona's webhook where allowed, else plain messages prefixed with its name."""
+        """How the persona shows: its own bot, else its webhook where allowed, else plain
+        messages of the main bot prefixed with its name."""
+        own_bot = self._client_of_persona(persona.id, guild)
+        if own_bot is not None:
+            mine = _channel_as(own_bot, channel, guild)
+            return ChannelSink(mine, self.retry, reference=reference), MESSAGE_LIMIT
         prefix = f"**{persona.display_name}:** " if len(self.app.registry.personas()) > 1 else ""
         limit = MESSAGE_LIMIT - len(prefix)
         plain = ChannelSink(channel, self.retry, reference=reference, prefix=prefix)
         parent = channel.parent if isinstance(channel, discord.Thread) else channel
-        if (
-            guild is None
-            or guild.me is None
-            or not isinstance(parent, discord.TextChannel | discord.ForumChannel)
-        ):
+        me = guild.me if guild else None
+        if me is None or not isinstance(parent, discord.TextChannel | discord.ForumChannel):
             return plain, limit
-        hook = await self.webhooks.get(parent, persona, guild.me)
+        hook = await self.webhooks.get(parent, persona, me)
         if hook is None:
             return plain, limit
-        thread = channel if isinstance(channel, discord.Thread) else None
         sink = WebhookSink(
             hook,
             persona.display_name,
             self.retry,
-            thread=thread,
+            thread=channel if isinstance(channel, discord.Thread) else None,
             fallback=plain,
             on_broken=lambda: self.webhooks.forget(parent.id, persona.id),
         )
@@ -479,10 +544,10 @@ class DiscordAdapter(CommandHandler):
 
     # ------------------------------------------------------------------ replying
 
-    async def _reply(
+    async def reply(
         self,
         incoming: Incoming,
-        target: _Target,
+        target: ReplyTarget,
         *,
         check_policy: bool,
         waiting_on: int | None = None,
@@ -496,19 +561,13 @@ class DiscordAdapter(CommandHandler):
             try:
                 reply = await self.app.service.start(incoming, check_policy=check_policy)
             except ChatRefused as refused:
-                if typing:
-                    typing.cancel()
                 await self._refused(refused, incoming.user_id, target)
                 return
             except EngineBusy:
-                if typing:
-                    typing.cancel()
                 await target.notify(BUSY)
                 return
             except EngineError:
                 log.exception("the engine failed to start a reply")
-                if typing:
-                    typing.cancel()
                 await target.notify(FAILED)
                 return
             sink, limit = await target.sink(reply.persona)
@@ -519,10 +578,10 @@ class DiscordAdapter(CommandHandler):
             try:
                 async for piece in reply:
                     await renderer.feed(piece)
-                    if renderer.message_ids:
-                        if typing:
-                            typing.cancel()
-                            typing = None
+                    if renderer.message_ids and typing is not None:
+                        # Visible now: stop typing, and edits or deletions no longer cancel.
+                        typing.cancel()
+                        typing = None
                         if waiting_on is not None:
                             self._waiting.pop(waiting_on, None)
             except EngineError:
@@ -533,18 +592,17 @@ class DiscordAdapter(CommandHandler):
             message_ids = await renderer.finish(footer)
             self.conversations.remember_parts(message_ids)
             if reply.turn_id is not None and message_ids:
-                await self.app.store.run(
-                    self.app.store.set_message_id, reply.turn_id, message_ids[0]
-                )
+                store = self.app.store
+                await store.run(store.set_message_id, reply.turn_id, message_ids[0])
         except asyncio.CancelledError:
             if self._stopping and renderer is not None and renderer.message_ids:
                 await renderer.finish(INTERRUPTED)
             raise
         finally:
-            if typing:
+            if typing is not None:
                 typing.cancel()
 
-    async def _refused(self, refused: ChatRefused, user_id: str, target: _Target) -> None:
+    async def _refused(self, refused: ChatRefused, user_id: str, target: ReplyTarget) -> None:
         if refused.retry_after_s:
             # Say it once per wait, not to every message of a burst.
             now = time.monotonic()
@@ -564,19 +622,21 @@ class DiscordAdapter(CommandHandler):
             await asyncio.sleep(TYPING_REFRESH_S)
 
     def _is_ours(self, message: discord.Message) -> bool:
-        me = self.client.user if self.client else None
-        return (me is not None and message.author.id == me.id) or self.webhooks.owns(
-            message.webhook_id
+        """Written by one of our bots or persona webhooks."""
+        author = message.author.id
+        return any(c.user is not None and c.user.id == author for c in self.clients) or (
+            self.webhooks.owns(message.webhook_id)
         )
 
     # ------------------------------------------------------------------ reactions
 
     async def on_reaction(self, payload: discord.RawReactionActionEvent, *, added: bool) -> None:
-        """A thumbs up/down on one of our replies is stored as feedback (removing it, removed)."""
-        me = self.client.user if self.client else None
+        """A thumbs up/down on one of our replies is stored as feedback (removing it, removed).
+        Several of our bots may see the same reaction: storing it is idempotent."""
         name = payload.emoji.name or ""
         value = 1 if name.startswith(THUMBS_UP) else -1 if name.startswith(THUMBS_DOWN) else 0
-        if value == 0 or me is None or payload.user_id == me.id:
+        ours = {c.user.id for c in self.clients if c.user is not None}
+        if value == 0 or payload.user_id in ours:
             return
         store = self.app.store
         key = str(self.conversations.part_of.get(payload.message_id, payload.message_id))
@@ -588,211 +648,13 @@ class DiscordAdapter(CommandHandler):
         else:
             await store.run(store.remove_feedback, turn.id, str(payload.user_id), value)
 
-    # ------------------------------------------------------------------ slash commands
 
-    async def admit(self, interaction: discord.Interaction) -> bool:
-        if self._stopping:
-            return False
-        if not await self._first_sighting(f"interaction:{interaction.id}"):
-            log.info("interaction %s was already answered (gateway replay)", interaction.id)
-            return False
-        return True
-
-    async def ask(
-        self, interaction: discord.Interaction, question: str, persona: str | None, thread: bool
-    ) -> None:
-        """`/ask`: answer in the channel (streamed into the response), or in a new thread."""
-        # A tracked task, so that stopping the adapter finishes or closes off this reply too.
-        await self._spawn(self._ask(interaction, question, persona, thread))
-
-    async def _ask(
-        self, interaction: discord.Interaction, question: str, persona: str | None, thread: bool
-    ) -> None:
-        channel = interaction.channel
-        if channel is None or not self._place_allowed(channel, interaction.guild):
-            await _ephemeral(interaction, NOT_HERE)
-            return
-        if persona:
-            chosen = self._find_persona(persona)
-            if chosen is None:
-                await _ephemeral(interaction, NO_SUCH_PERSONA)
-                return
-            persona_id, text = chosen.id, question
-        else:
-            found, text = self._choose(question, channel, Conversation(""))
-            if found is None:
-                await _ephemeral(interaction, NO_PERSONAS)
-                return
-            persona_id = found
-        snapshot = self.app.service.persona(persona_id)
-        user_id = str(interaction.user.id)
-        roles = _roles(interaction.user)
-        decision = self.app.service.policy.check(snapshot, PLATFORM, user_id, roles)
-        if not decision.allowed:
-            await _ephemeral(interaction, decision.reason)
-            return
-        if thread and isinstance(channel, discord.TextChannel):
-            await self._ask_in_thread(interaction, channel, snapshot, text)
-            return
-        if isinstance(channel, discord.Thread):
-            place = f"thread:{channel.id}"
-        elif interaction.guild is None:
-            place = f"dm:{channel.id}"
-        else:
-            place = f"ask:{interaction.id}"
-        await interaction.response.defer(thinking=True)
-        prefix = f"**{snapshot.display_name}:** "
-
-        async def sink(_: Persona) -> tuple[MessageSink, int]:
-            return InteractionSink(interaction, self.retry, prefix=prefix), MESSAGE_LIMIT - len(
-                prefix
-            )
-
-        async def notify(text: str) -> None:
-            await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
-
-        incoming = Incoming(PLATFORM, place, user_id, text, persona_id, roles=roles)
-        await self._reply(incoming, _Target(sink, notify, None, True), check_policy=False)
-
-    async def _ask_in_thread(
-        self,
-        interaction: discord.Interaction,
-        channel: discord.TextChannel,
-        persona: Persona,
-        question: str,
-    ) -> None:
-        header = defuse_mentions(f"**{persona.display_name}** · {question}")[:MESSAGE_LIMIT]
-        callback = await interaction.response.send_message(header, allowed_mentions=NO_MENTIONS)
-        starter = callback.resource
-        if not isinstance(starter, discord.InteractionMessage):
-            starter = await interaction.original_response()
-        name = " ".join(question.split())[:THREAD_NAME_LIMIT] or persona.display_name
-        thread = await starter.create_thread(name=name)
-        guild = interaction.guild
-
-        async def sink(snapshot: Persona) -> tuple[MessageSink, int]:
-            return await self._sink_for(thread, guild, snapshot, reference=None)
-
-        async def notify(text: str) -> None:
-            await ChannelSink(thread, self.retry).send(text)
-
-        incoming = Incoming(
-            PLATFORM,
-            f"thread:{thread.id}",
-            str(interaction.user.id),
-            question,
-            persona.id,
-            roles=_roles(interaction.user),
-            message_id=str(starter.id),
-        )
-        await self._reply(incoming, _Target(sink, notify, thread, True), check_policy=False)
-
-    async def persona_list(self, interaction: discord.Interaction) -> None:
-        personas = self.app.registry.personas()
-        if not personas:
-            await _ephemeral(interaction, NO_PERSONAS)
-            return
-        lines = [
-            f"• **{p.display_name}** (`{p.id}`)" + (f": {p.description}" if p.description else "")
-            for p in personas
-        ]
-        lines.append("Ask with `/ask`, or @mention me and start with `name:`.")
-        await _ephemeral(interaction, defuse_mentions("\n".join(lines))[:LIST_LIMIT])
-
-    async def persona_info(self, interaction: discord.Interaction, name: str) -> None:
-        persona = self._find_persona(name)
-        if persona is None:
-            await _ephemeral(interaction, NO_SUCH_PERSONA)
-            return
-        embed = discord.Embed(title=persona.display_name, description=persona.description or None)
-        if persona.starters:
-            embed.add_field(
-                name="Suggested questions",
-                value="\n".join(f"• {s}" for s in persona.starters)[:1024],
-                inline=False,
-            )
-        if persona.knowledge:
-            embed.add_field(
-                name="Knowledge", value=", ".join(persona.knowledge)[:1024], inline=False
-            )
-        if persona.discord_channels:
-            embed.add_field(
-                name="Answers in",
-                value=" ".join(f"<#{c}>" for c in persona.discord_channels)[:1024],
-                inline=False,
-            )
-        embed.set_footer(
-            text=f"id: {persona.id}" + (" · cites its sources" if persona.citations else "")
-        )
-        await interaction.response.send_message(
-            embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
-        )
-
-    async def reset(self, interaction: discord.Interaction) -> None:
-        channel = interaction.channel
-        if isinstance(channel, discord.Thread):
-            place = f"thread:{channel.id}"
-        elif interaction.guild is None and channel is not None:
-            place = f"dm:{channel.id}"
-        else:
-            await _ephemeral(interaction, RESET_CHAINS)
-            return
-        forgotten = await self.app.service.reset(PLATFORM, place)
-        await _ephemeral(interaction, f"Done: I forgot this conversation ({forgotten} messages).")
-
-    def persona_choices(self, current: str) -> list[app_commands.Choice[str]]:
-        wanted = current.lower()
-        return [
-            app_commands.Choice(name=f"{p.display_name} ({p.id})"[:CHOICE_NAME_LIMIT], value=p.id)
-            for p in self.app.registry.personas()
-            if wanted in p.id.lower() or wanted in p.display_name.lower()
-        ][:CHOICES_LIMIT]
-
-    def starter_choices(self, persona: str | None, current: str) -> list[app_commands.Choice[str]]:
-        chosen = (
-            self._find_persona(persona)
-            if persona
-            else self._find_persona(self.app.settings.default_persona)
-        )
-        if chosen is None:
-            personas = self.app.registry.personas()
-            chosen = personas[0] if personas else None
-        starters = chosen.starters if chosen is not None else ()
-        wanted = current.lower()
-        return [
-            app_commands.Choice(name=s[:CHOICE_NAME_LIMIT], value=s[:CHOICE_NAME_LIMIT])
-            for s in starters
-            if wanted in s.lower()
-        ][:CHOICES_LIMIT]
-
-    async def command_failed(
-        self, interaction: discord.Interaction, error: app_commands.AppCommandError
-    ) -> None:
-        log.error("slash command failed", exc_info=error)
-        try:
-            await _ephemeral(interaction, FAILED)
-        except (discord.HTTPException, aiohttp.ClientError):
-            log.debug("could not tell the user about the failure", exc_info=True)
-
-    def _find_persona(self, name: str) -> Persona | None:
-        wanted = name.strip().lower()
-        for persona in self.app.registry.personas():
-            if wanted in (persona.id.lower(), persona.display_name.lower()):
-                return persona
-        return None
-
-
-async def _ephemeral(interaction: discord.Interaction, text: str) -> None:
-    """A short answer only the user sees (as a follow-up if the response is already used)."""
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-    else:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-
-
-def _roles(user: discord.User | discord.Member) -> tuple[str, ...]:
-    """Role ids and names, for persona `access.roles` (either form works)."""
-    if not isinstance(user, discord.Member):
-        return ()
-    roles = [r for r in user.roles if not r.is_default()]
-    return tuple(str(r.id) for r in roles) + tuple(r.name for r in roles)
+def _channel_as(client: PersonaClient, channel: Any, guild: discord.Guild | None) -> Any:
+    """`channel` as `client` sees it, so that a persona's own bot posts through its own
+    connection (DMs are only ever seen by the bot they were sent to)."""
+    if guild is None or client.user is None:
+        return channel
+    own = client.get_channel(channel.id)
+    if own is not None:
+        return own
+    return client.get_partial_messageable(channel.id, guild_id=guild.id)

@@ -1,65 +1,291 @@
 """The Discord slash commands: `/ask`, `/persona list`, `/persona info`, `/reset`.
 
-Declared with discord.py's `app_commands` and synced on start; the work is done by the adapter
-(`CommandHandler`), so this module only says what the commands look like to a Discord user.
+Declared with discord.py's `app_commands` and synced when the bot starts. `SlashCommands` does
+the work, through the adapter's reply path (`ReplyRunner`), so a command answer streams, is
+stored and is refused exactly like a message.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
+import aiohttp
 import discord
 from discord import app_commands
 
+from bots.adapters.discord_context import PLATFORM, Conversation
+from bots.adapters.discord_delivery import (
+    FAILED,
+    MESSAGE_LIMIT,
+    NO_MENTIONS,
+    NO_PERSONAS,
+    ChannelSink,
+    InteractionSink,
+    ReplyTarget,
+    RetryPolicy,
+    defuse_mentions,
+)
+from bots.adapters.render import MessageSink
+from bots.app import App
+from bots.chat.service import Incoming
+from bots.persona.model import Persona
+
+log = logging.getLogger(__name__)
+
 QUESTION_MAX = 4000
+THREAD_NAME_LIMIT = 100
+CHOICES_LIMIT = 25  # Discord shows at most 25 autocomplete choices
+CHOICE_NAME_LIMIT = 100
+EMBED_FIELD_LIMIT = 1024
+LIST_LIMIT = 1900
+
+NO_SUCH_PERSONA = "That persona doesn't exist: try /persona list."
+NOT_HERE = "I don't answer in this channel."
+RESET_CHAINS = (
+    "Here each reply chain is its own conversation: post a new message (not a reply) to start "
+    "fresh. /reset forgets threads and DMs."
+)
 
 
-class CommandHandler(Protocol):
-    """What the commands call; implemented by the Discord adapter."""
+class ReplyRunner(Protocol):
+    """What the commands need of the adapter: its checks, persona choice and reply path."""
+
+    app: App
+    retry: RetryPolicy
+
+    def accepting(self) -> bool: ...
+
+    async def first_sighting(self, key: str) -> bool: ...
+
+    def place_allowed(self, channel: Any, guild: discord.Guild | None) -> bool: ...
+
+    def choose(
+        self, text: str, channel: Any, conversation: Conversation
+    ) -> tuple[str | None, str]: ...
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
+
+    async def reply(
+        self, incoming: Incoming, target: ReplyTarget, *, check_policy: bool
+    ) -> None: ...
+
+    async def sink_for(
+        self, channel: Any, guild: discord.Guild | None, persona: Persona, *, reference: Any
+    ) -> tuple[MessageSink, int]: ...
+
+
+class SlashCommands:
+    """The handlers behind the commands."""
+
+    def __init__(self, runner: ReplyRunner) -> None:
+        self.runner = runner
+        self.app = runner.app
 
     async def admit(self, interaction: discord.Interaction) -> bool:
-        """False for an interaction already answered (a gateway replay) or while stopping."""
+        """False while stopping, or for an interaction already answered (a gateway replay)."""
+        if not self.runner.accepting():
+            return False
+        if not await self.runner.first_sighting(f"interaction:{interaction.id}"):
+            log.info("interaction %s was already answered (gateway replay)", interaction.id)
+            return False
+        return True
 
     async def ask(
         self, interaction: discord.Interaction, question: str, persona: str | None, thread: bool
-    ) -> None: ...
+    ) -> None:
+        """`/ask`: answer streamed into the command's response, or in a new thread."""
+        # A tracked task, so that stopping the adapter finishes or closes off this reply too.
+        await self.runner.spawn(self._ask(interaction, question, persona, thread))
 
-    async def persona_list(self, interaction: discord.Interaction) -> None: ...
+    async def _ask(
+        self, interaction: discord.Interaction, question: str, persona: str | None, thread: bool
+    ) -> None:
+        channel = interaction.channel
+        if channel is None or not self.runner.place_allowed(channel, interaction.guild):
+            await ephemeral(interaction, NOT_HERE)
+            return
+        if persona:
+            named = self.find(persona)
+            if named is None:
+                await ephemeral(interaction, NO_SUCH_PERSONA)
+                return
+            persona_id, text = named.id, question
+        else:
+            chosen, text = self.runner.choose(question, channel, Conversation(""))
+            if chosen is None:
+                await ephemeral(interaction, NO_PERSONAS)
+                return
+            persona_id = chosen
+        snapshot = self.app.service.persona(persona_id)
+        user_id, roles = str(interaction.user.id), member_roles(interaction.user)
+        # Checked before answering the interaction, so a refusal is private.
+        decision = self.app.service.policy.check(snapshot, PLATFORM, user_id, roles)
+        if not decision.allowed:
+            await ephemeral(interaction, decision.reason)
+            return
+        if thread and isinstance(channel, discord.TextChannel):
+            await self._ask_in_thread(interaction, channel, snapshot, text)
+            return
+        if isinstance(channel, discord.Thread):
+            place = f"thread:{channel.id}"
+        elif interaction.guild is None:
+            place = f"dm:{channel.id}"
+        else:
+            place = f"ask:{interaction.id}"
+        await interaction.response.defer(thinking=True)
+        prefix = f"**{snapshot.display_name}:** "
 
-    async def persona_info(self, interaction: discord.Interaction, name: str) -> None: ...
+        async def sink(_: Persona) -> tuple[MessageSink, int]:
+            shown = InteractionSink(interaction, self.runner.retry, prefix=prefix)
+            return shown, MESSAGE_LIMIT - len(prefix)
 
-    async def reset(self, interaction: discord.Interaction) -> None: ...
+        async def notify(text: str) -> None:
+            await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
 
-    def persona_choices(self, current: str) -> list[app_commands.Choice[str]]: ...
+        incoming = Incoming(PLATFORM, place, user_id, text, persona_id, roles=roles)
+        target = ReplyTarget(sink, notify, None, explicit=True)
+        await self.runner.reply(incoming, target, check_policy=False)
 
-    def starter_choices(
-        self, persona: str | None, current: str
-    ) -> list[app_commands.Choice[str]]: ...
+    async def _ask_in_thread(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel,
+        persona: Persona,
+        question: str,
+    ) -> None:
+        header = defuse_mentions(f"**{persona.display_name}** · {question}")[:MESSAGE_LIMIT]
+        callback = await interaction.response.send_message(header, allowed_mentions=NO_MENTIONS)
+        starter = callback.resource
+        if not isinstance(starter, discord.InteractionMessage):
+            starter = await interaction.original_response()
+        name = " ".join(question.split())[:THREAD_NAME_LIMIT] or persona.display_name
+        thread = await starter.create_thread(name=name)
+        guild = interaction.guild
 
-    async def command_failed(
+        async def sink(snapshot: Persona) -> tuple[MessageSink, int]:
+            return await self.runner.sink_for(thread, guild, snapshot, reference=None)
+
+        async def notify(text: str) -> None:
+            await ChannelSink(thread, self.runner.retry).send(text)
+
+        incoming = Incoming(
+            PLATFORM,
+            f"thread:{thread.id}",
+            str(interaction.user.id),
+            question,
+            persona.id,
+            roles=member_roles(interaction.user),
+            message_id=str(starter.id),
+        )
+        target = ReplyTarget(sink, notify, thread, explicit=True)
+        await self.runner.reply(incoming, target, check_policy=False)
+
+    async def persona_list(self, interaction: discord.Interaction) -> None:
+        personas = self.app.registry.personas()
+        if not personas:
+            await ephemeral(interaction, NO_PERSONAS)
+            return
+        lines = [
+            f"• **{p.display_name}** (`{p.id}`)" + (f": {p.description}" if p.description else "")
+            for p in personas
+        ]
+        lines.append("Ask with `/ask`, or @mention me and start with `name:`.")
+        await ephemeral(interaction, defuse_mentions("\n".join(lines))[:LIST_LIMIT])
+
+    async def persona_info(self, interaction: discord.Interaction, name: str) -> None:
+        persona = self.find(name)
+        if persona is None:
+            await ephemeral(interaction, NO_SUCH_PERSONA)
+            return
+        embed = discord.Embed(title=persona.display_name, description=persona.description or None)
+        fields = {
+            "Suggested questions": "\n".join(f"• {s}" for s in persona.starters),
+            "Knowledge": ", ".join(persona.knowledge),
+            "Answers in": " ".join(f"<#{c}>" for c in persona.discord_channels),
+        }
+        for title, value in fields.items():
+            if value:
+                embed.add_field(name=title, value=value[:EMBED_FIELD_LIMIT], inline=False)
+        cites = " · cites its sources" if persona.citations else ""
+        embed.set_footer(text=f"id: {persona.id}{cites}")
+        await interaction.response.send_message(
+            embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    async def reset(self, interaction: discord.Interaction) -> None:
+        channel = interaction.channel
+        if isinstance(channel, discord.Thread):
+            place = f"thread:{channel.id}"
+        elif interaction.guild is None and channel is not None:
+            place = f"dm:{channel.id}"
+        else:
+            await ephemeral(interaction, RESET_CHAINS)
+            return
+        forgotten = await self.app.service.reset(PLATFORM, place)
+        await ephemeral(interaction, f"Done: I forgot this conversation ({forgotten} messages).")
+
+    def persona_choices(self, current: str) -> list[app_commands.Choice[str]]:
+        wanted = current.lower()
+        return [
+            app_commands.Choice(name=f"{p.display_name} ({p.id})"[:CHOICE_NAME_LIMIT], value=p.id)
+            for p in self.app.registry.personas()
+            if wanted in p.id.lower() or wanted in p.display_name.lower()
+        ][:CHOICES_LIMIT]
+
+    def starter_choices(self, persona: str | None, current: str) -> list[app_commands.Choice[str]]:
+        """The persona's starters (its suggested questions) matching what is typed so far."""
+        chosen = self.find(persona or self.app.settings.default_persona)
+        if chosen is None:
+            personas = self.app.registry.personas()
+            chosen = personas[0] if personas else None
+        wanted = current.lower()
+        return [
+            app_commands.Choice(name=s[:CHOICE_NAME_LIMIT], value=s[:CHOICE_NAME_LIMIT])
+            for s in (chosen.starters if chosen else ())
+            if wanted in s.lower()
+        ][:CHOICES_LIMIT]
+
+    async def failed(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
-    ) -> None: ...
+    ) -> None:
+        log.error("slash command failed", exc_info=error)
+        try:
+            await ephemeral(interaction, FAILED)
+        except (discord.HTTPException, aiohttp.ClientError):
+            log.debug("could not tell the user about the failure", exc_info=True)
+
+    def find(self, name: str) -> Persona | None:
+        """A persona by id or display name, any case."""
+        wanted = name.strip().lower()
+        for persona in self.app.registry.personas():
+            if wanted in (persona.id.lower(), persona.display_name.lower()):
+                return persona
+        return None
 
 
 class PersonaCommandTree(app_commands.CommandTree[discord.Client]):
-    """The command tree, with the adapter's replay check and error reply."""
+    """The command tree, with the replay check and the error reply."""
 
-    def __init__(self, client: discord.Client, handler: CommandHandler) -> None:
+    def __init__(self, client: discord.Client, commands: SlashCommands) -> None:
         super().__init__(client)
-        self.handler = handler
+        self.commands = commands
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
-        return await self.handler.admit(interaction)
+        return await self.commands.admit(interaction)
 
     async def on_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError, /
     ) -> None:
-        await self.handler.command_failed(interaction, error)
+        await self.commands.failed(interaction, error)
 
 
-def build_tree(client: discord.Client, handler: CommandHandler) -> PersonaCommandTree:
-    """The command tree of the bot (call `sync()` to publish it)."""
-    tree = PersonaCommandTree(client, handler)
+def build_tree(client: discord.Client, commands: SlashCommands) -> PersonaCommandTree:
+    """The bot's command tree (`sync()` publishes it)."""
+    tree = PersonaCommandTree(client, commands)
+    Choices = list[app_commands.Choice[str]]
 
     @tree.command(name="ask", description="Ask a persona a question")
     @app_commands.describe(
@@ -73,42 +299,52 @@ def build_tree(client: discord.Client, handler: CommandHandler) -> PersonaComman
         persona: str | None = None,
         thread: bool = False,
     ) -> None:
-        await handler.ask(interaction, question, persona, thread)
+        await commands.ask(interaction, question, persona, thread)
 
     @ask.autocomplete("persona")
-    async def ask_persona(
-        interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return handler.persona_choices(current)
+    async def ask_persona(interaction: discord.Interaction, current: str) -> Choices:
+        return commands.persona_choices(current)
 
     @ask.autocomplete("question")
-    async def ask_question(
-        interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
+    async def ask_question(interaction: discord.Interaction, current: str) -> Choices:
         chosen = getattr(interaction.namespace, "persona", None)
-        return handler.starter_choices(chosen if isinstance(chosen, str) else None, current)
+        return commands.starter_choices(chosen if isinstance(chosen, str) else None, current)
 
     group = app_commands.Group(name="persona", description="The personas you can talk to")
 
     @group.command(name="list", description="List the personas")
     async def persona_list(interaction: discord.Interaction) -> None:
-        await handler.persona_list(interaction)
+        await commands.persona_list(interaction)
 
     @group.command(name="info", description="What a persona knows and what to ask it")
     @app_commands.describe(name="The persona")
     async def persona_info(interaction: discord.Interaction, name: str) -> None:
-        await handler.persona_info(interaction, name)
+        await commands.persona_info(interaction, name)
 
     @persona_info.autocomplete("name")
-    async def info_name(
-        interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return handler.persona_choices(current)
+    async def info_name(interaction: discord.Interaction, current: str) -> Choices:
+        return commands.persona_choices(current)
 
     tree.add_command(group)
 
     @tree.command(name="reset", description="Forget this conversation (this thread or DM)")
     async def reset(interaction: discord.Interaction) -> None:
-        await handler.reset(interaction)
+        await commands.reset(interaction)
 
     return tree
+
+
+async def ephemeral(interaction: discord.Interaction, text: str) -> None:
+    """A short answer only the user sees (a follow-up if the response is already used)."""
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+def member_roles(user: discord.User | discord.Member) -> tuple[str, ...]:
+    """Role ids and names, for persona `access.roles` (either form works)."""
+    if not isinstance(user, discord.Member):
+        return ()
+    roles = [r for r in user.roles if not r.is_default()]
+    return tuple(str(r.id) for r in roles) + tuple(r.name for r in roles)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import aiohttp
@@ -63,20 +63,20 @@ def well_formed(message: discord.Message) -> bool:
     )
 
 
-def readable_text(message: discord.Message, me_id: int) -> str:
-    """The message text with the bot's own mention removed and other mentions made readable."""
+def readable_text(message: discord.Message, ours: Collection[int]) -> str:
+    """The text with mentions of our bots removed and other mentions made readable."""
     users = {u.id: u.display_name for u in message.mentions}
     roles = {r.id: r for r in message.role_mentions}
     guild = message.guild
 
     def user(match: re.Match[str]) -> str:
         user_id = int(match.group(1))
-        return "" if user_id == me_id else "@" + users.get(user_id, "someone")
+        return "" if user_id in ours else "@" + users.get(user_id, "someone")
 
     def role(match: re.Match[str]) -> str:
         found = roles.get(int(match.group(1)))
-        if found is not None and found.tags is not None and found.tags.bot_id == me_id:
-            return ""  # the bot's own integration role, mentioned instead of the bot
+        if found is not None and found.tags is not None and found.tags.bot_id in ours:
+            return ""  # a bot's own integration role, mentioned instead of the bot
         return "@" + (found.name if found is not None else "role")
 
     def channel(match: re.Match[str]) -> str:

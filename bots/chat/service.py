@@ -270,6 +270,7 @@ class ChatService:
             )
         reply = Reply(persona, prompt.sources, prompt, conversation_id, turn_id, pieces, self)
         reply.platform = incoming.platform
+        reply.started = started  # duration counts from the message, not the first token
         self.in_flight += 1
         return reply
 

@@ -224,7 +224,7 @@ class BatchedEngine:
             model=self.model_path.name,
             queue_depth=len(self._inbox),
             queue_capacity=self._queue_size,
-            active=len(self._active),
+            active=worker.running if worker is not None else 0,
             healthy=self._thread is not None and self._thread.is_alive(),
             detail=detail,
         )
@@ -322,6 +322,8 @@ class _Worker:
         self.table = table
         self.context_size = context_size
         self.batch = Batch(BATCH_TOKENS)
+        # Jobs admitted and not yet finished; read by status() from other threads.
+        self.running = 0
 
     def describe(self) -> str:
         entries = list(self.table.entries)
@@ -366,6 +368,7 @@ class _Worker:
             Sampling(req.temperature, req.top_p, req.top_k, req.repeat_penalty, req.seed),
         )
         job.sampler.accept_prompt(job.tokens)
+        self.running += 1
         return True
 
     def _prepare_prompt(self, job: _Job) -> None:
@@ -612,32 +615,31 @@ class _Worker:
     def _finish(
         self, job: _Job, reason: FinishReason, *, notify: bool = True, flush: bool = True
     ) -> None:
-        if notify:
-            tail = job.held + job.decoder.decode(b"", final=True) if flush else ""
-            if tail:
-                job.emit(Piece(tail))
-            end = time.monotonic()
-            job.emit(
-                Piece(
-                    "",
-                    finish_reason=reason,
-                    usage=Usage(
-                        prompt_tokens=len(job.tokens),
-                        cached_tokens=job.cached,
-                        completion_tokens=len(job.generated) + (job.pending is not None),
-                        queue_ms=(job.admitted - job.submitted) * 1000,
-                        ttft_ms=((job.first_token_at or end) - job.admitted) * 1000,
-                        total_ms=(end - job.admitted) * 1000,
-                    ),
-                )
-            )
+        # Retire first, so that whoever reads the final piece sees the engine without this job.
+        completion = len(job.generated) + (job.pending is not None)
         self._retire(job)
+        if not notify:
+            return
+        tail = job.held + job.decoder.decode(b"", final=True) if flush else ""
+        if tail:
+            job.emit(Piece(tail))
+        end = time.monotonic()
+        usage = Usage(
+            prompt_tokens=len(job.tokens),
+            cached_tokens=job.cached,
+            completion_tokens=completion,
+            queue_ms=(job.admitted - job.submitted) * 1000,
+            ttft_ms=((job.first_token_at or end) - job.admitted) * 1000,
+            total_ms=(end - job.admitted) * 1000,
+        )
+        job.emit(Piece("", finish_reason=reason, usage=usage))
 
     def _retire(self, job: _Job) -> None:
         """Keep the job's sequence as an idle cache entry: what its KV cells hold."""
         if job.sampler is not None:
             job.sampler.close()
             job.sampler = None
+            self.running -= 1
         entry = self.table.get(job.seq_id)
         if entry is None:
             return
@@ -653,6 +655,7 @@ class _Worker:
         if job.sampler is not None:
             job.sampler.close()
             job.sampler = None
+            self.running -= 1
         if job.seq_id >= 0 and self.table.get(job.seq_id) is not None:
             self.ctx.seq_rm(job.seq_id)
             self.table.release(job.seq_id)

@@ -53,6 +53,8 @@ LOAD_TIMEOUT_S = 600.0
 # How often the worker is asked for its status (which is also how an idle hang shows).
 STATUS_POLL_S = 2.0
 WATCHDOG_TICK_S = 0.25
+# A watchdog tick this late means this process, not the worker, was stuck.
+STALL_S = 1.0
 STOP_TIMEOUT_S = 10.0
 # The worker enforces each request's timeout; this guard only covers a worker that went silent.
 TIMEOUT_MARGIN_S = 5.0
@@ -131,10 +133,16 @@ def worker_settings(settings: Settings) -> Settings:
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            blank = {s.name: s.default for s in dataclasses.fields(value) if not s.repr}
+            blank = {s.name: _default(s) for s in dataclasses.fields(value) if not s.repr}
             sections[f.name] = dataclasses.replace(value, **blank)
     sections["model"] = dataclasses.replace(sections["model"], isolate=False)
     return dataclasses.replace(settings, **sections)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def secret_environment_names() -> set[str]:
@@ -479,12 +487,17 @@ class SupervisedEngine:
 
     async def _watch(self) -> None:
         """The watchdog: kill a worker that has work and makes no progress, or stops answering."""
+        last_tick = time.monotonic()
         while True:
             await asyncio.sleep(WATCHDOG_TICK_S)
+            now = time.monotonic()
+            stalled, last_tick = now - last_tick > WATCHDOG_TICK_S + STALL_S, now
+            if stalled:
+                # This event loop was stuck: the worker's frames are still unread in the pipe.
+                continue
             worker = self._worker
             if worker is None or worker.kill_reason:
                 continue
-            now = time.monotonic()
             if self._busy(worker) and now - self._last_progress > self._watchdog_s:
                 self._kill_worker(
                     worker, f"made no progress for {self._watchdog_s:g}s (model.watchdog_s)"

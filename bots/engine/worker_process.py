@@ -58,7 +58,11 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
     (size,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
     if size > MAX_FRAME_BYTES:
         raise FrameError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
-    frame = pickle.loads(await reader.readexactly(size))
+    data = await reader.readexactly(size)
+    try:
+        frame = pickle.loads(data)
+    except Exception as exc:  # whatever a damaged stream unpickles to
+        raise FrameError(f"undecodable frame: {exc}") from exc
     if not isinstance(frame, tuple) or not frame:
         raise FrameError(f"not a frame: {type(frame).__name__}")
     return frame

@@ -28,6 +28,7 @@ EVAL_SEED = 1234
 # A busy engine (the queue is full of chat traffic) is waited for, a few times, not failed at once.
 BUSY_RETRIES = 3
 ANSWER_EXCERPT_CHARS = 200
+NO_EVALS = "no evals.yaml"
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ async def plan_run(app: App, persona_id: str, *, retrieval_only: bool = False) -
             problems = (EvalError(folder, 0, "", f"no persona {persona_id!r}"),)
         return RunPlan(persona_id, None, None, problems, "", retrieval_only)
     suite = await asyncio.to_thread(load_evals, persona.folder)
+    if not suite.exists:  # nothing to run, whatever the documents say: skip hashing them
+        return RunPlan(persona_id, persona, suite, problems, NO_EVALS, retrieval_only)
     inputs = await asyncio.to_thread(fingerprint, app, persona, suite, retrieval_only)
     return RunPlan(persona_id, persona, suite, problems + suite.errors, inputs, retrieval_only)
 
