@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bots.evals.loader import load_evals
 from bots.knowledge.library import KnowledgeBase
 from bots.persona.registry import PersonaRegistry
 from bots.settings import Settings
@@ -13,6 +14,8 @@ def run_checks(settings: Settings) -> tuple[list[str], str]:
     registry = PersonaRegistry(settings.personas_dir, knowledge.library_names)
     registry.load_all()
     problems = [str(e) for e in registry.errors()]
+    for persona_id in registry.folder_ids():
+        problems.extend(str(e) for e in load_evals(settings.personas_dir / persona_id).errors)
     documents = 0
     indexes = [(p.id, knowledge.index_for_persona(p.id)) for p in registry.personas()]
     indexes += [(name, knowledge.index_for_library(name)) for name in knowledge.library_names()]

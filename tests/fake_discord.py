@@ -7,10 +7,14 @@ channels; DMs; threads; webhooks; interactions), speaks the documented payload s
 and records every REST call so tests assert on what the bot really sent.
 
 Gateway: HELLO, heartbeats acknowledged, IDENTIFY -> READY + GUILD_CREATE, RESUME -> missed events
-replayed + RESUMED, dispatches `{"op": 0, "t": EVENT, "s": seq, "d": data}`. Without the
-message-content intent, content is blanked as Discord does (except DMs, mentions of the bot and
-the bot's own messages). Faults on demand: 429 with `Retry-After` and `Via`, 5xx, dropped gateway
-connections, replays of already-delivered events.
+replayed + RESUMED, dispatches `{"op": 0, "t": EVENT, "s": seq, "d": data}`. A bot that does
+not request the message-content intent gets content blanked as Discord does (except DMs,
+mentions of the bot and its own messages); one that requests it without it being enabled
+(`content_intent_granted=False`) is disconnected with close code 4014.
+
+Faults on demand: 429 with `Retry-After` (and `Via`, without which discord.py assumes a
+Cloudflare ban), 5xx, dropped REST connections (before or after the work is done), dropped
+gateway connections, and replays of already-delivered events on RESUME.
 """
 
 from __future__ import annotations
@@ -945,7 +949,7 @@ class FakeDiscord:
         """The message as this bot may see it (content blanked without the content intent)."""
         session = bot.session
         intents = session.intents if session else MESSAGE_CONTENT_INTENT
-        has_content = intents & MESSAGE_CONTENT_INTENT and self.content_intent_granted
+        has_content = intents & MESSAGE_CONTENT_INTENT
         channel = self.channels.get(message.get("channel_id", ""), {})
         if (
             has_content
@@ -1163,6 +1167,11 @@ class FakeDiscord:
                     bot = self.bots.get(data["token"])
                     if bot is None:
                         await ws.close(code=4004, message=b"Authentication failed.")
+                        break
+                    wanted = int(data.get("intents", 0))
+                    if wanted & MESSAGE_CONTENT_INTENT and not self.content_intent_granted:
+                        # Requesting a privileged intent not enabled in the Developer Portal.
+                        await ws.close(code=4014, message=b"Disallowed intent(s).")
                         break
                     self._identify(bot, ws, outbox, data)
                 elif op == 6:

@@ -95,3 +95,10 @@ def test_chat_switches_persona_resets_and_shows_sources(project: Path) -> None:
     assert code == 0, out
     assert "Pete (pirate)" in out and "now talking to Libby" in out
     assert "handbook/security.md" in out and "history cleared" in out
+
+
+def test_check_reports_a_broken_evals_file(project: Path) -> None:
+    path = project / "personas" / "pirate" / "evals.yaml"
+    path.write_text("- ask: Hello\n  contains: [ahoy]\n- ask: Bye\n  colour: red\n")
+    code, out = run(project, "check")
+    assert code == 1 and f"{path}:4" in out and "colour" in out

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from bots.adapters.discord_bot import INTERRUPTED, DiscordAdapter
-from bots.adapters.discord_delivery import RetryPolicy
+from bots.adapters.discord_bot import DiscordAdapter, DiscordSetupError, bot_logins
+from bots.adapters.discord_delivery import INTERRUPTED, RetryPolicy
 from bots.adapters.render import CURSOR
 from bots.app import App
 from bots.chat.service import Incoming
@@ -34,6 +34,7 @@ from bots.engine.base import (
     Usage,
 )
 from bots.engine.factory import make_engine
+from bots.serve import configured_adapters
 from bots.settings import Settings
 from tests.conftest import persona_md, write
 from tests.fake_discord import BotAccount, Call, FakeDiscord
@@ -400,11 +401,15 @@ async def test_thread_from_ask_is_one_conversation(start_discord: StartDiscord) 
     )
     assert first[0]["author"]["username"] == "Libby"
     assert env.fake.calls_to("POST", r"/webhooks/")[0].query.get("thread_id") == thread_id
+    conversation = env.app.store.conversation_id("discord", f"thread:{thread_id}")
+    await env.fake.wait_for(
+        lambda: [t for t in env.app.store.history(conversation) if t.role == "assistant"],
+        MODEL_TIMEOUT_S,
+    )
 
     follow = env.say("alice", thread_id, "And where do I keep them?", mention=False)
     turn, _ = await env.answer(follow)
     assert turn.persona_id == "librarian"
-    conversation = env.app.store.conversation_id("discord", f"thread:{thread_id}")
     assert turn.conversation_id == conversation
     assert [t.role for t in env.app.store.turns(conversation)] == [
         "user",
@@ -420,7 +425,7 @@ async def test_thread_from_ask_is_one_conversation(start_discord: StartDiscord) 
 async def test_ask_command_streams_into_the_interaction_response(
     start_discord: StartDiscord,
 ) -> None:
-    env = await start_discord(**{"model.max_tokens": 16})
+    env = await start_discord()
     env.fake.slash(
         env.bot,
         env.users["bob"],
@@ -1006,3 +1011,57 @@ async def test_the_token_never_reaches_the_log(
     await env.adapter.stop()
     assert caplog.records
     assert not [r for r in caplog.records if TOKEN in r.getMessage()]
+
+
+# --------------------------------------------------------------------------- setup
+
+
+async def test_setup_errors_name_what_to_fix(
+    project: Path, settings_for: Callable[..., Settings]
+) -> None:
+    fake = FakeDiscord(content_intent_granted=False)
+    fake.add_bot(TOKEN)
+    await fake.start()
+    urls = {"discord.api_url": fake.api_url, "discord.gateway_url": fake.gateway_url}
+    try:
+        for token, complaint in (("not-the-token", "DISCORD_TOKEN"), (TOKEN, "Message Content")):
+            app = App.create(
+                settings_for(project, **{"discord.token": token, **urls}), engine=ScriptedEngine()
+            )
+            adapter = DiscordAdapter(app, guild_ready_timeout_s=0.05)
+            with pytest.raises(DiscordSetupError, match=complaint) as error:
+                await adapter.start()
+            assert token not in str(error.value)
+            await adapter.stop()
+            await app.close()
+    finally:
+        await fake.close()
+
+
+def test_serve_starts_discord_only_with_a_token(
+    project: Path, settings_for: Callable[..., Settings]
+) -> None:
+    without = App.create(settings_for(project), engine=ScriptedEngine())
+    with_token = App.create(
+        settings_for(project, **{"discord.token": TOKEN}), engine=ScriptedEngine()
+    )
+    try:
+        assert [a.name for a in configured_adapters(without)] == []
+        assert [a.name for a in configured_adapters(with_token)] == ["discord"]
+    finally:
+        without.store.close()
+        with_token.store.close()
+
+
+def test_persona_tokens_are_persona_equals_token() -> None:
+    logins = bot_logins(TOKEN, ("tutor = abc.def", "pirate=xyz"))
+    assert [(b.persona_id, b.token) for b in logins] == [
+        (None, TOKEN),
+        ("tutor", "abc.def"),
+        ("pirate", "xyz"),
+    ]
+    with pytest.raises(DiscordSetupError, match="entry 1: write it as PERSONA=TOKEN") as error:
+        bot_logins(TOKEN, ("just-a-token",))
+    assert "just-a-token" not in str(error.value)
+    with pytest.raises(DiscordSetupError, match="DISCORD_TOKEN is not set"):
+        bot_logins("", ())

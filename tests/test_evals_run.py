@@ -33,9 +33,6 @@ EVERY_CHECK = """\
 - name: declines off-topic
   ask: Who won the 1998 football world cup?
   declines: true
-- name: the last turn is judged
-  ask: ["How many vacation days do employees get?", "Who won the 1998 football world cup?"]
-  declines: true
 - name: still to write
   ask: Who won the 1998 football world cup?
   todo: say what a good answer contains
@@ -81,7 +78,6 @@ async def test_every_check_type_against_the_real_model(app: App, project: Path) 
         "all pass": "pass",
         "all fail": "fail",
         "declines off-topic": "pass",
-        "the last turn is judged": "pass",
         "still to write": "todo",
     }
     passed, failed = run.results[0], run.results[1]
@@ -106,7 +102,10 @@ async def test_retrieval_only_judges_citations_and_declines_without_generating(
 ) -> None:
     write(
         project / "personas" / "librarian" / "evals.yaml",
-        EVERY_CHECK + "- ask: Tell me a joke.\n  contains: ha\n",
+        EVERY_CHECK
+        + "- ask: Tell me a joke.\n  contains: ha\n"
+        + "- name: the last turn is judged\n  declines: true\n"
+        + "  ask: ['How many vacation days do employees get?', 'Who won the 1998 world cup?']\n",
     )
     write(project / "personas" / "pirate" / "evals.yaml", "- ask: Who are you?\n  declines: true\n")
     run = await run_persona(idle_app, "librarian", retrieval_only=True)
@@ -118,6 +117,7 @@ async def test_retrieval_only_judges_citations_and_declines_without_generating(
     assert "declines: it answered instead of declining" in by_name["all fail"].reason
     assert by_name["declines off-topic"].status == "pass"
     assert by_name["Tell me a joke."].status == "skipped"
+    assert by_name["the last turn is judged"].status == "pass"
     pirate = await run_persona(idle_app, "pirate", retrieval_only=True)
     assert pirate.results[0].status == "fail"
     assert "only a `grounding: strict` persona declines; pirate is open" in pirate.results[0].reason

@@ -12,7 +12,7 @@ import os
 import shutil
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -107,8 +107,8 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
         browser.quit()
 
 
-def wait(driver: WebDriver, seconds: float, condition: object) -> object:
-    return WebDriverWait(driver, seconds, poll_frequency=0.05).until(condition)  # type: ignore[arg-type]
+def wait(driver: WebDriver, seconds: float, condition: Callable[[WebDriver], object]) -> object:
+    return WebDriverWait(driver, seconds, poll_frequency=0.05).until(condition)
 
 
 def text_of(driver: WebDriver, selector: str) -> str:
@@ -116,7 +116,9 @@ def text_of(driver: WebDriver, selector: str) -> str:
     return found[0].text if found else ""
 
 
-def test_chat_streams_the_answer_with_its_sources(driver: WebDriver, server: str) -> None:
+def test_chat_streams_the_answer_with_its_sources(
+    driver: WebDriver, server: str, tmp_path: Path
+) -> None:
     driver.get(server + "/?persona=librarian")
     wait(driver, PAGE_WAIT_S, lambda d: text_of(d, "#live") == "live")
     # Record every length the answer has while it is still streaming.
@@ -140,7 +142,7 @@ def test_chat_streams_the_answer_with_its_sources(driver: WebDriver, server: str
     assert "handbook/vacation.md" in sources and "25 vacation days" in sources
     lengths = driver.execute_script("return window.lengths;")
     assert len(set(lengths)) >= 2, f"the answer arrived in one piece: {lengths}"
-    shot = Path(os.environ.get("PYTEST_SCREENSHOT_DIR", "/tmp")) / "workbench.png"
+    shot = tmp_path / "workbench.png"
     assert driver.save_screenshot(str(shot))
     if os.environ.get("BOTS_UPDATE_SCREENSHOT"):
         (REPO / "docs").mkdir(exist_ok=True)
@@ -182,7 +184,10 @@ def test_edits_on_disk_update_state_and_evals_without_reloading(
 
 
 def test_save_to_page_latency(
-    driver: WebDriver, server: str, browser_project: Path, record_property: object
+    driver: WebDriver,
+    server: str,
+    browser_project: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     source = browser_project / "personas" / "pirate" / "persona.md"
     driver.get(server + "/?persona=pirate")
@@ -213,7 +218,7 @@ def test_save_to_page_latency(
     latencies.sort()
     p50 = statistics.median(latencies)
     p95 = latencies[int(0.95 * (len(latencies) - 1) + 0.5)]
-    record_property("save_to_page_ms", {"p50": round(p50), "p95": round(p95)})  # type: ignore[operator]
+    record_property("save_to_page_ms", {"p50": round(p50), "p95": round(p95)})
     print(f"save-to-page latency over {LATENCY_EDITS} edits: p50 {p50:.0f} ms, p95 {p95:.0f} ms")
     assert p95 < 3000, latencies
 

@@ -575,13 +575,15 @@ class DiscordAdapter:
                 sink, limit, self.settings.edit_interval_s, transform=defuse_mentions
             )
             footer = ""
+            visible = False
             try:
                 async for piece in reply:
                     await renderer.feed(piece)
-                    if renderer.message_ids and typing is not None:
-                        # Visible now: stop typing, and edits or deletions no longer cancel.
-                        typing.cancel()
-                        typing = None
+                    if renderer.message_ids and not visible:
+                        # Shown now: stop typing; an edit or deletion no longer cancels it.
+                        visible = True
+                        if typing is not None:
+                            typing.cancel()
                         if waiting_on is not None:
                             self._waiting.pop(waiting_on, None)
             except EngineError:

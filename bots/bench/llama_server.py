@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 DEFAULT_CACHE_DIR = Path("~/.cache/bots/llama-server").expanduser()
 BINARIES = ("llama-server", "llama-bench")
@@ -43,6 +44,7 @@ CMAKE_OPTIONS = (
 SERVER_START_TIMEOUT_S = 60.0
 SERVER_POLL_INTERVAL_S = 0.2
 SERVER_STOP_TIMEOUT_S = 10.0
+LOG_TAIL_BYTES = 2000
 
 
 class BuildError(RuntimeError):
@@ -54,7 +56,9 @@ def llama_cpp_python_version() -> str:
     return importlib.metadata.version("llama-cpp-python")
 
 
-def installed_binary(name: str = "llama-server", cache_dir: Path = DEFAULT_CACHE_DIR) -> Path | None:
+def installed_binary(
+    name: str = "llama-server", cache_dir: Path = DEFAULT_CACHE_DIR
+) -> Path | None:
     """The cached binary built for the installed llama-cpp-python, or None when not built yet."""
     path = cache_dir / llama_cpp_python_version() / "bin" / name
     return path if path.is_file() and os.access(path, os.X_OK) else None
@@ -149,27 +153,28 @@ def running_llama_server(
     """Start llama-server on 127.0.0.1 with `args`; yield its base URL; stop it on exit."""
     port = port or free_port()
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), *args]
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(proc, url, log)
-        yield url
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc.wait(SERVER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            _wait_healthy(proc, url, log)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(SERVER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: tempfile._TemporaryFileWrapper[bytes] | object) -> None:
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: IO[bytes]) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BuildError(f"llama-server exited with {proc.returncode}: {_tail(log)}")
+            log.seek(0)
+            tail = log.read()[-LOG_TAIL_BYTES:].decode(errors="replace")
+            raise BuildError(f"llama-server exited with {proc.returncode}: {tail}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
                 if resp.status == 200:
@@ -180,26 +185,20 @@ def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: tempfile._Tempor
     raise BuildError(f"llama-server did not become healthy in {SERVER_START_TIMEOUT_S:.0f}s")
 
 
-def _tail(log: object, limit: int = 2000) -> str:
-    seek = getattr(log, "seek", None)
-    read = getattr(log, "read", None)
-    if seek is None or read is None:
-        return ""
-    seek(0)
-    data: bytes = read()
-    return data[-limit:].decode(errors="replace")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m bots.bench.llama_server`: build (or find) llama-server and print its path."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
-    parser.add_argument("--sdist", type=Path, default=None, help="use this sdist, skip pip download")
+    parser.add_argument(
+        "--sdist", type=Path, default=None, help="use this sdist, skip pip download"
+    )
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("cmake_args", nargs="*", help="extra cmake options, e.g. -DGGML_CUDA=ON")
     ns = parser.parse_args(argv)
     try:
-        path = build_llama_server(ns.cache_dir, sdist=ns.sdist, jobs=ns.jobs, extra_cmake_args=ns.cmake_args)
+        path = build_llama_server(
+            ns.cache_dir, sdist=ns.sdist, jobs=ns.jobs, extra_cmake_args=ns.cmake_args
+        )
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -211,18 +211,25 @@ class ChatService:
         relevant = [h for h in hits if h.score >= floor]
         model = self.settings.model
         max_tokens = incoming.max_tokens or persona.sampling.max_tokens or model.max_tokens
-        prompt = build_prompt(
-            persona,
-            history,
-            incoming.text,
-            relevant,
-            count_tokens=self.engine.count_tokens,
-            context_size=self.engine.context_size,
-            max_tokens=max_tokens,
-            max_knowledge_tokens=self.settings.retrieval.max_knowledge_tokens,
+        # A strict persona with nothing relevant declines without the model: deterministic, and
+        # no prompt to build, so it works even while the engine is restarting.
+        declines = persona.grounding == "strict" and not relevant
+        prompt = (
+            None
+            if declines
+            else build_prompt(
+                persona,
+                history,
+                incoming.text,
+                relevant,
+                count_tokens=self.engine.count_tokens,
+                context_size=self.engine.context_size,
+                max_tokens=max_tokens,
+                max_knowledge_tokens=self.settings.retrieval.max_knowledge_tokens,
+            )
         )
-        pieces: AsyncIterator[Piece] | None = None
-        if not (persona.grounding == "strict" and not prompt.sources):
+        sources = prompt.sources if prompt else ()
+        if prompt is not None:
             temperature = incoming.temperature
             if temperature is None:
                 temperature = persona.sampling.temperature
@@ -265,10 +272,10 @@ class ChatService:
                     "",
                     persona.id,
                     status="pending",
-                    sources=[source_dict(h) for h in prompt.sources],
+                    sources=[source_dict(h) for h in sources],
                 )
             )
-        reply = Reply(persona, prompt.sources, prompt, conversation_id, turn_id, pieces, self)
+        reply = Reply(persona, sources, prompt, conversation_id, turn_id, pieces, self)
         reply.platform = incoming.platform
         reply.started = started  # duration counts from the message, not the first token
         self.in_flight += 1

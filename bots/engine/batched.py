@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import ctypes
 import collections
+import ctypes
 import logging
 import os
 import threading
@@ -426,10 +426,9 @@ class _Worker:
         )
         job.seq_id = seq_id
         job.n_past = job.cached = shared
-        job.want_prefix_entry = (
-            shared < job.prefix_len < len(job.tokens)
-            and not self.table.has_prefix(job.tokens[: job.prefix_len])
-        )
+        job.want_prefix_entry = shared < job.prefix_len < len(
+            job.tokens
+        ) and not self.table.has_prefix(job.tokens[: job.prefix_len])
         return True
 
     def _new_seq_id(self, *, pinned: Entry | None = None) -> int | None:
@@ -470,7 +469,9 @@ class _Worker:
         """Whether another cached sequence holds all of `entry`'s tokens (parking it is waste)."""
         n = len(entry.tokens)
         return any(
-            other is not entry and len(other.tokens) >= n and common_prefix(other.tokens, entry.tokens) == n
+            other is not entry
+            and len(other.tokens) >= n
+            and common_prefix(other.tokens, entry.tokens) == n
             for other in self.table.entries
         )
 
@@ -512,6 +513,7 @@ class _Worker:
         planned: list[_Job] = []
         streaming = [j for j in jobs if j.pending is not None]
         for job in streaming:
+            assert job.pending is not None
             job.batch_index = batch.add_token(job.pending, job.n_past, job.seq_id)
             planned.append(job)
         if not prompts:
@@ -670,4 +672,3 @@ def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
                 best = k
                 break
     return best
-

@@ -68,12 +68,13 @@ class Sampling:
 class NativeModel:
     """A GGUF model loaded once; tokenizer, chat template and special tokens."""
 
-    def __init__(self, path: Path, *, n_gpu_layers: int = 0) -> None:
+    def __init__(self, path: Path, *, n_gpu_layers: int = 0, vocab_only: bool = False) -> None:
         llama_cpp.llama_backend_init()
         # llama.cpp logs every tensor at INFO through llama-cpp-python's logger; errors only.
         set_verbose(False)
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
         params.use_extra_bufts = not amx_kernels_built()
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not model:
@@ -143,7 +144,7 @@ class NativeModel:
 
 
 class Batch:
-    """A reusable `llama_batch` over numpy arrays, filled with slices instead of per-token ctypes."""
+    """A reusable `llama_batch` over numpy arrays, filled by slices rather than token by token."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -160,6 +161,15 @@ class Batch:
             )
         )
         self.n = 0
+        self._struct = llama_cpp.llama_batch(
+            0,
+            self.tokens.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token)),
+            None,
+            self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos)),
+            self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            self._seq_ptrs,
+            self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
 
     def clear(self) -> None:
         self.n = 0
@@ -192,15 +202,9 @@ class Batch:
         return i
 
     def as_llama_batch(self) -> llama_cpp.llama_batch:
-        batch = llama_cpp.llama_batch()
-        batch.n_tokens = self.n
-        batch.token = self.tokens.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token))
-        batch.embd = None
-        batch.pos = self.pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))
-        batch.n_seq_id = self._n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
-        batch.seq_id = self._seq_ptrs
-        batch.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
-        return batch
+        """The C struct over this batch's arrays (built once; only the count changes)."""
+        self._struct.n_tokens = self.n
+        return self._struct
 
 
 class Sampler:
@@ -275,7 +279,8 @@ class NativeContext:
         ctx = llama_cpp.llama_init_from_model(model.ptr, params)
         if not ctx:
             raise NativeError(
-                f"llama.cpp could not create a context of {kv_cells} cells for {n_seq_max} sequences"
+                f"llama.cpp could not create a context of {kv_cells} KV cells "
+                f"for {n_seq_max} sequences"
             )
         self.ptr = ctx
         self.model = model
@@ -299,7 +304,7 @@ class NativeContext:
     def save_seq(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
         """A copy of one sequence's KV cells in RAM (no logits: unlike `LlamaRAMCache`)."""
         size = llama_cpp.llama_state_seq_get_size(self.ptr, seq_id)
-        buf = (ctypes.c_uint8 * size)()
+        buf: ctypes.Array[ctypes.c_uint8] = (ctypes.c_uint8 * size)()
         written = llama_cpp.llama_state_seq_get_data(self.ptr, buf, size, seq_id)
         if written != size:
             raise NativeError(f"saving sequence {seq_id} wrote {written} of {size} bytes")

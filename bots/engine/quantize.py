@@ -77,7 +77,9 @@ def prepared_model_path(src: Path, cache_dir: Path, *, n_threads: int | None = N
     params.allow_requantize = ALLOW_REQUANTIZE
     params.nthread = n_threads or os.cpu_count() or 1
     try:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        rc = llama_cpp.llama_model_quantize(
+            str(src).encode(), str(tmp).encode(), ctypes.byref(params)
+        )
         if rc != 0 or not tmp.is_file():
             raise QuantizeError(f"{src}: re-quantizing to Q8_0 failed (llama.cpp returned {rc})")
         tmp.replace(out)

@@ -89,11 +89,11 @@ async def watch_evals(
             for line in rows(event.run):
                 echo(line)
             echo(persona_summary(event.run))
+            echo(f"watching {settings.personas_dir / persona_id} (Ctrl-C to stop)")
             first = False
         else:
             for line in flip_lines(event.run, event.flips):
                 echo(line)
-        echo(f"watching {settings.personas_dir / persona_id} (Ctrl-C to stop)")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

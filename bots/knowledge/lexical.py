@@ -6,6 +6,7 @@ import logging
 import math
 import re
 import threading
+import unicodedata
 from collections.abc import Sequence
 
 import bm25s
@@ -26,15 +27,22 @@ _WORD = re.compile(r"[^\W_]+")
 # rarest term, and drag the score of a well-answered question under any useful threshold.
 _STOPWORDS = frozenset(STOPWORDS_EN_PLUS) | {
     "could", "would", "might", "must", "shall", "get", "gets", "got", "many", "much",
-    "please", "tell", "also", "us",
+    "please", "tell", "also", "us", "use", "using", "instead", "need", "want", "know",
+    "someone", "something", "way", "best", "good",
 }  # fmt: skip
 # PyStemmer's stemmers keep a cache and are not safe to share between threads.
 _local = threading.local()
 
 
+def _fold(text: str) -> str:
+    """Lower-case without accents, so "crepes" finds "Crêpes" and "cafe" finds "café"."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 def tokenize(text: str) -> list[str]:
     """The index terms of `text`: lower-cased words without stopwords, Snowball-stemmed."""
-    words = [word for word in _WORD.findall(text.lower()) if word not in _STOPWORDS]
+    words = [word for word in _WORD.findall(_fold(text)) if word not in _STOPWORDS]
     stemmer: Stemmer.Stemmer | None = getattr(_local, "stemmer", None)
     if stemmer is None:
         stemmer = _local.stemmer = Stemmer.Stemmer("english")
