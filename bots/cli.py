@@ -326,8 +326,10 @@ def bench_ask(ctx: click.Context, persona: str, question: str) -> None:
     ours, raw = asyncio.run(run_bench_ask(settings_of(ctx), persona, question))
     click.echo(f"{'':<22}{'prompt tok':>11}{'gen tok':>9}{'TTFT ms':>9}{'gen tok/s':>11}")
     for name, run in (("bots ask", ours), ("raw llama-cpp-python", raw)):
-        click.echo(f"{name:<22}{run.prompt_tokens:>11}{run.completion_tokens:>9}"
-                   f"{run.ttft_ms:>9.0f}{run.tokens_per_s:>11.1f}")
+        click.echo(
+            f"{name:<22}{run.prompt_tokens:>11}{run.completion_tokens:>9}"
+            f"{run.ttft_ms:>9.0f}{run.tokens_per_s:>11.1f}"
+        )
     if raw.tokens_per_s:
         click.echo(f"ratio (bots / raw) gen tok/s: {ours.tokens_per_s / raw.tokens_per_s:.2f}x")
 

@@ -71,9 +71,9 @@ def _raw(settings: Settings, messages: list[dict[str, str]]) -> AskRun:
     first = 0.0
     tokens = 0
     for chunk in llm.create_chat_completion(
-        messages,
+        messages,  # type: ignore[arg-type]
         max_tokens=MAX_TOKENS,
-        temperature=0.0,  # type: ignore[arg-type]
+        temperature=0.0,
         repeat_penalty=settings.model.repeat_penalty,
         stream=True,
     ):

@@ -38,6 +38,8 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024
 # Asked of the kernel: under memory pressure, kill the worker (which holds the model), not the bot.
 OOM_SCORE_ADJ = 500
 ENGINE_CLOSE_TIMEOUT_S = 10.0
+# Pieces closer together than this share a frame (at most 10 ms added to a piece's way).
+PIECE_BATCH_S = 0.01
 EXIT_LOAD_FAILED = 2
 
 Frame = tuple[Any, ...]
@@ -69,26 +71,37 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame:
 
 
 class _Outbox:
-    """Frames to the parent; pieces posted in one event-loop turn travel in one frame."""
+    """Frames to the parent. Pieces are sent at once unless a frame left less than
+    PIECE_BATCH_S ago; then they wait for the rest of that interval and go together, so a fast
+    model (a GPU, many streams) wakes the parent at most 1 / PIECE_BATCH_S times a second."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._pieces: list[tuple[int, Piece]] = []
+        self._scheduled = False
+        self._last_sent = 0.0
 
     def piece(self, rid: int, piece: Piece) -> None:
-        if not self._pieces:
-            asyncio.get_running_loop().call_soon(self._flush)
         self._pieces.append((rid, piece))
+        if not self._scheduled:
+            self._scheduled = True
+            loop = asyncio.get_running_loop()
+            loop.call_later(max(0.0, self._last_sent + PIECE_BATCH_S - loop.time()), self._due)
 
     def send(self, frame: Frame) -> None:
         # Pieces go first so that an error or status never overtakes the text before it.
         self._flush()
         self._writer.write(encode(frame))
 
+    def _due(self) -> None:
+        self._scheduled = False
+        self._flush()
+
     def _flush(self) -> None:
         if self._pieces:
             pieces, self._pieces = self._pieces, []
             self._writer.write(encode(("pieces", pieces)))
+            self._last_sent = asyncio.get_running_loop().time()
 
     async def drain(self) -> None:
         self._flush()

@@ -1,0 +1,523 @@
+"""`bots bench engine`: the batched engine against llama.cpp's server and the naive baseline.
+
+One run, one table: every ratio compares figures measured in the same run, on the same model
+file, thread count and prompts. The baselines are llama.cpp's own `llama-server` (built from the
+llama.cpp that llama-cpp-python vendors, see `llama_server.py`) and `SimpleEngine`, the naive
+`Llama.create_chat_completion` engine. Engines take turns (A, B, C, A, B, C, ...) so that load
+from other processes on a shared machine falls on all of them alike.
+
+Workloads (sizes in `Workload`):
+1. Single stream: prompt and generation tokens/s on an uncached prompt.
+2. Follow-up time to first token: personas with long instructions, conversations interleaved at
+   random, several turns each; p50/p95 TTFT.
+3. Concurrency: N simultaneous streams; aggregate generation tokens/s and median TTFT.
+4. Memory: resident memory of an engine process with 1 and with many personas served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TextIO
+
+from bots.bench.llama_server import installed_binary, running_llama_server
+from bots.bench.workload import interleaved_schedule, persona_instructions, turn_messages
+from bots.engine.base import ChatMessage, Engine, GenerationRequest
+from bots.engine.batched import BatchedEngine
+from bots.engine.llama_native import amx_kernels_built
+from bots.engine.model_files import default_model_path
+from bots.engine.remote import RemoteEngine
+from bots.engine.simple import SimpleEngine
+
+Better = Literal["higher", "lower"]
+OURS = "bots"
+SERVER = "llama-server"
+NAIVE = "naive"
+SEED = 1234
+ENGINE_N_CTX = 8192
+SERVER_SLOT_CTX = 4096
+# llama-server's KV reuse across requests by shifting cached chunks of at least this many tokens.
+SERVER_CACHE_REUSE = 256
+TTFT_SERVER_SLOTS = 4
+REMOTE_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Sizes of the benchmark; the defaults are the issue's, `QUICK` is a smoke test."""
+
+    single_prompt_tokens: int = 1000
+    single_reply_tokens: int = 128
+    single_repeats: int = 3
+    persona_tokens: int = 1500
+    personas: int = 10
+    conversations: int = 20
+    turns: int = 5
+    knowledge_tokens: int = 150
+    reply_tokens: int = 32
+    naive_messages: int = 40  # the naive baseline pays the full prompt every time: a sample
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    concurrency_prompt_tokens: int = 300
+    concurrency_reply_tokens: int = 64
+    memory_personas: int = 50
+
+
+QUICK = Workload(
+    single_prompt_tokens=200,
+    single_reply_tokens=16,
+    single_repeats=1,
+    persona_tokens=200,
+    personas=2,
+    conversations=3,
+    turns=2,
+    knowledge_tokens=40,
+    reply_tokens=8,
+    naive_messages=3,
+    concurrency=(1, 2),
+    concurrency_prompt_tokens=60,
+    concurrency_reply_tokens=8,
+    memory_personas=3,
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured figure of ours against the baselines measured alongside it."""
+
+    workload: str
+    metric: str
+    better: Better
+    ours: float
+    baselines: dict[str, float] = field(default_factory=dict)
+    target: str = ""
+
+    def ratio(self, baseline: str) -> float | None:
+        """How many times better ours is (>1: better), whatever the metric's direction."""
+        other = self.baselines.get(baseline)
+        if other is None or other <= 0 or self.ours <= 0:
+            return None
+        return self.ours / other if self.better == "higher" else other / self.ours
+
+
+@dataclass(frozen=True)
+class Report:
+    machine: str
+    model: str
+    notes: tuple[str, ...]
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request as its client saw it."""
+
+    ttft_ms: float
+    total_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+async def timed(engine: Engine, request: GenerationRequest) -> tuple[str, Sample]:
+    """Stream one request; time to the first text and to the end, from the client's side."""
+    started = time.perf_counter()
+    first: float | None = None
+    text: list[str] = []
+    prompt = completion = 0
+    async for piece in engine.stream(request):
+        if piece.text:
+            first = first or time.perf_counter()
+            text.append(piece.text)
+        if piece.usage is not None:
+            prompt, completion = piece.usage.prompt_tokens, piece.usage.completion_tokens
+    end = time.perf_counter()
+    first = first or end
+    sample = Sample((first - started) * 1000, (end - started) * 1000, prompt, completion)
+    return "".join(text), sample
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+
+
+def load_average() -> str:
+    with contextlib.suppress(OSError):
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return "n/a"
+
+
+# -- engines ---------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def started(engine: Engine) -> AsyncIterator[Engine]:
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+@contextlib.contextmanager
+def llama_server(binary: Path, model: Path, threads: int, args: Sequence[str]) -> Iterator[str]:
+    """llama-server with our thread count; weight repacking off where our engine has it off."""
+    common = ["-t", str(threads), "-tb", str(threads), "--no-webui"]
+    if amx_kernels_built():
+        common.append("--no-repack")
+    with running_llama_server(binary, model, args=[*common, *args]) as url:
+        yield url
+
+
+async def remote(url: str, parallel: int) -> RemoteEngine:
+    engine = RemoteEngine(
+        url, model="bench", timeout_s=REMOTE_TIMEOUT_S, parallel=parallel, queue_size=64
+    )
+    await engine.start()
+    return engine
+
+
+# -- 1. single stream ------------------------------------------------------------------------
+
+
+def _filler(count: Callable[[str], int], tokens: int, tag: str) -> str:
+    return persona_instructions(zlib.crc32(tag.encode()) % 1000, tokens, count, seed=SEED)
+
+
+async def bench_single(
+    engines: dict[str, Engine], count: Callable[[str], int], w: Workload
+) -> list[Row]:
+    """Uncached prompt, then a long reply; every repeat starts with a new prompt."""
+    samples: dict[str, list[Sample]] = {name: [] for name in engines}
+    for rep in range(w.single_repeats):
+        for name, engine in engines.items():
+            system = f"Run {rep} of {name}. " + _filler(count, w.single_prompt_tokens, f"s{rep}")
+            request = GenerationRequest(
+                messages=(
+                    ChatMessage("system", system),
+                    ChatMessage("user", "Write a long, detailed story about the Acme office."),
+                ),
+                max_tokens=w.single_reply_tokens,
+                temperature=0.0,
+                repeat_penalty=1.0,
+                timeout_s=REMOTE_TIMEOUT_S,
+            )
+            samples[name].append((await timed(engine, request))[1])
+
+    def prompt_rate(s: Sample) -> float:
+        return s.prompt_tokens / (s.ttft_ms / 1000)
+
+    def gen_rate(s: Sample) -> float:
+        gen_ms = s.total_ms - s.ttft_ms
+        return (s.completion_tokens - 1) / (gen_ms / 1000) if gen_ms > 0 else 0.0
+
+    rows = []
+    for metric, rate, target in (
+        ("generation tok/s", gen_rate, ">= 0.95x llama-server"),
+        ("prompt tok/s", prompt_rate, ">= 0.95x llama-server"),
+    ):
+        medians = {n: statistics.median(rate(s) for s in ss) for n, ss in samples.items()}
+        rows.append(
+            Row(
+                "single stream",
+                metric,
+                "higher",
+                medians.pop(OURS),
+                medians,
+                target,
+            )
+        )
+    return rows
+
+
+# -- 2. follow-up time to first token --------------------------------------------------------
+
+
+async def bench_followups(
+    engines: dict[str, Engine], count: Callable[[str], int], w: Workload, limits: dict[str, int]
+) -> list[Row]:
+    """The interleaved conversations; each engine keeps its own replies as history."""
+    instructions = [
+        persona_instructions(p, w.persona_tokens, count, seed=SEED) for p in range(w.personas)
+    ]
+    schedule = interleaved_schedule(
+        w.personas, w.conversations, w.turns, w.knowledge_tokens, count, SEED
+    )
+    ttfts: dict[str, list[float]] = {}
+    for name, engine in engines.items():
+        history: dict[int, list[tuple[str, str]]] = {}
+        ttfts[name] = []
+        for turn in schedule[: limits.get(name, len(schedule))]:
+            past = history.setdefault(turn.conversation, [])
+            request = GenerationRequest(
+                messages=turn_messages(instructions[turn.persona], past, turn),
+                max_tokens=w.reply_tokens,
+                temperature=0.0,
+                timeout_s=REMOTE_TIMEOUT_S,
+            )
+            text, sample = await timed(engine, request)
+            past.append((turn.question, text))
+            ttfts[name].append(sample.ttft_ms)
+    n = len(schedule)
+    rows = []
+    for metric, q, target in (("p50 ms", 0.5, ">= 5x naive"), ("p95 ms", 0.95, "")):
+        values = {name: percentile(t, q) for name, t in ttfts.items()}
+        label = f"follow-up TTFT ({w.personas} personas, {n} messages)"
+        rows.append(Row(label, metric, "lower", values.pop(OURS), values, target))
+    return rows
+
+
+# -- 3. concurrency --------------------------------------------------------------------------
+
+
+async def bench_concurrency(
+    engine: Engine, streams: int, count: Callable[[str], int], w: Workload, tag: str
+) -> tuple[float, float]:
+    """`streams` distinct prompts at once: aggregate generation tok/s and median TTFT ms."""
+    requests = [
+        GenerationRequest(
+            messages=(
+                ChatMessage(
+                    "system",
+                    f"{tag} stream {i}. "
+                    + _filler(count, w.concurrency_prompt_tokens, f"{tag}{streams}-{i}"),
+                ),
+                ChatMessage("user", "Tell me a long story about the Acme office."),
+            ),
+            max_tokens=w.concurrency_reply_tokens,
+            temperature=0.0,
+            repeat_penalty=1.0,
+            timeout_s=REMOTE_TIMEOUT_S,
+        )
+        for i in range(streams)
+    ]
+    started_at = time.perf_counter()
+    results = await asyncio.gather(*(timed(engine, r) for r in requests))
+    wall = time.perf_counter() - started_at
+    tokens = sum(s.completion_tokens for _, s in results)
+    return tokens / wall, statistics.median(s.ttft_ms for _, s in results)
+
+
+# -- 4. memory -------------------------------------------------------------------------------
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _memory_child(
+    model: str, threads: int, personas: int, persona_tokens: int, conn: object
+) -> None:
+    async def run() -> tuple[float, float, str]:
+        engine = BatchedEngine(Path(model), n_ctx=ENGINE_N_CTX, n_threads=threads)
+        async with started(engine):
+            rss: list[float] = []
+            for p in range(personas):
+                system = persona_instructions(p, persona_tokens, engine.count_tokens, seed=SEED)
+                request = GenerationRequest(
+                    messages=(ChatMessage("system", system), ChatMessage("user", "Hello!")),
+                    max_tokens=4,
+                    temperature=0.0,
+                    timeout_s=REMOTE_TIMEOUT_S,
+                )
+                await timed(engine, request)
+                if p == 0:
+                    rss.append(_rss_mb())
+            rss.append(_rss_mb())
+            return rss[0], rss[-1], engine.status().detail
+
+    conn.send(asyncio.run(run()))  # type: ignore[attr-defined]
+
+
+def bench_memory(model: Path, threads: int, w: Workload) -> Row:
+    """Resident memory of a fresh engine process after 1 and after many personas."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(
+        target=_memory_child,
+        args=(str(model), threads, w.memory_personas, w.persona_tokens, child),
+    )
+    proc.start()
+    one, many, detail = parent.recv()
+    proc.join()
+    return Row(
+        "memory (RSS of the engine process)",
+        f"MB with {w.memory_personas} personas - MB with 1 ({one:.0f} -> {many:.0f}; {detail})",
+        "lower",
+        many - one,
+        {},
+        "< 100 MB",
+    )
+
+
+# -- the whole run ---------------------------------------------------------------------------
+
+
+async def run_engine_bench(
+    model_path: Path | None = None,
+    *,
+    n_threads: int | None = None,
+    workload: Workload = Workload(),
+    server_binary: Path | None = None,
+    progress: TextIO = sys.stderr,
+) -> Report:
+    """Run every workload on the real engines; llama-server rows need `server_binary`."""
+    model = model_path or default_model_path()
+    threads = n_threads or os.cpu_count() or 1
+    server = server_binary or installed_binary()
+    notes = [f"load average at start: {load_average()}"]
+
+    def say(message: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=progress, flush=True)
+
+    ours = BatchedEngine(model, n_ctx=ENGINE_N_CTX, n_threads=threads)
+    naive = SimpleEngine(model, n_ctx=ENGINE_N_CTX, n_threads=threads)
+    rows: list[Row] = []
+    async with started(ours), started(naive):
+        count = ours.count_tokens
+        with contextlib.ExitStack() as stack:
+            engines: dict[str, Engine] = {OURS: ours, NAIVE: naive}
+            if server is not None:
+                url = stack.enter_context(
+                    llama_server(server, model, threads, ["-c", str(ENGINE_N_CTX), "-np", "1"])
+                )
+                engines[SERVER] = await remote(url, 1)
+            say("1/4 single stream")
+            rows += await bench_single(engines, count, workload)
+            if SERVER in engines:
+                await engines.pop(SERVER).close()
+        with contextlib.ExitStack() as stack:
+            engines = {OURS: ours, NAIVE: naive}
+            if server is not None:
+                slots = TTFT_SERVER_SLOTS
+                args = [
+                    "-c", str(SERVER_SLOT_CTX * slots), "-np", str(slots),
+                    "--cache-reuse", str(SERVER_CACHE_REUSE),
+                ]  # fmt: skip
+                url = stack.enter_context(llama_server(server, model, threads, args))
+                engines[SERVER] = await remote(url, slots)
+            say("2/4 follow-up TTFT (the longest part)")
+            rows += await bench_followups(
+                engines, count, workload, {NAIVE: workload.naive_messages}
+            )
+            if SERVER in engines:
+                await engines.pop(SERVER).close()
+        say("3/4 concurrency")
+        for n in workload.concurrency:
+            ours_rate, ours_ttft = await bench_concurrency(ours, n, count, workload, "bots")
+            base_rate: dict[str, float] = {}
+            base_ttft: dict[str, float] = {}
+            if server is not None:
+                args = ["-c", str(SERVER_SLOT_CTX * n), "-np", str(n)]
+                with llama_server(server, model, threads, args) as url:
+                    engine = await remote(url, n)
+                    try:
+                        rate, ttft = await bench_concurrency(engine, n, count, workload, "srv")
+                    finally:
+                        await engine.close()
+                base_rate, base_ttft = {SERVER: rate}, {SERVER: ttft}
+            target = ">= 1.0x llama-server --parallel 4" if n == 4 else ""
+            rows.append(
+                Row(
+                    f"{n} concurrent streams",
+                    "aggregate tok/s",
+                    "higher",
+                    ours_rate,
+                    base_rate,
+                    target,
+                )
+            )
+            rows.append(
+                Row(f"{n} concurrent streams", "TTFT p50 ms", "lower", ours_ttft, base_ttft)
+            )
+    say("4/4 memory")
+    rows.append(bench_memory(model, threads, workload))
+    notes.append(f"load average at end: {load_average()}")
+    if server is None:
+        notes.append("llama-server not built: run `python -m bots.bench.llama_server` for its rows")
+    naive_n = min(workload.naive_messages, workload.conversations * workload.turns)
+    notes.append(
+        f"naive TTFT: first {naive_n} messages of the same schedule (it re-evaluates every prompt)"
+    )
+    model_desc = f"{model.name} ({model.stat().st_size / 2**20:.0f} MiB), {threads} threads"
+    version = importlib.metadata.version("llama-cpp-python")
+    return Report(
+        machine_description(),
+        f"{model_desc}, llama-cpp-python {version}",
+        tuple(notes),
+        tuple(rows),
+    )
+
+
+def format_report(report: Report) -> str:
+    """One Markdown table; ratios say how many times better bots is (>1 = better)."""
+    lines = [
+        f"bots bench engine: {report.machine}",
+        f"model: {report.model}",
+        *(f"note: {n}" for n in report.notes),
+        "",
+        "| workload | metric | bots | llama-server | vs llama-server | naive | vs naive | target |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def fig(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.1f}"
+
+    def times(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    for row in report.rows:
+        lines.append(
+            f"| {row.workload} | {row.metric} | {fig(row.ours)} | "
+            f"{fig(row.baselines.get(SERVER))} | {times(row.ratio(SERVER))} | "
+            f"{fig(row.baselines.get(NAIVE))} | {times(row.ratio(NAIVE))} | {row.target} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bots.bench.engine [--quick] [--model PATH] [--threads N]`."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="a tiny workload, as a smoke test")
+    parser.add_argument("--server", type=Path, default=None, help="llama-server binary")
+    ns = parser.parse_args(argv)
+    workload = QUICK if ns.quick else Workload()
+    report = asyncio.run(
+        run_engine_bench(ns.model, n_threads=ns.threads, workload=workload, server_binary=ns.server)
+    )
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
