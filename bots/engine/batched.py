@@ -65,14 +65,9 @@ DEFAULT_PARALLEL = 8
 DEFAULT_QUEUE_SIZE = 32
 # Evicted sequences kept in RAM; bounded so that memory does not grow with the persona count.
 DEFAULT_PARK_BYTES = 64 * 1024 * 1024
-# Tokens per llama_decode call; llama.cpp computes them in micro-batches of UBATCH_TOKENS.
+# Tokens per llama_decode call (n_batch = n_ubatch): smaller micro-batches cost llama.cpp a
+# thread synchronisation per graph node each, five times slower prompts at 48 tokens.
 BATCH_TOKENS = 512
-# Below 64 tokens (the tile of llama.cpp's CPU flash attention) every micro-batch runs the same
-# per-query attention kernel, whatever else shares it: a prompt then evaluates to the same bits
-# whole, in chunks, after a cached prefix, or beside other conversations, so the cache and the
-# batching never change a reply. (Larger micro-batches switch prompts to a tiled kernel that
-# rounds differently, and replies drift apart after a few tokens.)
-UBATCH_TOKENS = 48
 # Prompt tokens per step while other sequences stream: at ~350 prompt tokens/s a 128-token chunk
 # costs a stream about a third of a second, instead of seconds for a whole long prompt.
 PROMPT_CHUNK_WHILE_STREAMING = 128
@@ -271,7 +266,7 @@ class BatchedEngine:
                 n_seq_max=self._n_seq_max,
                 n_threads=self._n_threads,
                 n_batch=BATCH_TOKENS,
-                n_ubatch=UBATCH_TOKENS,
+                n_ubatch=BATCH_TOKENS,
             )
         except Exception:
             model.close()
