@@ -34,6 +34,7 @@ from bots.engine.base import (
 from bots.engine.batched import BatchedEngine
 from bots.engine.model_files import default_model_path
 from bots.engine.prefix_cache import Entry, SequenceTable, common_prefix, may_take_over
+from bots.engine.quantize import is_q8_0, prepared_model_path
 
 PIRATE = (
     "You are Pip, the pirate captain of the good ship Marmalade. You always talk like a pirate, "
@@ -93,7 +94,8 @@ async def make_engine() -> AsyncIterator[object]:
     async def make(**kw: object) -> BatchedEngine:
         kw.setdefault("n_ctx", N_CTX)
         kw.setdefault("kv_cells", KV_CELLS)
-        engine = BatchedEngine(default_model_path(), **kw)  # type: ignore[arg-type]
+        path = kw.pop("model_path", default_model_path())
+        engine = BatchedEngine(path, **kw)  # type: ignore[arg-type]
         await engine.start()
         engines.append(engine)
         return engine
@@ -361,3 +363,28 @@ def test_parking_keeps_the_newest_within_the_budget() -> None:
     assert table.best_match(tokens(0, 0)).length == 0  # the oldest was dropped
     assert table.best_match(tokens(2, 2)).parked is not None
     assert not table.park(Entry(3, tokens(3), "conversation"), (ctypes.c_uint8 * 300)())
+
+
+# -- the Q8_0 copy of the model ----------------------------------------------------------------
+
+
+def test_q8_0_copy_is_made_once_and_remade_when_the_model_changes(tmp_path: Path) -> None:
+    source = tmp_path / "model.gguf"
+    source.write_bytes(default_model_path().read_bytes())
+    cache = tmp_path / "cache"
+    converted = prepared_model_path(source, cache)
+    assert converted != source and is_q8_0(converted) and not is_q8_0(source)
+    made = converted.stat().st_mtime_ns
+    assert prepared_model_path(source, cache) == converted
+    assert converted.stat().st_mtime_ns == made, "reused, not converted again"
+    assert prepared_model_path(converted, cache) == converted, "already Q8_0: used as is"
+    source.touch()
+    assert prepared_model_path(source, cache) != converted
+    assert list(cache.glob(".*tmp")) == []
+
+
+async def test_engine_runs_the_q8_0_copy(make_engine, tmp_path: Path) -> None:
+    path = prepared_model_path(default_model_path(), tmp_path)
+    engine = await make_engine(model_path=path)
+    text, last = await collect(engine, request(chat(GARDENER, "What is compost?")))
+    assert text.strip() and last.finish_reason in ("stop", "length")

@@ -1,5 +1,6 @@
 """`bots serve` as a whole under faults: kill -9 mid-reply and restart (nothing earlier lost, the
-interrupted turn marked, no duplicate reply), a model that cannot come back (exit non-zero for the
+interrupted turn marked, no duplicate reply), its model worker killed mid-reply (that reply says
+so, /healthz dips, the model comes back), a model that cannot come back (exit non-zero for the
 service manager), and a model that cannot load at all (a clear message, exit non-zero)."""
 
 from __future__ import annotations
@@ -108,6 +109,45 @@ def test_kill_9_mid_reply_then_restart_keeps_every_earlier_turn(tmp_path: Path) 
         ("user", "complete"),
         ("assistant", "complete"),
     ]
+
+
+def test_worker_killed_mid_reply_that_reply_says_so_health_dips_and_recovers(
+    tmp_path: Path,
+) -> None:
+    root = project(tmp_path)
+    server = start_server(root, env=ONE_THREAD)
+    try:
+        reader = StreamReader(
+            server.url,
+            {
+                "model": "pirate",
+                "messages": [{"role": "user", "content": "Tell me a very long story."}],
+                "max_tokens": 2000,
+                "stream": True,
+                "user": "ann",
+            },
+        )
+        reader.start()
+        assert reader.first.wait(60)
+        [worker] = server.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        reader.join(10)
+        errors = [e["error"]["message"] for e in reader.events if "error" in e]  # type: ignore[index]
+        assert errors and "restarting" in errors[0] and reader.done
+        health = httpx.get(server.url + "/healthz", timeout=30)
+        assert health.status_code == 503 and "restarting" in health.json()["detail"]
+        deadline = time.monotonic() + EXIT_BOUND_S
+        while httpx.get(server.url + "/healthz", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the model did not come back"
+            time.sleep(0.1)
+        assert ask(server.url, "Still there?")
+        status = httpx.get(server.url + "/status", timeout=10).json()["engine"]
+        assert status["healthy"] and "restarts 1" in status["detail"]
+    finally:
+        assert server.stop() == 0
+    turns = stored_turns(root)
+    assert [t.status for t in turns if t.role == "assistant"] == ["interrupted", "complete"]
+    assert turns[1].content and reader.text.startswith(turns[1].content[:20])
 
 
 def test_serve_exits_non_zero_when_the_model_cannot_be_brought_back(tmp_path: Path) -> None:

@@ -387,12 +387,17 @@ async def run_engine_bench(
     n_threads: int | None = None,
     workload: Workload = Workload(),
     server_binary: Path | None = None,
+    with_server: bool = True,
     progress: TextIO = sys.stderr,
 ) -> Report:
-    """Run every workload on the real engines; llama-server rows need `server_binary`."""
+    """Run every workload on the real engines.
+
+    The llama-server rows use `server_binary`, or the one `python -m bots.bench.llama_server`
+    built; they are left out when neither exists or `with_server` is False.
+    """
     model = model_path or default_model_path()
     threads = n_threads or os.cpu_count() or 1
-    server = server_binary or installed_binary()
+    server = (server_binary or installed_binary()) if with_server else None
     notes = [f"load average at start: {load_average()}"]
 
     def say(message: str) -> None:
@@ -461,7 +466,7 @@ async def run_engine_bench(
     say("4/4 memory")
     rows.append(bench_memory(model, threads, workload))
     notes.append(f"load average at end: {load_average()}")
-    if server is None:
+    if server is None and with_server:
         notes.append("llama-server not built: run `python -m bots.bench.llama_server` for its rows")
     naive_n = min(workload.naive_messages, workload.conversations * workload.turns)
     notes.append(

@@ -229,6 +229,7 @@ class ChatService:
             )
         )
         sources = prompt.sources if prompt else ()
+        pieces: AsyncIterator[Piece] | None = None
         if prompt is not None:
             temperature = incoming.temperature
             if temperature is None:

@@ -14,6 +14,12 @@ Like llama.cpp's server, but from Python and built for many personas:
 
 One worker thread owns the llama context; the asyncio side only queues requests and reads the
 pieces the worker posts back, so the event loop never waits on the model.
+
+Caching and batching change what is computed, never the tokens attended to: a reply is the same
+as from a fresh context up to floating-point rounding. llama.cpp picks its CPU attention kernel
+by the shape of each batch and the rounding differs between kernels, so long greedy replies can
+part ways after a while; the tests pin down the cases where the kernels coincide and the
+replies are bit-identical.
 """
 
 from __future__ import annotations
@@ -76,10 +82,6 @@ MIN_PARK_TOKENS = 64
 CLOSE_TIMEOUT_S = 30.0
 
 FinishReason = Literal["stop", "length", "cancelled"]
-
-
-class _Cancelled(Exception):
-    """Internal: the job's consumer went away."""
 
 
 @dataclass(eq=False)

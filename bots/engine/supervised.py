@@ -222,8 +222,13 @@ class SupervisedEngine:
             return
         self._closing = False
         self._detail = "loading the model"
-        self._vocab = await asyncio.to_thread(_Vocab, self.model_path)
-        await self._spawn()
+        vocab = await asyncio.to_thread(_Vocab, self.model_path)
+        try:
+            await self._spawn()
+        except BaseException:
+            vocab.close()
+            raise
+        self._vocab = vocab
         self._keep(self._watch())
 
     async def close(self) -> None:
@@ -258,7 +263,7 @@ class SupervisedEngine:
         if self._fatal:
             detail = self._fatal
         elif worker is not None:
-            detail = f"worker pid {worker.pid}, {self.restarts} restarts"
+            detail = f"worker pid {worker.pid}, restarts {self.restarts}"
             if worker.status is not None and worker.status.detail:
                 detail += f"; {worker.status.detail}"
         else:

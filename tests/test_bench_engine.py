@@ -1,0 +1,61 @@
+"""`bots bench engine` on a tiny workload: every section runs on the real engines and lands in
+one table; the workload generator is reproducible."""
+
+from __future__ import annotations
+
+import io
+
+from bots.bench.engine import NAIVE, SERVER, Row, Workload, format_report, run_engine_bench
+from bots.bench.workload import interleaved_schedule, persona_instructions
+
+TINY = Workload(
+    single_prompt_tokens=64,
+    single_reply_tokens=4,
+    single_repeats=1,
+    persona_tokens=64,
+    personas=2,
+    conversations=2,
+    turns=2,
+    knowledge_tokens=16,
+    reply_tokens=4,
+    naive_messages=2,
+    concurrency=(2,),
+    concurrency_prompt_tokens=32,
+    concurrency_reply_tokens=4,
+    memory_personas=2,
+)
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_workload_is_reproducible_and_keeps_each_conversation_in_order() -> None:
+    first = interleaved_schedule(3, 4, 3, 20, words, seed=5)
+    assert first == interleaved_schedule(3, 4, 3, 20, words, seed=5)
+    assert first != interleaved_schedule(3, 4, 3, 20, words, seed=6)
+    for conversation in range(4):
+        turns = [t.turn for t in first if t.conversation == conversation]
+        assert turns == [0, 1, 2]
+    a, b = (persona_instructions(i, 50, words) for i in (0, 1))
+    assert words(a) >= 50 and a.split()[0] != b.split()[0]
+
+
+def test_ratios_say_how_many_times_better_whatever_the_direction() -> None:
+    faster = Row("w", "tok/s", "higher", 150.0, {SERVER: 100.0})
+    quicker = Row("w", "ms", "lower", 50.0, {NAIVE: 500.0})
+    assert faster.ratio(SERVER) == 1.5 and faster.ratio(NAIVE) is None
+    assert quicker.ratio(NAIVE) == 10.0
+
+
+async def test_bench_runs_every_section_and_prints_one_table() -> None:
+    progress = io.StringIO()
+    report = await run_engine_bench(workload=TINY, with_server=False, progress=progress)
+    sections = {row.workload.split(" (")[0] for row in report.rows}
+    assert {"single stream", "follow-up TTFT", "2 concurrent streams", "memory"} <= sections
+    single = [r for r in report.rows if r.workload == "single stream"]
+    assert all(r.ours > 0 and r.baselines[NAIVE] > 0 for r in single)
+    table = format_report(report)
+    assert "cores" in report.machine and "SmolLM2" in report.model
+    assert table.count("\n|") == len(report.rows) + 1
+    assert "4/4 memory" in progress.getvalue()
