@@ -259,7 +259,11 @@ async def bench_single(
 
 
 async def bench_followups(
-    engines: dict[str, Engine], count: Callable[[str], int], w: Workload, limits: dict[str, int]
+    engines: dict[str, Engine],
+    count: Callable[[str], int],
+    w: Workload,
+    limits: dict[str, int],
+    say: Callable[[str], None],
 ) -> list[Row]:
     """The interleaved conversations; each engine keeps its own replies as history."""
     instructions = [
@@ -270,6 +274,7 @@ async def bench_followups(
     )
     ttfts: dict[str, list[float]] = {}
     for name, engine in engines.items():
+        say(f"   {name}: {limits.get(name, len(schedule))} messages")
         history: dict[int, list[tuple[str, str]]] = {}
         ttfts[name] = []
         for turn in schedule[: limits.get(name, len(schedule))]:
@@ -431,7 +436,7 @@ async def run_engine_bench(
                 engines[SERVER] = await remote(url, slots)
             say("2/4 follow-up TTFT (the longest part)")
             rows += await bench_followups(
-                engines, count, workload, {NAIVE: workload.naive_messages}
+                engines, count, workload, {NAIVE: workload.naive_messages}, say
             )
             if SERVER in engines:
                 await engines.pop(SERVER).close()
