@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from bots.engine.base import ChatMessage
 
 TokenArray = npt.NDArray[np.int32]
+log = logging.getLogger(__name__)
 
 CHAT_TEMPLATE_KEY = b"tokenizer.chat_template"
 META_VALUE_MAX_BYTES = 1 << 20
@@ -35,6 +37,19 @@ _LIB_DIR = Path(llama_cpp.__file__).parent / "lib"
 
 class NativeError(RuntimeError):
     """llama.cpp refused an operation (load, context creation, state restore)."""
+
+
+GGML_LOG_LEVEL_ERROR = 3
+EXPECTED_LOG_LINES = (b"failed to find a memory slot", b"failed to prepare ubatch")
+
+
+def _log_errors(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if level == GGML_LOG_LEVEL_ERROR and not any(e in text for e in EXPECTED_LOG_LINES):
+        log.error("llama.cpp: %s", text.decode(errors="replace").rstrip())
+
+
+# Module-level, so the C side never calls a collected function.
+_log_callback = llama_cpp.llama_log_callback(_log_errors)
 
 
 @functools.cache
@@ -70,8 +85,10 @@ class NativeModel:
 
     def __init__(self, path: Path, *, n_gpu_layers: int = 0, vocab_only: bool = False) -> None:
         llama_cpp.llama_backend_init()
-        # llama.cpp logs every tensor at INFO through llama-cpp-python's logger; errors only.
+        # llama.cpp logs every tensor at INFO through llama-cpp-python's logger; errors only,
+        # less the "no KV slot" one that the engine answers by evicting (an expected event).
         set_verbose(False)
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.vocab_only = vocab_only
