@@ -73,11 +73,9 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings_for() -> Callable[..., Settings]:
     def make(root: Path, **overrides: object) -> Settings:
-        base: dict[str, object] = {
-            "model.n_ctx": 4096,
-            "model.max_tokens": 48,
-            "model.engine": "simple",
-        }
+        # The product's default engine (batched, in a supervised worker), with a small window
+        # and short replies to keep the suite fast.
+        base: dict[str, object] = {"model.n_ctx": 4096, "model.max_tokens": 48}
         return load_settings(root, environ={}, overrides={**base, **overrides})
 
     return make

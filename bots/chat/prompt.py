@@ -82,6 +82,9 @@ def build_prompt(
     # the chat templates we know, and erring high only drops one more old turn.
     overhead = 8
     system = system_message(persona)
+    # Instructions longer than half the window are cut (the head is kept): the reply must still
+    # fit, and a persona file may legally be far larger than a small model's context.
+    system = _fit_head(system, (context_size - max_tokens) // 2, count_tokens)
     budget = context_size - max_tokens - count_tokens(system) - overhead
     text = _fit_text(text, budget // 2, count_tokens)
     budget -= count_tokens(text) + overhead
@@ -125,3 +128,12 @@ def _fit_text(text: str, limit: int, count_tokens: Callable[[str], int]) -> str:
     while count_tokens(head + TRUNCATED + tail) > limit and len(head) > 16:
         head, tail = head[: len(head) * 3 // 4], tail[len(tail) // 4 :]
     return head + TRUNCATED + tail
+
+
+def _fit_head(text: str, limit: int, count_tokens: Callable[[str], int]) -> str:
+    if count_tokens(text) <= limit:
+        return text
+    keep = max(limit, 8) * 3
+    while count_tokens(text[:keep] + TRUNCATED) > limit and keep > 16:
+        keep = keep * 3 // 4
+    return text[:keep] + TRUNCATED

@@ -77,7 +77,8 @@ class Watcher:
             self._pending.add(path)
             self._last = now
             if self._reports_closes:
-                if kind in ("modified", "created"):
+                # Only writes mark a file as open: a created symlink or hard link never closes.
+                if kind == "modified":
                     self._writing.setdefault(path, now)
                 elif kind in ("closed", "deleted", "moved"):
                     self._writing.pop(path, None)
