@@ -398,3 +398,29 @@ def feedback(ctx: click.Context, persona: str | None, as_json: bool, to_evals: b
             raise click.ClickException(str(exc)) from exc
         return
     print_feedback(list_feedback(settings, persona), as_json_output=as_json, echo=click.echo)
+
+
+@bench.command(
+    "engine", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.pass_context
+def bench_engine(ctx: click.Context) -> None:
+    """The engine against llama-server and naive llama-cpp-python (--quick for a smoke test).
+
+    Options: --quick, --model PATH, --threads N, --server PATH (llama-server binary; built with
+    `bots bench build-server` when missing).
+    """
+    from bots.bench.engine import main as engine_main
+
+    sys.exit(engine_main(ctx.args))
+
+
+@bench.command(
+    "build-server", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.pass_context
+def bench_build_server(ctx: click.Context) -> None:
+    """Build llama.cpp's llama-server from the source vendored in the llama-cpp-python sdist."""
+    from bots.bench.llama_server import main as server_main
+
+    sys.exit(server_main(ctx.args))

@@ -57,5 +57,5 @@ async def test_bench_runs_every_section_and_prints_one_table() -> None:
     assert all(r.ours > 0 and r.baselines[NAIVE] > 0 for r in single)
     table = format_report(report)
     assert "cores" in report.machine and "SmolLM2" in report.model
-    assert table.count("\n|") == len(report.rows) + 1
+    assert table.count("\n|") == len(report.rows) + 2  # header and separator lines
     assert "4/4 memory" in progress.getvalue()

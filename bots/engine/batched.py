@@ -62,9 +62,11 @@ from bots.engine.prefix_cache import Entry, SequenceTable, common_prefix, may_ta
 log = logging.getLogger(__name__)
 
 DEFAULT_N_CTX = 8192
-# KV cells shared by all sequences (about 23 KB each for SmolLM2-135M in f16): room for a dozen
-# 1,500-token personas plus their conversations. Flash attention skips other sequences' cells.
-DEFAULT_KV_CELLS = 32768
+# KV cells shared by all sequences (about 23 KB each for SmolLM2-135M in f16, allocated up front):
+# room for ten 1,500-token personas. More is not free: every decode step scans the attention mask
+# over all cells up to the highest one in use, so a cache full of idle conversations slows the
+# streams (2.5x at ~30k cells in `bots bench`); the RAM park holds the overflow instead.
+DEFAULT_KV_CELLS = 16384
 DEFAULT_SEQ_IDS = 64
 LLAMA_MAX_SEQ = 256  # llama.cpp's compile-time limit on sequence ids
 DEFAULT_PARALLEL = 8
