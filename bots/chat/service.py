@@ -52,6 +52,7 @@ class Incoming:
     temperature: float | None = None
     max_tokens: int | None = None
     seed: int | None = None
+    fresh: bool = False  # evaluate without cached prefixes (exactly repeatable, for evals)
 
 
 class ChatRefused(Exception):
@@ -242,6 +243,7 @@ class ChatService:
                 repeat_penalty=persona.sampling.repeat_penalty or model.repeat_penalty,
                 seed=incoming.seed,
                 timeout_s=model.timeout_s,
+                reuse_cache=not incoming.fresh,
             )
             stream = self.engine.stream(request)
             # Prime the generator so a full queue raises EngineBusy here, before any turn is

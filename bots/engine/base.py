@@ -30,6 +30,9 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     timeout_s: float = 120.0
+    # False evaluates the whole prompt afresh: cached prefixes are evaluated in other batch
+    # shapes, whose float rounding can change a long greedy reply, and evals must repeat exactly.
+    reuse_cache: bool = True
 
 
 @dataclass(frozen=True)

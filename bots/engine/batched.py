@@ -57,7 +57,13 @@ from bots.engine.llama_native import (
     Sampling,
     TokenArray,
 )
-from bots.engine.prefix_cache import Entry, SequenceTable, common_prefix, may_take_over
+from bots.engine.prefix_cache import (
+    Entry,
+    Match,
+    SequenceTable,
+    common_prefix,
+    may_take_over,
+)
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +397,7 @@ class _Worker:
         return self.model.tokenize(text, template_output=True)
 
     def _assign_sequence(self, job: _Job) -> bool:
-        match = self.table.best_match(job.tokens)
+        match = self.table.best_match(job.tokens) if job.request.reuse_cache else Match(0)
         self.table.touch_prefixes_of(job.tokens)
         # At least the last prompt token is evaluated again: its logits start the reply.
         shared = min(match.length, len(job.tokens) - 1)
@@ -425,9 +431,12 @@ class _Worker:
         )
         job.seq_id = seq_id
         job.n_past = job.cached = shared
-        job.want_prefix_entry = shared < job.prefix_len < len(
-            job.tokens
-        ) and not self.table.has_prefix(job.tokens[: job.prefix_len])
+        # A fresh request is evaluated in the same chunks every time: no split at the prefix.
+        job.want_prefix_entry = (
+            job.request.reuse_cache
+            and shared < job.prefix_len < len(job.tokens)
+            and not self.table.has_prefix(job.tokens[: job.prefix_len])
+        )
         return True
 
     def _new_seq_id(self, *, pinned: Entry | None = None) -> int | None:

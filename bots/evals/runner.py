@@ -137,6 +137,7 @@ async def _converse(service: ChatService, persona: Persona, turns: tuple[str, ..
             history=tuple(history),
             temperature=EVAL_TEMPERATURE,
             seed=EVAL_SEED,
+            fresh=True,
         )
         for attempt in range(BUSY_RETRIES + 1):
             try:
