@@ -33,8 +33,11 @@ def test_code_block_is_closed_and_reopened() -> None:
 def test_split_never_exceeds_limit_or_loses_text(text: str, limit: int) -> None:
     parts = split_message(text, limit)
     assert all(len(p) <= limit for p in parts)
-    joined = "".join(parts).replace("`", "").split()
-    assert joined == text.replace("`", "").split() or "```" in text
+
+    def letters(t: str) -> str:  # fences may be added and whitespace moved at the cuts
+        return "".join(t.replace("`", "").split())
+
+    assert letters("".join(parts)) == letters(text)
 
 
 class RecordingSink:
