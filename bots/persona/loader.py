@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable, Collection
@@ -75,11 +76,15 @@ def valid_persona_id(name: str) -> bool:
 
 
 def load_persona(
-    folder: Path, known_libraries: Collection[str], *, clock: Callable[[], float] = time.time
+    folder: Path,
+    known_libraries: Collection[str],
+    *,
+    root: Path | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Persona:
     """Read `folder/persona.md` into a snapshot, or raise PersonaInvalid listing every problem."""
     path = folder / PERSONA_FILE
-    raw = _read(path)
+    raw = _read(path, root)
     text = _decode(path, raw)
     match = FRONT_MATTER.match(text)
     header, body, offset = (
@@ -107,20 +112,34 @@ def content_hash(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _read(path: Path) -> bytes:
+class PersonaChanging(Exception):
+    """The file changed while it was read: a writer is at work; its close event reloads it."""
+
+
+def _read(path: Path, root: Path | None) -> bytes:
+    """The file's bytes, read through its resolved path, inside `root`, not changed meanwhile."""
     try:
-        size = path.stat().st_size
-        if size > MAX_PERSONA_BYTES:
+        real = path.resolve(strict=True)
+        if root is not None and not real.is_relative_to(root.resolve()):
             raise PersonaInvalid(
-                [
-                    PersonaError(
-                        path, 0, "", f"file is {size} bytes; the limit is {MAX_PERSONA_BYTES}"
-                    )
-                ]
+                [PersonaError(path, 0, "", "refused: it leads outside the personas folder")]
             )
-        return path.read_bytes()
+        # O_NOFOLLOW: a symlink swapped in after the check above cannot redirect the read.
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
+            before = os.fstat(fd)
+            if before.st_size > MAX_PERSONA_BYTES:
+                message = f"file is {before.st_size} bytes; the limit is {MAX_PERSONA_BYTES}"
+                raise PersonaInvalid([PersonaError(path, 0, "", message)])
+            raw = handle.read(MAX_PERSONA_BYTES + 1)
+            after = os.fstat(fd)
     except OSError as exc:
         raise PersonaInvalid([PersonaError(path, 0, "", f"cannot read: {exc.strerror}")]) from exc
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(
+        raw
+    ) != after.st_size:
+        raise PersonaChanging(str(path))
+    return raw
 
 
 def _decode(path: Path, raw: bytes) -> str:

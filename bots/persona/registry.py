@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bots.persona.loader import content_hash, load_persona, valid_persona_id
+from bots.persona.loader import PersonaChanging, content_hash, load_persona, valid_persona_id
 from bots.persona.model import PERSONA_FILE, Persona, PersonaError, PersonaInvalid
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,9 @@ class PersonaRegistry:
         if old and old.persona and not old.errors and self._same_content(old.persona):
             return "unchanged", old
         try:
-            persona = load_persona(folder, self._libraries())
+            persona = load_persona(folder, self._libraries(), root=self.root)
+        except PersonaChanging:
+            return "unchanged", old  # mid-write: the writer's close event reloads it
         except PersonaInvalid as exc:
             state = PersonaState(
                 persona_id, old.persona if old else None, tuple(exc.errors), now, reloads
