@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -104,3 +105,25 @@ class Engine(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def read_pieces(
+    out: asyncio.Queue[Piece | BaseException], deadline: float, timeout_s: float
+) -> AsyncIterator[Piece]:
+    """Pieces a worker posts to `out`, up to the final one; an error it posts is raised here.
+
+    `deadline` is on the running loop's clock; past it, EngineTimeout names `timeout_s`.
+    """
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                item = await out.get()
+        except TimeoutError:
+            raise EngineTimeout(
+                f"no complete reply within the request's {timeout_s:g}s timeout"
+            ) from None
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+        if item.finish_reason is not None:
+            return

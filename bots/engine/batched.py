@@ -48,6 +48,7 @@ from bots.engine.base import (
     GenerationRequest,
     Piece,
     Usage,
+    read_pieces,
 )
 from bots.engine.llama_native import (
     Batch,
@@ -247,19 +248,8 @@ class BatchedEngine:
             self._cond.notify()
         loop_deadline = loop.time() + request.timeout_s
         try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(loop_deadline):
-                        item = await job.out.get()
-                except TimeoutError:
-                    raise EngineTimeout(
-                        f"no complete reply within the request's {request.timeout_s:g}s timeout"
-                    ) from None
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in read_pieces(job.out, loop_deadline, request.timeout_s):
                 yield item
-                if item.finish_reason is not None:
-                    return
         finally:
             job.cancelled.set()
             with self._cond:

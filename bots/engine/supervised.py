@@ -39,6 +39,7 @@ from bots.engine.base import (
     EngineTimeout,
     GenerationRequest,
     Piece,
+    read_pieces,
 )
 from bots.engine.worker_process import Frame, FrameError, encode, read_frame
 from bots.settings import ALIASES, Settings
@@ -291,19 +292,8 @@ class SupervisedEngine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeout_s + TIMEOUT_MARGIN_S
         try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        item = await call.out.get()
-                except TimeoutError:
-                    raise EngineTimeout(
-                        f"no complete reply within the request's {request.timeout_s:g}s timeout"
-                    ) from None
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in read_pieces(call.out, deadline, request.timeout_s):
                 yield item
-                if item.finish_reason is not None:
-                    return
         finally:
             del self._calls[call.rid]
             worker = call.worker

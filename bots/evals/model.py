@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from bots.persona.model import PersonaError
+
 EVALS_FILE = "evals.yaml"
 
 Status = Literal["pass", "fail", "error", "skipped", "todo"]
@@ -15,20 +17,8 @@ FAILING: frozenset[Status] = frozenset({"fail", "error"})
 
 
 @dataclass(frozen=True)
-class EvalError:
+class EvalError(PersonaError):
     """A problem in `evals.yaml` an author can fix, pointing at the file, line and key."""
-
-    path: Path
-    line: int
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else str(self.path)
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-    def as_dict(self) -> dict[str, object]:
-        return {"path": str(self.path), "line": self.line, "key": self.key, "message": self.message}
 
 
 @dataclass(frozen=True)
