@@ -315,6 +315,21 @@ def bench_knowledge(docs: Path) -> None:
         click.echo(f"{key:<28} {value:,.2f}")
 
 
+@bench.command("injection")
+@click.option("--max-tokens", default=96, show_default=True, help="reply length per question")
+@click.option("--replies", is_flag=True, help="print every reply under the table")
+@click.pass_context
+def bench_injection(ctx: click.Context, max_tokens: int, replies: bool) -> None:
+    """How the model treats instructions planted in a document (a report, temperature 0)."""
+    from bots.bench.injection import format_table, run_injection_bench, summarize
+
+    results = asyncio.run(run_injection_bench(settings_of(ctx), max_tokens=max_tokens))
+    click.echo(format_table(summarize(results)))
+    if replies:
+        for r in results:
+            click.echo(f"\n[{r.style}] {r.question}\n{r.reply.strip()}")
+
+
 @bench.command("ask")
 @click.argument("persona", default="handbook")
 @click.argument("question", default="How do I file an expense report?")
@@ -408,7 +423,8 @@ def bench_engine(ctx: click.Context) -> None:
     """The engine against llama-server and naive llama-cpp-python (--quick for a smoke test).
 
     Options: --quick, --model PATH, --threads N, --server PATH (llama-server binary; built with
-    `bots bench build-server` when missing).
+    `bots bench build-server` when missing), --as-shipped (the default model's Q4_1 file
+    instead of the Q8_0 copy bots serves on a CPU; every engine gets the same file).
     """
     from bots.bench.engine import main as engine_main
 

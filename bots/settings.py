@@ -8,6 +8,7 @@ also keep their usual names (`DISCORD_TOKEN`, `SLACK_BOT_TOKEN`, ...).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -56,6 +57,10 @@ class ModelSettings:
     top_p: float = 0.9
     repeat_penalty: float = 1.15
     quantize_q8: bool = True
+    # Where the Q8_0 copy is kept (empty: <data_dir>/models).
+    cache_dir: str = ""
+    # RAM reserved at start for idle persona prefixes and conversations moved out of the KV cache.
+    park_mb: int = 512
     # Run the local model in a supervised child process: a native crash costs one reply only.
     isolate: bool = True
     # Kill and restart the model worker after this long without progress while it has work.
@@ -82,6 +87,22 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     log_json: bool = False
     shutdown_grace_s: float = 20.0
+    # Per client of the HTTP API and workbench chat (0: no limit); a client is its address.
+    max_in_flight_per_client: int = 2
+    rate_limit_requests: int = 60
+    rate_limit_window_s: float = 60.0
+    # Reverse proxies (IPs or networks) whose X-Forwarded-For names the client.
+    trusted_proxies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise SettingsError(
+                    f"server.trusted_proxies: {entry!r} is not an IP address or network "
+                    "(e.g. 10.0.0.5 or 10.0.0.0/8)"
+                ) from exc
 
 
 @dataclass(frozen=True)

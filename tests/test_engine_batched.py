@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bots.engine import batched
 from bots.engine.base import (
     ChatMessage,
     EngineBusy,
@@ -33,7 +34,13 @@ from bots.engine.base import (
 )
 from bots.engine.batched import BatchedEngine
 from bots.engine.model_files import default_model_path
-from bots.engine.prefix_cache import Entry, SequenceTable, common_prefix, may_take_over
+from bots.engine.prefix_cache import (
+    Arena,
+    Entry,
+    SequenceTable,
+    common_prefix,
+    may_take_over,
+)
 from bots.engine.quantize import is_q8_0, prepared_model_path
 
 PIRATE = (
@@ -211,7 +218,39 @@ def usage_tokens(engine: BatchedEngine, messages: tuple[ChatMessage, ...]) -> np
     """The prompt tokens of `messages` as the engine renders them."""
     model = engine._model
     assert model is not None
-    return model.tokenize(model.render(messages, generation_prompt=True), template_output=True)
+    return model.tokenize_chat(messages, generation_prompt=True)
+
+
+async def wait_for_detail(engine: BatchedEngine, text: str, timeout_s: float = 10.0) -> None:
+    """The engine's status detail comes to contain `text` (it parks right after a reply ends)."""
+    deadline = time.monotonic() + timeout_s
+    while text not in engine.status().detail:
+        assert time.monotonic() < deadline, engine.status().detail
+        await asyncio.sleep(0.01)
+
+
+async def test_idle_sequences_leave_the_kv_cache_and_come_back_the_same(
+    make_engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversation = chat(GARDENER, "What is compost?")
+    reference = await make_engine()
+    first, _ = await collect(reference, request(conversation))
+    follow_up = request(chat(GARDENER, "What is compost?", first, "And worms?"))
+    expected, _ = await collect(reference, follow_up)
+    await reference.close()
+
+    # Every idle sequence is moved to the RAM park as soon as its reply ends.
+    monkeypatch.setattr(batched, "HOT_IDLE_TOKENS", 0)
+    engine = await make_engine()
+    assert (await collect(engine, request(conversation)))[0] == first
+    await collect(engine, request(chat(PIRATE, "Hello!"), max_tokens=4))
+    await wait_for_detail(engine, "cached: 0 persona prefixes, 0 conversations")
+    continued, last = await collect(engine, follow_up)
+    assert continued == expected
+    assert usage(last).cached_tokens > len(usage_tokens(engine, conversation)), "from the park"
+    # The persona prefix stays parked for the persona's next conversation.
+    _, fresh = await collect(engine, request(chat(GARDENER, "What is a weed?")))
+    assert usage(fresh).cached_tokens >= engine.count_tokens(GARDENER)
 
 
 async def test_cancelling_one_stream_leaves_the_others_intact(make_engine) -> None:
@@ -352,17 +391,68 @@ def test_only_the_same_conversation_may_take_a_sequence_over() -> None:
     assert not may_take_over(conversation, 5)
 
 
-def test_parking_keeps_the_newest_within_the_budget() -> None:
-    import ctypes
+def park(table: SequenceTable, entry: Entry, size: int) -> bool:
+    """Park `entry` as the engine does: room in the arena first, then the record."""
+    offset = table.make_room(size, entry.kind)
+    if offset is None:
+        return False
+    table.add_parked(entry, offset, size)
+    return True
 
+
+def test_parking_keeps_the_newest_within_the_budget() -> None:
     table = SequenceTable(4, park_budget_bytes=250)
     for i in range(3):
-        entry = Entry(i, tokens(i, i), "conversation")
-        assert table.park(entry, (ctypes.c_uint8 * 100)())
+        assert park(table, Entry(i, tokens(i, i), "conversation"), 100)
     assert table.parked_count == 2 and table.parked_bytes == 200
     assert table.best_match(tokens(0, 0)).length == 0  # the oldest was dropped
     assert table.best_match(tokens(2, 2)).parked is not None
-    assert not table.park(Entry(3, tokens(3), "conversation"), (ctypes.c_uint8 * 300)())
+    assert not park(table, Entry(3, tokens(3), "conversation"), 300)
+
+
+def test_persona_prefixes_give_way_only_to_other_prefixes() -> None:
+    table = SequenceTable(8, park_budget_bytes=300)
+    assert park(table, Entry(0, tokens(7, 7), "prefix"), 100)
+    assert park(table, Entry(1, tokens(8, 8), "prefix"), 100)
+    assert park(table, Entry(2, tokens(1, 1), "conversation"), 100)
+    # A conversation may push out conversations, never a prefix.
+    assert park(table, Entry(3, tokens(2, 2), "conversation"), 100)
+    assert not park(table, Entry(4, tokens(3, 3), "conversation"), 200)
+    assert table.best_match(tokens(2, 2)).parked is not None, "a failed park drops nothing"
+    assert table.has_prefix(tokens(7, 7)) and table.has_prefix(tokens(8, 8))
+    # A new prefix pushes out conversations first, then the least recently used prefix.
+    assert park(table, Entry(5, tokens(9, 9), "prefix"), 200)
+    assert not table.has_prefix(tokens(7, 7))
+    assert table.has_prefix(tokens(8, 8)) and table.has_prefix(tokens(9, 9))
+    assert table.best_match(tokens(2, 2)).length == 0
+
+
+def test_arena_compacts_scattered_free_space() -> None:
+    table = SequenceTable(8, park_budget_bytes=300)
+    for i in range(3):
+        assert park(table, Entry(i, tokens(i, i), "conversation"), 100)
+    middle = table.best_match(tokens(1, 1)).parked
+    assert middle is not None and middle.offset == 100
+    table.arena.view(100, 1)[0] = 42
+    for i in (0, 2):  # free bytes now in two pieces of 100, around the middle block
+        parked = table.best_match(tokens(i, i)).parked
+        assert parked is not None
+        table.unpark(parked)
+    assert park(table, Entry(5, tokens(5, 5), "conversation"), 200)
+    assert middle.offset == 0 and table.arena.view(0, 1)[0] == 42, "moved with its bytes"
+    assert table.parked_count == 2
+
+
+def test_arena_places_blocks_first_fit_and_reuses_freed_space() -> None:
+    arena = Arena(100)
+    arena.take(0, 40)
+    arena.take(40, 40)
+    assert arena.find(30) is None and arena.find(20) == 80
+    arena.release(0)
+    assert arena.find(30) == 0 and arena.used == 40
+    view = arena.view(40, 4)
+    view[0] = 7
+    assert arena.view(40, 1)[0] == 7
 
 
 # -- the Q8_0 copy of the model ----------------------------------------------------------------

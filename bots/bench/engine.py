@@ -38,6 +38,7 @@ from bots.engine.base import ChatMessage, Engine, GenerationRequest
 from bots.engine.batched import BatchedEngine
 from bots.engine.llama_native import amx_kernels_built
 from bots.engine.model_files import default_model_path
+from bots.engine.quantize import prepared_model_path
 from bots.engine.remote import RemoteEngine
 from bots.engine.simple import SimpleEngine
 
@@ -52,6 +53,8 @@ SERVER_SLOT_CTX = 4096
 SERVER_CACHE_REUSE = 256
 TTFT_SERVER_SLOTS = 4
 REMOTE_TIMEOUT_S = 600.0
+# The Q8_0 copy of the default model that `bots serve` makes on a CPU (model.quantize_q8).
+MODEL_CACHE_DIR = Path("~/.cache/bots/models").expanduser()
 
 
 @dataclass(frozen=True)
@@ -520,10 +523,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="a tiny workload, as a smoke test")
     parser.add_argument("--server", type=Path, default=None, help="llama-server binary")
+    parser.add_argument(
+        "--as-shipped",
+        action="store_true",
+        help="the default model's Q4_1 file as shipped, not the Q8_0 copy bots serves on a CPU",
+    )
     ns = parser.parse_args(argv)
     workload = QUICK if ns.quick else Workload()
+    model = ns.model
+    if model is None and not ns.as_shipped:
+        model = prepared_model_path(default_model_path(), MODEL_CACHE_DIR, n_threads=ns.threads)
     report = asyncio.run(
-        run_engine_bench(ns.model, n_threads=ns.threads, workload=workload, server_binary=ns.server)
+        run_engine_bench(model, n_threads=ns.threads, workload=workload, server_binary=ns.server)
     )
     print(format_report(report))
     return 0

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
-import ctypes
 import logging
 import os
 import threading
@@ -61,6 +60,7 @@ from bots.engine.llama_native import (
 from bots.engine.prefix_cache import (
     Entry,
     Match,
+    Parked,
     SequenceTable,
     common_prefix,
     may_take_over,
@@ -70,16 +70,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_N_CTX = 8192
 # KV cells shared by all sequences (about 23 KB each for SmolLM2-135M in f16, allocated up front):
-# room for ten 1,500-token personas. More is not free: every decode step scans the attention mask
-# over all cells up to the highest one in use, so a cache full of idle conversations slows the
-# streams (2.5x at ~30k cells in `bots bench`); the RAM park holds the overflow instead.
+# room for the running conversations. Idle ones do not stay: every decode step checks the
+# attention mask of every cell up to the highest in use, whoever's it is, so `cool_down` parks
+# them in RAM (a 6-persona follow-up workload ran 7x faster than with 16k cells kept full).
 DEFAULT_KV_CELLS = 16384
 DEFAULT_SEQ_IDS = 64
 LLAMA_MAX_SEQ = 256  # llama.cpp's compile-time limit on sequence ids
 DEFAULT_PARALLEL = 8
 DEFAULT_QUEUE_SIZE = 32
-# Evicted sequences kept in RAM; bounded so that memory does not grow with the persona count.
-DEFAULT_PARK_BYTES = 64 * 1024 * 1024
+# Evicted sequences kept in RAM, reserved at start: about fourteen 1,500-token persona prefixes
+# of the default model; memory does not grow with the persona count.
+DEFAULT_PARK_BYTES = 512 * 1024 * 1024
 # Tokens per llama_decode call (n_batch = n_ubatch): smaller micro-batches cost llama.cpp a
 # thread synchronisation per graph node each, five times slower prompts at 48 tokens.
 BATCH_TOKENS = 512
@@ -88,6 +89,9 @@ BATCH_TOKENS = 512
 PROMPT_CHUNK_WHILE_STREAMING = 128
 # Shorter sequences are cheaper to re-evaluate than to keep in the RAM park.
 MIN_PARK_TOKENS = 64
+# Idle sequences kept in the KV cache (the rest are parked): enough for one persona's prefix
+# and its last conversation to stay in place between messages.
+HOT_IDLE_TOKENS = 2048
 CLOSE_TIMEOUT_S = 30.0
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -294,6 +298,7 @@ class BatchedEngine:
                     if worker.admit(job):
                         self._active.append(job)
                 self._active = worker.step(self._active)
+                worker.cool_down()
         finally:
             with self._cond:
                 leftover = [*self._inbox, *self._active]
@@ -323,10 +328,11 @@ class _Worker:
     def describe(self) -> str:
         entries = list(self.table.entries)
         prefixes = sum(1 for e in entries if e.kind == "prefix")
+        parked_mib = self.table.parked_bytes / 2**20
         return (
             f"{self.ctx.kv_cells} KV cells; cached: {prefixes} persona prefixes, "
             f"{len(entries) - prefixes} conversations; parked in RAM: {self.table.parked_count} "
-            f"({self.table.parked_bytes / 2**20:.1f} MiB)"
+            f"({parked_mib:.1f} of {self.table.arena.capacity / 2**20:.0f} MiB)"
         )
 
     def close(self) -> None:
@@ -383,8 +389,7 @@ class _Worker:
         )
 
     def _tokens(self, messages: tuple[ChatMessage, ...], *, generation_prompt: bool) -> TokenArray:
-        text = self.model.render(messages, generation_prompt=generation_prompt)
-        return self.model.tokenize(text, template_output=True)
+        return self.model.tokenize_chat(messages, generation_prompt=generation_prompt)
 
     def _assign_sequence(self, job: _Job) -> bool:
         match = self.table.best_match(job.tokens) if job.request.reuse_cache else Match(0)
@@ -403,8 +408,7 @@ class _Worker:
             if entry is not None and shared > 0:
                 self.ctx.seq_cp(entry.seq_id, seq_id, 0, shared)
             elif match.parked is not None and shared > 0:
-                if self._restore(match.parked.data, seq_id):
-                    self.table.unpark(match.parked)
+                if self._restore(match.parked, seq_id, shared):
                     self.ctx.seq_rm(seq_id, shared, -1)
                 else:
                     shared = 0
@@ -443,35 +447,70 @@ class _Worker:
             if pinned is not None:
                 pinned.busy = was_busy
 
-    def _restore(self, data: ctypes.Array[ctypes.c_uint8], seq_id: int) -> bool:
-        while True:
-            if self.ctx.restore_seq(seq_id, data):
-                return True
+    def _restore(self, parked: Parked, seq_id: int, shared: int) -> bool:
+        """Copy a parked sequence into `seq_id`, evicting idle ones until it fits.
+
+        The parked copy stays for others (a persona prefix, or another conversation that this
+        prompt only shares a prefix with), unless this prompt is that conversation's next turn:
+        it is about to grow, and will be parked again when it goes idle.
+        """
+        data = self.table.arena.view(parked.offset, parked.nbytes)
+        while not self.ctx.restore_seq(seq_id, data):
             if not self._evict_one():
                 return False
+        if parked.kind == "conversation" and shared >= parked.last_turn_start:
+            self.table.unpark(parked)
+        else:
+            parked.touch()
+        return True
 
     def _evict_one(self) -> bool:
         """Drop the least recently used idle sequence (parking it when worth it)."""
         for entry in self.table.eviction_order():
             if len(entry.tokens) >= MIN_PARK_TOKENS and not self._covered(entry):
-                try:
-                    self.table.park(entry, self.ctx.save_seq(entry.seq_id))
-                except Exception:  # parking is an optimisation; eviction must go on
-                    log.exception("could not park sequence %d", entry.seq_id)
+                self._park(entry)
             self.ctx.seq_rm(entry.seq_id)
             self.table.release(entry.seq_id)
             return True
         return False
 
+    def _park(self, entry: Entry) -> None:
+        size = self.ctx.seq_state_size(entry.seq_id)
+        offset = self.table.make_room(size, entry.kind)
+        if offset is None:
+            return
+        try:
+            self.ctx.save_seq(entry.seq_id, self.table.arena.view(offset, size))
+        except Exception:  # parking is an optimisation; eviction must go on
+            log.exception("could not park sequence %d", entry.seq_id)
+            return
+        self.table.add_parked(entry, offset, size)
+
     def _covered(self, entry: Entry) -> bool:
-        """Whether another cached sequence holds all of `entry`'s tokens (parking it is waste)."""
+        """Whether parking `entry` is waste: another sequence holds all of its tokens.
+
+        A persona prefix counts as held only by a parked prefix: a conversation that contains
+        it may be dropped from the park for another conversation, the prefix may not.
+        """
+        if entry.kind == "prefix":
+            return self.table.has_parked_prefix(entry.tokens)
         n = len(entry.tokens)
-        return any(
+        return self.table.parked_covering(entry.tokens) or any(
             other is not entry
             and len(other.tokens) >= n
             and common_prefix(other.tokens, entry.tokens) == n
             for other in self.table.entries
         )
+
+    def cool_down(self) -> None:
+        """Move idle sequences out of the KV cache beyond `HOT_IDLE_TOKENS`.
+
+        Every cell in the cache costs each decode step an attention-mask check, whoever's it is:
+        with 16k cells of idle prefixes a follow-up prompt was evaluated several times slower.
+        Parked, the same sequences cost a copy (milliseconds) when they are next needed.
+        """
+        while self.table.idle_tokens() > HOT_IDLE_TOKENS and self._evict_one():
+            pass
 
     # -- one step: a batch of decode tokens and prompt chunks ------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ TokenArray = npt.NDArray[np.int32]
 log = logging.getLogger(__name__)
 
 CHAT_TEMPLATE_KEY = b"tokenizer.chat_template"
+# Stands for a message's content while the template is rendered: a chat template's own text never
+# holds a NUL, so every NUL-delimited index in the output is a placeholder (see tokenize_chat).
+CONTENT_MARK = "\x00"
 META_VALUE_MAX_BYTES = 1 << 20
 PIECE_BUFFER_BYTES = 256
 # How far back the repetition penalty looks, as llama.cpp's own default.
@@ -130,18 +134,41 @@ class NativeModel:
         dicts: Any = [{"role": m.role, "content": m.content} for m in messages]
         return formatter(messages=dicts).prompt
 
-    def tokenize(self, text: str, *, template_output: bool = False) -> TokenArray:
-        """Token ids of `text`; a rendered template may contain special tokens, others are text."""
+    def tokenize(self, text: str, *, special: bool = False) -> TokenArray:
+        """Token ids of `text`; `special` lets text like "<|im_start|>" become control tokens."""
         data = text.encode()
-        add_special = template_output and self.add_bos and not text.startswith(self.bos_text)
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(
-            self.vocab, data, len(data), buf, capacity, add_special, template_output
-        )
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, False, special)
         if n < 0:
             raise NativeError(f"tokenizer needed {-n} slots for {len(data)} bytes")
         return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
+
+    def tokenize_chat(
+        self, messages: tuple[ChatMessage, ...], *, generation_prompt: bool
+    ) -> TokenArray:
+        """The chat template's tokens, where only the template's own markup is special tokens.
+
+        Message contents (instructions, documents, what users wrote) are tokenized as plain
+        text: a document holding "<|im_end|><|im_start|>system" must reach the model as those
+        characters, not as the control tokens that end its turn and open a system one. So the
+        template is rendered around placeholders and each content is tokenized on its own.
+        """
+        placeholders = tuple(
+            ChatMessage(m.role, f"{CONTENT_MARK}{i}{CONTENT_MARK}") for i, m in enumerate(messages)
+        )
+        rendered = self.render(placeholders, generation_prompt=generation_prompt)
+        # re.split with a group alternates markup, content index, markup, ...
+        parts = re.split(f"{CONTENT_MARK}(\\d+){CONTENT_MARK}", rendered)
+        pieces = [
+            self.tokenize(messages[int(part)].content)
+            if i % 2
+            else self.tokenize(part, special=True)
+            for i, part in enumerate(parts)
+        ]
+        if self.add_bos and not rendered.startswith(self.bos_text):
+            pieces.insert(0, np.array([llama_cpp.llama_vocab_bos(self.vocab)], dtype=np.int32))
+        return np.concatenate(pieces).astype(np.int32)
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes one token stands for (possibly part of a UTF-8 character)."""
@@ -318,14 +345,15 @@ class NativeContext:
     def seq_pos_max(self, seq_id: int) -> int:
         return int(llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id))
 
-    def save_seq(self, seq_id: int) -> ctypes.Array[ctypes.c_uint8]:
-        """A copy of one sequence's KV cells in RAM (no logits: unlike `LlamaRAMCache`)."""
-        size = llama_cpp.llama_state_seq_get_size(self.ptr, seq_id)
-        buf: ctypes.Array[ctypes.c_uint8] = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(self.ptr, buf, size, seq_id)
-        if written != size:
-            raise NativeError(f"saving sequence {seq_id} wrote {written} of {size} bytes")
-        return buf
+    def seq_state_size(self, seq_id: int) -> int:
+        """Size `save_seq` needs for one sequence's KV cells (no logits, unlike `LlamaRAMCache`)."""
+        return int(llama_cpp.llama_state_seq_get_size(self.ptr, seq_id))
+
+    def save_seq(self, seq_id: int, dst: ctypes.Array[ctypes.c_uint8]) -> None:
+        """Copy one sequence's KV cells into `dst` (exactly `seq_state_size` bytes)."""
+        written = llama_cpp.llama_state_seq_get_data(self.ptr, dst, len(dst), seq_id)
+        if written != len(dst):
+            raise NativeError(f"saving sequence {seq_id} wrote {written} of {len(dst)} bytes")
 
     def restore_seq(self, seq_id: int, data: ctypes.Array[ctypes.c_uint8]) -> bool:
         """Load a saved sequence into `seq_id`; False when the cache has no room for it."""

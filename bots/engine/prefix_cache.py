@@ -5,7 +5,7 @@ of the llama context is either free or holds an `Entry`: a persona prefix (the r
 message, shared by all of that persona's conversations) or a conversation (a finished or running
 generation: prompt plus reply). A new prompt starts from the entry with the longest common token
 prefix; entries that no generation uses are evicted least recently used first, and may be parked
-in RAM (their KV cells copied out) within a byte budget.
+in RAM (their KV cells copied out) in an arena of fixed size reserved at start.
 
 Matching by tokens makes invalidation automatic: a reloaded persona renders different tokens,
 so its old prefix simply stops matching and ages out.
@@ -71,17 +71,64 @@ class Entry:
 
 @dataclass(eq=False)
 class Parked:
-    """An evicted entry's KV cells, copied to RAM by `llama_state_seq_get_data`."""
+    """An evicted entry's KV cells, copied by `llama_state_seq_get_data` into the park arena."""
 
     tokens: TokenArray
     kind: Kind
     last_turn_start: int
-    data: ctypes.Array[ctypes.c_uint8]
+    offset: int
+    nbytes: int
     last_used: int = field(default_factory=lambda: next(_clock))
 
+    def touch(self) -> None:
+        self.last_used = next(_clock)
+
+
+class Arena:
+    """RAM reserved once, at start, for parked sequences; blocks are placed first fit.
+
+    Reserved and touched up front rather than allocated per sequence: the service's memory need
+    is known (and fails) when it starts, not when the fiftieth persona arrives, it does not grow
+    with the number of personas, and tens of megabytes allocated and freed per message do not
+    fragment the heap.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(capacity, 0)
+        self._buf = (ctypes.c_uint8 * max(self.capacity, 1))()
+        # Zero-filled allocations may be mapped lazily: writing makes the pages resident now.
+        ctypes.memset(self._buf, 0, self.capacity)
+        self._blocks: dict[int, int] = {}  # offset -> size
+
     @property
-    def nbytes(self) -> int:
-        return len(self.data)
+    def used(self) -> int:
+        return sum(self._blocks.values())
+
+    def find(self, size: int) -> int | None:
+        """The lowest offset with `size` free bytes, or None."""
+        start = 0
+        for offset in sorted(self._blocks):
+            if offset - start >= size:
+                return start
+            start = offset + self._blocks[offset]
+        return start if self.capacity - start >= size else None
+
+    def take(self, offset: int, size: int) -> None:
+        self._blocks[offset] = size
+
+    def release(self, offset: int) -> None:
+        self._blocks.pop(offset, None)
+
+    def move(self, src: int, dst: int, size: int) -> None:
+        """Move a block to a lower free offset (the ranges may overlap)."""
+        base = ctypes.addressof(self._buf)
+        ctypes.memmove(base + dst, base + src, size)
+        del self._blocks[src]
+        self._blocks[dst] = size
+
+    def view(self, offset: int, size: int) -> ctypes.Array[ctypes.c_uint8]:
+        """The block as a ctypes array sharing the arena's memory (for llama.cpp to fill/read)."""
+        return (ctypes.c_uint8 * size).from_buffer(self._buf, offset)
 
 
 @dataclass(frozen=True)
@@ -100,7 +147,7 @@ class SequenceTable:
         self._free = list(range(n_seq - 1, -1, -1))
         self._entries: dict[int, Entry] = {}
         self._parked: list[Parked] = []
-        self.park_budget_bytes = park_budget_bytes
+        self.arena = Arena(park_budget_bytes)
 
     @property
     def entries(self) -> Iterable[Entry]:
@@ -108,7 +155,7 @@ class SequenceTable:
 
     @property
     def parked_bytes(self) -> int:
-        return sum(p.nbytes for p in self._parked)
+        return self.arena.used
 
     @property
     def parked_count(self) -> int:
@@ -151,10 +198,9 @@ class SequenceTable:
         return best
 
     def has_prefix(self, tokens: TokenArray) -> bool:
-        """Whether a persona prefix entry holds exactly `tokens`."""
-        return any(
-            e.kind == "prefix" and np.array_equal(e.tokens, tokens) for e in self._entries.values()
-        )
+        """Whether a persona prefix entry, cached or parked, holds exactly `tokens`."""
+        held: list[Entry | Parked] = [*self._entries.values(), *self._parked]
+        return any(e.kind == "prefix" and np.array_equal(e.tokens, tokens) for e in held)
 
     def touch_prefixes_of(self, tokens: TokenArray) -> None:
         """Mark every entry that `tokens` extends as used: a persona prefix stays warm while its
@@ -164,27 +210,71 @@ class SequenceTable:
             if 0 < n <= len(tokens) and common_prefix(entry.tokens, tokens) == n:
                 entry.touch()
 
+    def idle_tokens(self) -> int:
+        """Tokens held by idle entries (shared cells counted once per entry: an upper bound)."""
+        return sum(len(e.tokens) for e in self._entries.values() if not e.busy)
+
     def eviction_order(self) -> Iterator[Entry]:
         """Idle entries, least recently used first."""
         idle = [e for e in self._entries.values() if not e.busy]
         return iter(sorted(idle, key=lambda e: e.last_used))
 
-    def park(self, entry: Entry, data: ctypes.Array[ctypes.c_uint8]) -> bool:
-        """Keep an evicted entry's cells in RAM, dropping older parked ones to fit the budget."""
-        if len(data) > self.park_budget_bytes:
-            return False
-        self._parked.sort(key=lambda p: p.last_used)
-        while self._parked and self.parked_bytes + len(data) > self.park_budget_bytes:
-            self._parked.pop(0)
-        self._parked.append(Parked(entry.tokens, entry.kind, entry.last_turn_start, data))
-        return True
+    def make_room(self, size: int, kind: Kind) -> int | None:
+        """An arena offset for `size` bytes, dropping parked sequences to make room.
+
+        Parked conversations go first, least recently used first; persona prefixes, shared by
+        every conversation of their persona, give way only to other prefixes. None when the
+        sequence cannot fit (then it is simply not parked, and nothing was dropped for it).
+        """
+        victims = sorted(
+            (p for p in self._parked if kind == "prefix" or p.kind == "conversation"),
+            key=lambda p: (p.kind == "prefix", p.last_used),
+        )
+        kept = self.arena.used - sum(p.nbytes for p in victims)
+        if self.arena.capacity - kept < size:
+            return None
+        while self.arena.capacity - self.arena.used < size:
+            self.unpark(victims.pop(0))
+        offset = self.arena.find(size)
+        if offset is None:  # enough bytes, in pieces: slide the blocks together
+            self._compact()
+            offset = self.arena.find(size)
+        return offset
+
+    def _compact(self) -> None:
+        start = 0
+        for parked in sorted(self._parked, key=lambda p: p.offset):
+            if parked.offset != start:
+                self.arena.move(parked.offset, start, parked.nbytes)
+                parked.offset = start
+            start += parked.nbytes
+
+    def add_parked(self, entry: Entry, offset: int, size: int) -> Parked:
+        """Record `entry`'s cells, written at `offset` of the arena (see `make_room`)."""
+        self.arena.take(offset, size)
+        parked = Parked(entry.tokens, entry.kind, entry.last_turn_start, offset, size)
+        self._parked.append(parked)
+        return parked
 
     def unpark(self, parked: Parked) -> None:
-        """Forget a parked sequence (restored, or dropped meanwhile to fit the budget)."""
+        """Forget a parked sequence and free its bytes."""
         if parked in self._parked:
             self._parked.remove(parked)
+            self.arena.release(parked.offset)
+
+    def has_parked_prefix(self, tokens: TokenArray) -> bool:
+        """Whether the park holds exactly `tokens` as a persona prefix."""
+        return any(p.kind == "prefix" and np.array_equal(p.tokens, tokens) for p in self._parked)
+
+    def parked_covering(self, tokens: TokenArray) -> bool:
+        """Whether a parked sequence starts with all of `tokens` (parking them again is waste)."""
+        n = len(tokens)
+        return any(
+            len(p.tokens) >= n and common_prefix(p.tokens, tokens) == n for p in self._parked
+        )
 
     def clear(self) -> None:
         for seq_id in list(self._entries):
             self.release(seq_id)
-        self._parked.clear()
+        for parked in list(self._parked):
+            self.unpark(parked)

@@ -94,8 +94,12 @@ class SimpleEngine:
     def _load(self) -> None:
         from llama_cpp import Llama
 
+        from bots.engine.llama_native import NativeModel
+
+        # Our own tokenizer and template: llama-cpp-python's chat API tokenizes message text
+        # with special tokens on, so a document could open a fake system turn.
+        self._vocab = NativeModel(self.model_path, vocab_only=True)
         with without_extra_buffers():
-            self._vocab = Llama(str(self.model_path), vocab_only=True, verbose=False)
             self._llm = Llama(
                 str(self.model_path),
                 n_ctx=self._n_ctx,
@@ -114,7 +118,7 @@ class SimpleEngine:
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` with the model's tokenizer (a vocab-only copy, safe off-thread)."""
-        return len(self._vocab.tokenize(text.encode(), add_bos=False, special=True))
+        return len(self._vocab.tokenize(text))
 
     def status(self) -> EngineStatus:
         return EngineStatus(
@@ -171,8 +175,8 @@ class SimpleEngine:
         req = job.request
         started = time.perf_counter()
         deadline = started + req.timeout_s
-        chunks = self._llm.create_chat_completion(
-            messages=[{"role": m.role, "content": m.content} for m in req.messages],
+        chunks = self._llm.create_completion(
+            prompt=self._vocab.tokenize_chat(req.messages, generation_prompt=True).tolist(),
             max_tokens=req.max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
@@ -193,7 +197,7 @@ class SimpleEngine:
                 if time.perf_counter() > deadline:
                     return EngineTimeout(f"no complete reply within {req.timeout_s:g}s")
                 choice = chunk["choices"][0]
-                text = choice["delta"].get("content") or ""
+                text = choice["text"]
                 if text:
                     first = first or time.perf_counter()
                     completion += 1
