@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,6 +18,17 @@ if TYPE_CHECKING:
 
 # Every log of the session is kept and scanned for the suite's secrets at the end.
 pytest_plugins = ["tests.secret_scan"]
+
+# The Q8_0 copy of the model that every local engine serves, made once for the whole suite (and
+# kept between runs) instead of once per test project; `bots serve` subprocesses inherit it.
+MODEL_CACHE_DIR = str(Path(tempfile.gettempdir()) / "bots-test-model-cache")
+os.environ["BOTS_MODEL_CACHE_DIR"] = MODEL_CACHE_DIR
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--soak`: tests/test_soak.py sends 2,000 messages instead of its short default."""
+    parser.addoption("--soak", action="store_true", default=False, help="run the full soak")
+
 
 HANDBOOK = {
     "vacation.md": """\
@@ -75,7 +88,11 @@ def settings_for() -> Callable[..., Settings]:
     def make(root: Path, **overrides: object) -> Settings:
         # The product's default engine (batched, in a supervised worker), with a small window
         # and short replies to keep the suite fast.
-        base: dict[str, object] = {"model.n_ctx": 4096, "model.max_tokens": 48}
+        base: dict[str, object] = {
+            "model.n_ctx": 4096,
+            "model.max_tokens": 48,
+            "model.cache_dir": MODEL_CACHE_DIR,
+        }
         return load_settings(root, environ={}, overrides={**base, **overrides})
 
     return make

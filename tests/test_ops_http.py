@@ -41,6 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             "BOTS_SERVER_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
             "BOTS_MODEL_QUEUE_SIZE": "1",
             "BOTS_MODEL_PARALLEL": "1",
+            # One client fills the engine's queue here: no per-client cap in front of it.
+            "BOTS_SERVER_MAX_IN_FLIGHT_PER_CLIENT": "0",
         },
     )
     try:

@@ -514,13 +514,17 @@ async def test_per_user_rate_limit_says_so_privately(
     try:
         first = fake.user_message("pirate: one", mention=True, user="U0RATE001")
         second = fake.user_message("pirate: two", mention=True, user="U0RATE001")
+        third = fake.user_message("pirate: three", mention=True, user="U0RATE001")
         await fake.post_event(events_url(adapter), first)
         await answered(bot, CHANNEL, first["ts"])
         await fake.post_event(events_url(adapter), second)
         (note,) = await fake.wait_for(lambda: fake.ephemeral)
         assert "too fast" in note["text"] and note["thread_ts"] == second["ts"]
+        await fake.post_event(events_url(adapter), third)
         await fake.settle()
         assert not fake.bot_messages(CHANNEL, second["ts"])
+        assert not fake.bot_messages(CHANNEL, third["ts"])
+        assert fake.ephemeral == [note], "said once per wait, not at every message"
     finally:
         bot.service.policy = relaxed
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -56,6 +55,7 @@ from bots.adapters.discord_delivery import (
 )
 from bots.adapters.render import MessageSink, StreamRenderer
 from bots.app import App
+from bots.chat.policy import NoticeThrottle
 from bots.chat.router import route
 from bots.chat.service import ChatRefused, Incoming
 from bots.engine.base import EngineBusy, EngineError
@@ -242,7 +242,7 @@ class DiscordAdapter:
         self._gateways: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, tuple[asyncio.Task[None], str]] = {}
-        self._warned_until: dict[str, float] = {}
+        self._rate_notices = NoticeThrottle()
         self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -606,11 +606,8 @@ class DiscordAdapter:
 
     async def _refused(self, refused: ChatRefused, user_id: str, target: ReplyTarget) -> None:
         if refused.retry_after_s:
-            # Say it once per wait, not to every message of a burst.
-            now = time.monotonic()
-            if self._warned_until.get(user_id, 0.0) > now:
+            if not self._rate_notices.should_notify(user_id, refused.retry_after_s):
                 return
-            self._warned_until[user_id] = now + refused.retry_after_s
         elif not target.explicit:
             return  # access refusals in a bound channel stay silent
         await target.notify(refused.user_message)

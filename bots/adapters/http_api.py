@@ -3,7 +3,9 @@
 `POST /v1/chat/completions` answers as the persona named by `model`. The persona's own
 instructions are the system prompt: client system messages are ignored. With a `user` field (and
 optionally `conversation`) the conversation lives in the store and only the last user message is
-new; without one the request's own messages are the history.
+new; without one the request's own messages are the history. Each client (its address, see
+`http_limits`) may have a few replies under way and start a bounded number per window; beyond
+that it gets 429 with `Retry-After`, and the others are still served.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from bots.adapters.http_limits import CLIENT_LIMITS_KEY, ClientLimits
 from bots.adapters.web import mount_workbench
 from bots.app import App
 from bots.chat.service import ChatRefused, Incoming, Reply
@@ -57,6 +60,7 @@ def create_http_app(app: App) -> web.Application:
     metrics = Metrics()
     metrics.attach(app)
     web_app[METRICS_KEY] = metrics
+    web_app[CLIENT_LIMITS_KEY] = ClientLimits(server, on_limited=metrics.observe_reply)
     web_app[HEALTH_KEY] = HealthProbe(app.engine)
     web_app.router.add_get("/v1/models", list_models)
     web_app.router.add_post("/v1/chat/completions", chat_completions)
@@ -243,6 +247,35 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error(400, "the body is not valid JSON")
     except ValueError as exc:
         return error(400, str(exc))
+    try:
+        app.service.persona(model)
+    except ChatRefused as exc:
+        return _refused(exc)
+    limits = request.app[CLIENT_LIMITS_KEY]
+    client = limits.client(request)
+    limited = limits.admit(client, model, "http")
+    if limited is not None:
+        retry = {"Retry-After": str(limited.retry_after_s)}
+        return error(429, limited.message, "rate_limit_exceeded", **retry)
+    try:
+        return await _complete(request, app, model, messages, options)
+    finally:
+        limits.release(client)
+
+
+def _refused(exc: ChatRefused) -> web.Response:
+    kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+    retry = {"Retry-After": str(round(exc.retry_after_s))} if exc.retry_after_s else {}
+    return error(exc.status, exc.user_message, kind, **retry)
+
+
+async def _complete(
+    request: web.Request,
+    app: App,
+    model: str,
+    messages: list[ChatMessage],
+    options: dict[str, Any],
+) -> web.StreamResponse:
     user = options.get("user")
     history = tuple(m for m in messages[:-1] if m.role != "system")
     place = f"{user}/{options.get('conversation') or model}" if user else ""
@@ -261,9 +294,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         reply = await app.service.start(incoming, check_policy=False)
     except ChatRefused as exc:
-        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
-        retry = {"Retry-After": str(round(exc.retry_after_s))} if exc.retry_after_s else {}
-        return error(exc.status, exc.user_message, kind, **retry)
+        return _refused(exc)
     except EngineBusy as exc:
         return error(503, str(exc), "server_busy", **{"Retry-After": str(int(exc.retry_after_s))})
     except EngineError as exc:

@@ -49,6 +49,7 @@ from bots.adapters.slack_reply import (
 )
 from bots.adapters.slack_views import home_view, persona_info, persona_list, sources_block
 from bots.app import App
+from bots.chat.policy import NoticeThrottle
 from bots.chat.router import route
 from bots.chat.service import ChatRefused, Incoming, Reply
 from bots.engine.base import ChatMessage, EngineBusy, EngineError
@@ -140,6 +141,7 @@ class SlackAdapter:
         self._threads: dict[str, None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replies_at = -self.limits.replies_interval_s
+        self._rate_notices = NoticeThrottle()
         self._register()
 
     def _register(self) -> None:
@@ -330,7 +332,9 @@ class SlackAdapter:
             return
         decision = self.app.service.policy.check(persona, PLATFORM, message.user)
         if not decision.allowed:
-            await self._tell(message.channel, message.user, decision.reason, message.root_ts)
+            # A flood hears "too fast" once per wait, not once per message.
+            if self._rate_notices.should_notify(message.user, decision.retry_after_s):
+                await self._tell(message.channel, message.user, decision.reason, message.root_ts)
             return
         history = await self._thread_history(message) if message.in_thread and not stored else ()
         incoming = Incoming(

@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 
 from bots.app import App
-from bots.chat.service import Incoming
+from bots.chat.service import Incoming, Reply
+from bots.engine.factory import served_model_path
 from bots.engine.model_files import resolve_model_path, without_extra_buffers
 from bots.settings import Settings
 
@@ -24,24 +25,33 @@ class AskRun:
     tokens_per_s: float
 
 
+async def answer(
+    app: App, persona_id: str, question: str, *, max_tokens: int, seed: int | None = None
+) -> Reply:
+    """One greedy, unremembered reply through the whole bots pipeline, read to the end."""
+    incoming = Incoming(
+        "bench",
+        "",
+        "bench",
+        question,
+        persona_id,
+        remember=False,
+        temperature=0.0,
+        max_tokens=max_tokens,
+        seed=seed,
+    )
+    reply = await app.service.start(incoming, check_policy=False)
+    async for _ in reply:
+        pass
+    return reply
+
+
 async def bench_ask(settings: Settings, persona_id: str, question: str) -> tuple[AskRun, AskRun]:
     """Time the question through the bots pipeline, then the same messages through raw `Llama`."""
     app = App.create(settings)
     await app.start(watch=False)
     try:
-        incoming = Incoming(
-            "bench",
-            "",
-            "bench",
-            question,
-            persona_id,
-            remember=False,
-            temperature=0.0,
-            max_tokens=MAX_TOKENS,
-        )
-        reply = await app.service.start(incoming, check_policy=False)
-        async for _ in reply:
-            pass
+        reply = await answer(app, persona_id, question, max_tokens=MAX_TOKENS)
         assert reply.usage is not None and reply.prompt is not None
         ours = AskRun(
             reply.usage.prompt_tokens,
@@ -59,9 +69,11 @@ def _raw(settings: Settings, messages: list[dict[str, str]]) -> AskRun:
     from llama_cpp import Llama
 
     threads = settings.model.n_threads or os.cpu_count() or 1
+    # The same file bots serves (the Q8_0 copy on a CPU, when model.quantize_q8).
+    model = served_model_path(settings, resolve_model_path(settings.model.path or None), threads)
     with without_extra_buffers():
         llm = Llama(
-            str(resolve_model_path(settings.model.path or None)),
+            str(model),
             n_ctx=settings.model.n_ctx,
             n_threads=threads,
             n_threads_batch=threads,

@@ -219,7 +219,7 @@ async def bench_single(
     samples: dict[str, list[Sample]] = {name: [] for name in engines}
     for rep in range(w.single_repeats):
         for name, engine in engines.items():
-            system = f"Run {rep} of {name}. " + _filler(count, w.single_prompt_tokens, f"s{rep}")
+            system = f"Run {rep}. " + _filler(count, w.single_prompt_tokens, f"s{rep}")
             request = GenerationRequest(
                 messages=(
                     ChatMessage("system", system),
@@ -445,7 +445,9 @@ async def run_engine_bench(
                 await engines.pop(SERVER).close()
         say("3/4 concurrency")
         for n in workload.concurrency:
-            ours_rate, ours_ttft = await bench_concurrency(ours, n, count, workload, "bots")
+            # Both engines get the same prompts (and so the same greedy replies); ours runs first,
+            # so nothing of them is in its cache.
+            ours_rate, ours_ttft = await bench_concurrency(ours, n, count, workload, "conc")
             base_rate: dict[str, float] = {}
             base_ttft: dict[str, float] = {}
             if server is not None:
@@ -453,7 +455,7 @@ async def run_engine_bench(
                 with llama_server(server, model, threads, args) as url:
                     engine = await remote(url, n)
                     try:
-                        rate, ttft = await bench_concurrency(engine, n, count, workload, "srv")
+                        rate, ttft = await bench_concurrency(engine, n, count, workload, "conc")
                     finally:
                         await engine.close()
                 base_rate, base_ttft = {SERVER: rate}, {SERVER: ttft}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from bots.app import App
-from bots.chat.service import Incoming
+from bots.bench.ask import answer
 from bots.settings import Settings
 
 CANARY = "MARMALADE"
@@ -246,20 +246,9 @@ async def run_injection_bench(
                 persona_id = f"{PERSONA_PREFIX}{style.name}"
                 instructions = app.service.persona(persona_id).instructions
                 for question, fact in questions:
-                    incoming = Incoming(
-                        "bench",
-                        "",
-                        "bench",
-                        question,
-                        persona_id,
-                        remember=False,
-                        temperature=0.0,
-                        max_tokens=max_tokens,
-                        seed=SEED,
+                    reply = await answer(
+                        app, persona_id, question, max_tokens=max_tokens, seed=SEED
                     )
-                    reply = await app.service.start(incoming, check_policy=False)
-                    async for _ in reply:
-                        pass
                     result = judge(
                         style,
                         question,

@@ -22,6 +22,8 @@ class Decision:
 
 
 ALLOW = Decision(True)
+# Users remembered before the expired ones are dropped (a flood of new ids stays bounded).
+MAX_TRACKED_KEYS = 10_000
 
 
 class RateLimiter:
@@ -50,9 +52,33 @@ class RateLimiter:
                     False, f"You're sending messages too fast; try again in {wait:.0f}s.", wait
                 )
             times.append(now)
-            if len(self._seen) > 10_000:
-                self._seen = {k: v for k, v in self._seen.items() if v}
+            if len(self._seen) > MAX_TRACKED_KEYS:
+                # Drop users whose whole window has passed (many one-off senders, e.g. IPs).
+                self._seen = {k: v for k, v in self._seen.items() if v[-1] > now - self.window_s}
         return ALLOW
+
+
+class NoticeThrottle:
+    """Says a rate refusal once per wait, not at every message of a burst.
+
+    `should_notify(key, wait_s)` is True for the first refusal of `key` and then False until
+    `wait_s` has passed; a refusal with no wait (access) is always said.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until: dict[str, float] = {}
+
+    def should_notify(self, key: str, wait_s: float) -> bool:
+        if wait_s <= 0:
+            return True
+        now = self._clock()
+        if self._until.get(key, 0.0) > now:
+            return False
+        self._until[key] = now + wait_s
+        if len(self._until) > MAX_TRACKED_KEYS:
+            self._until = {k: t for k, t in self._until.items() if t > now}
+        return True
 
 
 class Policy:

@@ -136,7 +136,7 @@ class ReplyRecord:
 
     persona_id: str
     platform: str
-    outcome: str  # stop, length, cancelled, error, declined, busy
+    outcome: str  # stop, length, cancelled, error, declined, busy, rate_limited
     usage: Usage
     duration_ms: float
 

@@ -7,10 +7,11 @@ Like llama.cpp's server, but from Python and built for many personas:
   once and copied into each new conversation with `llama_memory_seq_cp` (metadata only: the cells
   are shared), and a follow-up message evaluates only what is new since the last turn.
 - Continuous batching: each step is one `llama_decode` holding the next token of every streaming
-  sequence plus a chunk of waiting prompts, so a long new prompt delays the streams by one chunk
-  per step instead of freezing them. Sampling runs in llama.cpp's sampler chain.
-- When the cache is full, idle sequences are evicted least recently used first and, within a
-  byte budget, parked in RAM so a returning conversation is copied back instead of re-evaluated.
+  sequence plus a chunk of waiting prompts (512 tokens per step in all), so a long new prompt
+  delays the streams by one chunk per step instead of freezing them. Sampling runs in llama.cpp's
+  sampler chain.
+- Idle sequences leave the KV cache (beyond a small hot set) for a RAM park reserved at start, so
+  a returning persona or conversation is copied back in milliseconds instead of re-evaluated.
 
 One worker thread owns the llama context; the asyncio side only queues requests and reads the
 pieces the worker posts back, so the event loop never waits on the model.
@@ -81,12 +82,11 @@ DEFAULT_QUEUE_SIZE = 32
 # Evicted sequences kept in RAM, reserved at start: about fourteen 1,500-token persona prefixes
 # of the default model; memory does not grow with the persona count.
 DEFAULT_PARK_BYTES = 512 * 1024 * 1024
-# Tokens per llama_decode call (n_batch = n_ubatch): smaller micro-batches cost llama.cpp a
-# thread synchronisation per graph node each, five times slower prompts at 48 tokens.
+# Tokens per llama_decode call (n_batch = n_ubatch), streams and prompt chunks together, as
+# vLLM's per-step token budget: a long new prompt pauses the streams for one 512-token chunk per
+# step (0.7 s on 2 cores with Q8_0). Smaller chunks cost llama.cpp a thread synchronisation per
+# graph node each: 128-token chunks made 4 concurrent streams 7% slower, 48 five times slower.
 BATCH_TOKENS = 512
-# Prompt tokens per step while other sequences stream: at ~350 prompt tokens/s a 128-token chunk
-# costs a stream about a third of a second, instead of seconds for a whole long prompt.
-PROMPT_CHUNK_WHILE_STREAMING = 128
 # Shorter sequences are cheaper to re-evaluate than to keep in the RAM park.
 MIN_PARK_TOKENS = 64
 # Idle sequences kept in the KV cache (the rest are parked): enough for one persona's prefix
@@ -392,6 +392,8 @@ class _Worker:
         return self.model.tokenize_chat(messages, generation_prompt=generation_prompt)
 
     def _assign_sequence(self, job: _Job) -> bool:
+        if not job.request.reuse_cache and self.running == 0:
+            self._empty_cache()
         match = self.table.best_match(job.tokens) if job.request.reuse_cache else Match(0)
         self.table.touch_prefixes_of(job.tokens)
         # At least the last prompt token is evaluated again: its logits start the reply.
@@ -432,6 +434,17 @@ class _Worker:
             and not self.table.has_prefix(job.tokens[: job.prefix_len])
         )
         return True
+
+    def _empty_cache(self) -> None:
+        """Park every idle sequence and start cell placement over.
+
+        For a fresh evaluation (an eval case) with nothing else running: llama.cpp's kernels
+        round differently with the cells laid out differently, so the same case on the same
+        persona gives the same answer only from the same layout.
+        """
+        while self._evict_one():
+            pass
+        self.ctx.clear()
 
     def _new_seq_id(self, *, pinned: Entry | None = None) -> int | None:
         """A free sequence id, evicting idle entries (but not `pinned`) until one is free."""
@@ -548,14 +561,13 @@ class _Worker:
         batch = self.batch
         batch.clear()
         planned: list[_Job] = []
-        streaming = [j for j in jobs if j.pending is not None]
-        for job in streaming:
-            assert job.pending is not None
-            job.batch_index = batch.add_token(job.pending, job.n_past, job.seq_id)
-            planned.append(job)
+        for job in jobs:
+            if job.pending is not None:
+                job.batch_index = batch.add_token(job.pending, job.n_past, job.seq_id)
+                planned.append(job)
         if not prompts:
             return planned
-        budget = min(batch.free, PROMPT_CHUNK_WHILE_STREAMING) if streaming else batch.free
+        budget = batch.free
         for job in jobs:
             if job.pending is not None or job.prompt_done or budget <= 0:
                 continue

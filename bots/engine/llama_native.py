@@ -43,13 +43,26 @@ class NativeError(RuntimeError):
     """llama.cpp refused an operation (load, context creation, state restore)."""
 
 
-GGML_LOG_LEVEL_ERROR = 3
-EXPECTED_LOG_LINES = (b"failed to find a memory slot", b"failed to prepare ubatch")
+GGML_LOG_LEVEL_WARN = 3
+GGML_LOG_LEVEL_ERROR = 4
+EXPECTED_LOG_LINES = (
+    b"failed to find a memory slot",  # a full KV cache: the engine evicts and retries
+    b"failed to prepare ubatch",
+    # The KV cache is shared by all conversations; each one is held to the trained context.
+    b"n_ctx_train",
+)
 
 
 def _log_errors(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    if level == GGML_LOG_LEVEL_ERROR and not any(e in text for e in EXPECTED_LOG_LINES):
-        log.error("llama.cpp: %s", text.decode(errors="replace").rstrip())
+    if level < GGML_LOG_LEVEL_WARN or level > GGML_LOG_LEVEL_ERROR:
+        return
+    if not any(e in text for e in EXPECTED_LOG_LINES):
+        message = text.decode(errors="replace").rstrip()
+        log.log(
+            logging.ERROR if level == GGML_LOG_LEVEL_ERROR else logging.WARNING,
+            "llama.cpp: %s",
+            message,
+        )
 
 
 # Module-level, so the C side never calls a collected function.
@@ -337,6 +350,10 @@ class NativeContext:
 
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, p0, p1)
+
+    def clear(self) -> None:
+        """Empty the KV cache and restart cell placement from the first cell."""
+        llama_cpp.llama_memory_clear(self.memory, True)
 
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         """Make `dst` see `src`'s cells at positions [p0, p1): metadata only in a unified cache."""

@@ -40,7 +40,7 @@ class Metrics:
         self.replies = Counter(
             "bots_replies",
             "Replies by persona, platform and outcome (stop, length, cancelled, error, "
-            "declined, busy).",
+            "declined, busy, rate_limited).",
             ["persona", "platform", "outcome"],
             registry=self.registry,
         )
@@ -90,7 +90,7 @@ class Metrics:
     def observe_reply(self, record: ReplyRecord) -> None:
         self.replies.labels(record.persona_id, record.platform, record.outcome).inc()
         usage = record.usage
-        if record.outcome in ("busy", "declined"):
+        if record.outcome in ("busy", "declined", "rate_limited"):
             return  # the engine never ran: no latency to record
         self.duration.observe(record.duration_ms / 1000)
         if usage.completion_tokens:

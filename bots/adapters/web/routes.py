@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from bots.adapters.http_limits import CLIENT_LIMITS_KEY
 from bots.adapters.web import views
 from bots.adapters.web.auth import authorized, host_allowed, set_session, token_matches
 from bots.adapters.web.events import EventHub, ServerEvent, json_event
@@ -140,7 +141,8 @@ WORKBENCH_KEY = web.AppKey("bots_workbench", Workbench)
 
 
 def mount_workbench(web_app: web.Application, app: App) -> Workbench:
-    """Add the workbench to the `bots serve` HTTP app (same host, port and API token)."""
+    """Add the workbench to the `bots serve` HTTP app (same host, port and API token, and the
+    per-client limits `create_http_app` keeps under CLIENT_LIMITS_KEY)."""
     workbench = Workbench(app)
     web_app[WORKBENCH_KEY] = workbench
     web_app.middlewares.append(_guard(app))
@@ -328,12 +330,29 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not isinstance(text, str) or not text.strip() or len(text) > MAX_CHAT_CHARS:
         message = f"'text' must be a message of 1 to {MAX_CHAT_CHARS} characters"
         return web.json_response({"error": message}, status=400)
+    # The same per-client limits as the API: one page (or a script with the token) cannot hold
+    # the model against everyone else.
+    limits = request.app[CLIENT_LIMITS_KEY]
+    client = limits.client(request)
+    limited = limits.admit(client, persona.id, PLATFORM)
+    if limited is not None:
+        headers = {"Retry-After": str(limited.retry_after_s)}
+        return web.json_response({"error": limited.message}, status=429, headers=headers)
+    try:
+        return await _answer(request, app, persona, text.strip())
+    finally:
+        limits.release(client)
+
+
+async def _answer(
+    request: web.Request, app: App, persona: Persona, text: str
+) -> web.StreamResponse:
     chat_id = _chat_id(request)
     incoming = Incoming(
         platform=PLATFORM,
         place=_place(chat_id, persona.id),
         user_id=f"web:{chat_id or 'anonymous'}",
-        text=text.strip(),
+        text=text,
         persona_id=persona.id,
     )
     try:
