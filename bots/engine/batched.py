@@ -10,7 +10,7 @@ Like llama.cpp's server, but from Python and built for many personas:
   sequence plus a chunk of waiting prompts (512 tokens per step in all), so a long new prompt
   delays the streams by one chunk per step instead of freezing them. Sampling runs in llama.cpp's
   sampler chain.
-- Idle sequences leave the KV cache (beyond a small hot set) for a RAM park reserved at start, so
+- Idle sequences leave the KV cache (beyond `HOT_IDLE_TOKENS`) for a RAM park reserved at start, so
   a returning persona or conversation is copied back in milliseconds instead of re-evaluated.
 
 One worker thread owns the llama context; the asyncio side only queues requests and reads the
