@@ -22,6 +22,7 @@ TINY = Workload(
     concurrency=(2,),
     concurrency_prompt_tokens=32,
     concurrency_reply_tokens=4,
+    concurrency_repeats=1,
     memory_personas=2,
 )
 

@@ -75,6 +75,8 @@ class Workload:
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
     concurrency_prompt_tokens: int = 300
     concurrency_reply_tokens: int = 64
+    # Runs per stream count, alternating engines; the median counts (one run varies by +-5 %).
+    concurrency_repeats: int = 3
     memory_personas: int = 50
 
 
@@ -92,6 +94,7 @@ QUICK = Workload(
     concurrency=(1, 2),
     concurrency_prompt_tokens=60,
     concurrency_reply_tokens=8,
+    concurrency_repeats=1,
     memory_personas=3,
 )
 
@@ -353,6 +356,42 @@ async def bench_concurrency(
     return tokens / wall, statistics.median(s.ttft_ms for _, s in results)
 
 
+async def concurrency_rows(
+    ours: Engine,
+    server: Path | None,
+    model: Path,
+    threads: int,
+    streams: int,
+    count: Callable[[str], int],
+    w: Workload,
+) -> list[Row]:
+    """`streams` at once, ours and llama-server --parallel `streams` taking turns; medians."""
+    rates: dict[str, list[float]] = {OURS: []}
+    ttfts: dict[str, list[float]] = {OURS: []}
+    async with contextlib.AsyncExitStack() as stack:
+        engines: dict[str, Engine] = {OURS: ours}
+        if server is not None:
+            args = ["-c", str(SERVER_SLOT_CTX * streams), "-np", str(streams)]
+            url = stack.enter_context(llama_server(server, model, threads, args))
+            engines[SERVER] = await remote(url, streams)
+            stack.push_async_callback(engines[SERVER].close)
+            rates[SERVER], ttfts[SERVER] = [], []
+        for rep in range(w.concurrency_repeats):
+            # Every engine gets the same new prompts (so the same greedy replies), uncached.
+            for name, engine in engines.items():
+                rate, ttft = await bench_concurrency(engine, streams, count, w, f"conc{rep}")
+                rates[name].append(rate)
+                ttfts[name].append(ttft)
+    median_rate = {name: statistics.median(v) for name, v in rates.items()}
+    median_ttft = {name: statistics.median(v) for name, v in ttfts.items()}
+    target = ">= 1.0x llama-server --parallel 4" if streams == 4 else ""
+    label = f"{streams} concurrent streams"
+    return [
+        Row(label, "aggregate tok/s", "higher", median_rate.pop(OURS), median_rate, target),
+        Row(label, "TTFT p50 ms", "lower", median_ttft.pop(OURS), median_ttft),
+    ]
+
+
 # -- 4. memory -------------------------------------------------------------------------------
 
 
@@ -467,34 +506,7 @@ async def run_engine_bench(
                 await engines.pop(SERVER).close()
         say("3/4 concurrency")
         for n in workload.concurrency:
-            # Both engines get the same prompts (and so the same greedy replies); ours runs first,
-            # so nothing of them is in its cache.
-            ours_rate, ours_ttft = await bench_concurrency(ours, n, count, workload, "conc")
-            base_rate: dict[str, float] = {}
-            base_ttft: dict[str, float] = {}
-            if server is not None:
-                args = ["-c", str(SERVER_SLOT_CTX * n), "-np", str(n)]
-                with llama_server(server, model, threads, args) as url:
-                    engine = await remote(url, n)
-                    try:
-                        rate, ttft = await bench_concurrency(engine, n, count, workload, "conc")
-                    finally:
-                        await engine.close()
-                base_rate, base_ttft = {SERVER: rate}, {SERVER: ttft}
-            target = ">= 1.0x llama-server --parallel 4" if n == 4 else ""
-            rows.append(
-                Row(
-                    f"{n} concurrent streams",
-                    "aggregate tok/s",
-                    "higher",
-                    ours_rate,
-                    base_rate,
-                    target,
-                )
-            )
-            rows.append(
-                Row(f"{n} concurrent streams", "TTFT p50 ms", "lower", ours_ttft, base_ttft)
-            )
+            rows += await concurrency_rows(ours, server, model, threads, n, count, workload)
     say("4/4 memory")
     rows.append(bench_memory(model, threads, workload))
     notes.append(f"load average at end: {load_average()}")
