@@ -434,6 +434,24 @@ def test_persona_prefixes_give_way_only_to_other_prefixes() -> None:
     assert table.best_match(tokens(2, 2)).length == 0
 
 
+def test_a_sequence_held_elsewhere_is_not_parked_twice() -> None:
+    table = SequenceTable(8, park_budget_bytes=300)
+    prefix, chat = Entry(0, tokens(7, 7), "prefix"), Entry(1, tokens(7, 7, 1), "conversation")
+    table.put(prefix)
+    table.put(chat)
+    # The prefix is inside a cached conversation, which may leave the park for another one:
+    # only a parked copy of the prefix itself makes parking it waste.
+    assert table.covers(prefix.tokens, besides=prefix)
+    assert not table.has_prefix(prefix.tokens, parked_only=True)
+    assert table.has_prefix(prefix.tokens)
+    assert park(table, prefix, 100)
+    assert table.has_prefix(prefix.tokens, parked_only=True)
+    # A conversation is covered by a longer one that repeats it, never by itself.
+    assert not table.covers(chat.tokens, besides=chat)
+    table.put(Entry(2, tokens(7, 7, 1, 5), "conversation"))
+    assert table.covers(chat.tokens, besides=chat)
+
+
 def test_arena_compacts_scattered_free_space() -> None:
     table = SequenceTable(8, park_budget_bytes=300)
     for i in range(3):

@@ -508,14 +508,8 @@ class _Worker:
         it may be dropped from the park for another conversation, the prefix may not.
         """
         if entry.kind == "prefix":
-            return self.table.has_parked_prefix(entry.tokens)
-        n = len(entry.tokens)
-        return self.table.parked_covering(entry.tokens) or any(
-            other is not entry
-            and len(other.tokens) >= n
-            and common_prefix(other.tokens, entry.tokens) == n
-            for other in self.table.entries
-        )
+            return self.table.has_prefix(entry.tokens, parked_only=True)
+        return self.table.covers(entry.tokens, besides=entry)
 
     def cool_down(self) -> None:
         """Move idle sequences out of the KV cache beyond `HOT_IDLE_TOKENS`.

@@ -197,10 +197,24 @@ class SequenceTable:
                 best = Match(n, parked=parked)
         return best
 
-    def has_prefix(self, tokens: TokenArray) -> bool:
-        """Whether a persona prefix entry, cached or parked, holds exactly `tokens`."""
-        held: list[Entry | Parked] = [*self._entries.values(), *self._parked]
-        return any(e.kind == "prefix" and np.array_equal(e.tokens, tokens) for e in held)
+    def has_prefix(self, tokens: TokenArray, *, parked_only: bool = False) -> bool:
+        """Whether a persona prefix, parked (or else cached), holds exactly `tokens`."""
+        return any(
+            e.kind == "prefix" and np.array_equal(e.tokens, tokens)
+            for e in self._held(parked_only=parked_only)
+        )
+
+    def covers(self, tokens: TokenArray, *, besides: Entry) -> bool:
+        """Whether a sequence other than `besides`, cached or parked, starts with all of
+        `tokens` (parking `besides` would then be waste)."""
+        n = len(tokens)
+        return any(
+            e is not besides and len(e.tokens) >= n and common_prefix(e.tokens, tokens) == n
+            for e in self._held(parked_only=False)
+        )
+
+    def _held(self, *, parked_only: bool) -> list[Entry | Parked]:
+        return [*self._parked] if parked_only else [*self._parked, *self._entries.values()]
 
     def touch_prefixes_of(self, tokens: TokenArray) -> None:
         """Mark every entry that `tokens` extends as used: a persona prefix stays warm while its
@@ -261,17 +275,6 @@ class SequenceTable:
         if parked in self._parked:
             self._parked.remove(parked)
             self.arena.release(parked.offset)
-
-    def has_parked_prefix(self, tokens: TokenArray) -> bool:
-        """Whether the park holds exactly `tokens` as a persona prefix."""
-        return any(p.kind == "prefix" and np.array_equal(p.tokens, tokens) for p in self._parked)
-
-    def parked_covering(self, tokens: TokenArray) -> bool:
-        """Whether a parked sequence starts with all of `tokens` (parking them again is waste)."""
-        n = len(tokens)
-        return any(
-            len(p.tokens) >= n and common_prefix(p.tokens, tokens) == n for p in self._parked
-        )
 
     def clear(self) -> None:
         for seq_id in list(self._entries):
