@@ -6,29 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from bots.cli import main
-
-
-def run(project: Path, *args: str, input: str | None = None) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        main,
-        [
-            "--personas",
-            str(project / "personas"),
-            "--knowledge",
-            str(project / "knowledge"),
-            "--data-dir",
-            str(project / "data"),
-            "--engine",
-            "simple",
-            *args,
-        ],
-        input=input,
-        env={"BOTS_MODEL_N_CTX": "4096"},
-    )
-    return result.exit_code, result.output
+from tests.cli_runner import run_cli as run
 
 
 def test_new_scaffolds_a_persona_that_checks_clean(project: Path) -> None:

@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from bots.app import App
-from bots.cli import main
 from bots.evals.runner import run_persona
 from bots.settings import Settings
+from tests.cli_runner import run_cli
 from tests.conftest import persona_md, write
 
 EVERY_CHECK = """\
@@ -51,22 +50,7 @@ async def idle_app(project: Path, settings_for: Callable[..., Settings]) -> Asyn
 
 
 def cli(project: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        main,
-        [
-            "--personas",
-            str(project / "personas"),
-            "--knowledge",
-            str(project / "knowledge"),
-            "--data-dir",
-            str(project / "data"),
-            "--engine",
-            "simple",
-            *args,
-        ],
-        env={"BOTS_MODEL_N_CTX": "4096", "BOTS_MODEL_MAX_TOKENS": "48"},
-    )
-    return result.exit_code, result.output
+    return run_cli(project, *args, env={"BOTS_MODEL_MAX_TOKENS": "48"})
 
 
 async def test_every_check_type_against_the_real_model(app: App, project: Path) -> None:

@@ -5,28 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
-
 from bots.chat.store import ConversationStore
-from bots.cli import main
 from bots.evals.loader import load_evals
+from tests.cli_runner import run_cli as cli
 from tests.conftest import write
 
 VACATION = "How many vacation days do employees get?"
 PASSWORDS = "How long must passwords be?"
-
-
-def cli(project: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        main,
-        [
-            "--personas", str(project / "personas"),
-            "--knowledge", str(project / "knowledge"),
-            "--data-dir", str(project / "data"),
-            *args,
-        ],
-    )  # fmt: skip
-    return result.exit_code, result.output
 
 
 def exchange(
