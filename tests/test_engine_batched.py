@@ -37,6 +37,7 @@ from bots.engine.model_files import default_model_path
 from bots.engine.prefix_cache import (
     Arena,
     Entry,
+    Parked,
     SequenceTable,
     common_prefix,
     may_take_over,
@@ -253,6 +254,56 @@ async def test_idle_sequences_leave_the_kv_cache_and_come_back_the_same(
     assert usage(fresh).cached_tokens >= engine.count_tokens(GARDENER)
 
 
+async def test_a_parked_conversation_shares_its_persona_prefix(make_engine) -> None:
+    conversation = chat(GARDENER, "What is compost?")
+    reference = await make_engine()
+    first, _ = await collect(reference, request(conversation))
+    follow_up = request(chat(GARDENER, "What is compost?", first, "And worms?"))
+    expected, _ = await collect(reference, follow_up)
+    await reference.close()
+
+    engine = await make_engine()
+    await collect(engine, request(conversation))
+    await collect(engine, request(chat(PIRATE, "Hello!"), max_tokens=4))
+    await wait_for_detail(engine, "cached: 0 persona prefixes, 0 conversations")
+    park = parked(engine)
+    prefix = next(p for p in park if p.kind == "prefix" and p.base == 0 and p.tokens[-1] > 0)
+    talk = next(p for p in park if p.kind == "conversation")
+    # The conversation is parked from the end of its persona prefix on: the prefix once.
+    assert talk.base > 0 and np.array_equal(talk.tokens[: talk.base], prefix.tokens)
+    per_token = prefix.nbytes / len(prefix.tokens)
+    assert talk.nbytes < per_token * (len(talk.tokens) - talk.base) * 1.1
+    continued, last = await collect(engine, follow_up)
+    assert continued == expected
+    assert usage(last).cached_tokens > len(usage_tokens(engine, conversation)), "from the park"
+
+
+async def test_a_parked_conversation_without_its_prefix_is_evaluated_again(make_engine) -> None:
+    conversation = chat(GARDENER, "What is compost?")
+    engine = await make_engine()
+    first, _ = await collect(engine, request(conversation))
+    await collect(engine, request(chat(PIRATE, "Hello!"), max_tokens=4))
+    await wait_for_detail(engine, "cached: 0 persona prefixes, 0 conversations")
+    worker = engine._worker
+    assert worker is not None
+    gardener = usage_tokens(engine, chat(GARDENER))[
+        : worker.table.persona_prefix_length(usage_tokens(engine, conversation))
+    ]
+    prefix = worker.table.parked_prefix(gardener)
+    assert prefix is not None
+    orphan = next(p for p in parked(engine) if p.kind == "conversation" and p.base)
+    worker.table.unpark(prefix)  # as when other personas' prefixes push it out of the park
+    text, last = await collect(engine, request(chat(GARDENER, "What is compost?", first, "Hm?")))
+    assert text and usage(last).cached_tokens == 0
+    assert orphan not in parked(engine), "a conversation that lost its prefix leaves the park"
+
+
+def parked(engine: BatchedEngine) -> list[Parked]:
+    worker = engine._worker
+    assert worker is not None
+    return list(worker.table._parked)
+
+
 async def test_cancelling_one_stream_leaves_the_others_intact(make_engine) -> None:
     others = [
         request(chat(DOCTOR, "I have a headache."), max_tokens=24),
@@ -442,10 +493,10 @@ def test_a_sequence_held_elsewhere_is_not_parked_twice() -> None:
     # The prefix is inside a cached conversation, which may leave the park for another one:
     # only a parked copy of the prefix itself makes parking it waste.
     assert table.covers(prefix.tokens, besides=prefix)
-    assert not table.has_prefix(prefix.tokens, parked_only=True)
+    assert table.parked_prefix(prefix.tokens) is None
     assert table.has_prefix(prefix.tokens)
     assert park(table, prefix, 100)
-    assert table.has_prefix(prefix.tokens, parked_only=True)
+    assert table.parked_prefix(prefix.tokens) is not None
     # A conversation is covered by a longer one that repeats it, never by itself.
     assert not table.covers(chat.tokens, besides=chat)
     table.put(Entry(2, tokens(7, 7, 1, 5), "conversation"))

@@ -28,11 +28,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -87,8 +88,8 @@ DEFAULT_PARK_BYTES = 512 * 1024 * 1024
 # step (0.7 s on 2 cores with Q8_0). Smaller chunks cost llama.cpp a thread synchronisation per
 # graph node each: 128-token chunks made 4 concurrent streams 7% slower, 48 five times slower.
 BATCH_TOKENS = 512
-# Shorter sequences are cheaper to re-evaluate than to keep in the RAM park.
-MIN_PARK_TOKENS = 64
+# Fewer tokens (beyond the persona prefix) are not worth a place in the RAM park.
+MIN_PARK_TOKENS = 16
 # Idle tokens left in the KV cache when a reply ends; the rest are parked. None: llama.cpp splits
 # a lone stream's attention over the cells by index, one range per thread, so idle cells below
 # the stream's leave a thread with nothing to do. With 2,048 idle tokens kept, a 1,000-token
@@ -450,39 +451,66 @@ class _Worker:
 
     def _new_seq_id(self, *, pinned: Entry | None = None) -> int | None:
         """A free sequence id, evicting idle entries (but not `pinned`) until one is free."""
-        was_busy = pinned.busy if pinned is not None else False
-        if pinned is not None:
-            pinned.busy = True
-        try:
+        with _pinned(pinned):
             seq_id = self.table.take_id()
             while seq_id is None and self._evict_one():
                 seq_id = self.table.take_id()
             return seq_id
-        finally:
-            if pinned is not None:
-                pinned.busy = was_busy
 
     def _restore(self, parked: Parked, seq_id: int, shared: int) -> bool:
         """Copy a parked sequence into `seq_id`, evicting idle ones until it fits.
 
-        The parked copy stays for others (a persona prefix, or another conversation that this
-        prompt only shares a prefix with), unless this prompt is that conversation's next turn:
-        it is about to grow, and will be parked again when it goes idle.
+        A conversation parked without its persona prefix gets the prefix's cells copied from the
+        cache (restored from the park first when needed). The parked copy stays for others (a
+        persona prefix, or another conversation that this prompt only shares a prefix with),
+        unless this prompt is that conversation's next turn: it is about to grow, and will be
+        parked again when it goes idle.
         """
-        data = self.table.arena.view(parked.offset, parked.nbytes)
-        while not self.ctx.restore_seq(seq_id, data):
-            if not self._evict_one():
+        base = self._cached_base(parked) if parked.base else None
+        if parked.base and base is None:
+            self.table.unpark(parked)  # its persona prefix is gone: the rest is of no use
+            return False
+        with _pinned(base):
+            if not self._load(seq_id, parked):
                 return False
+            if base is not None:
+                self.ctx.seq_cp(base.seq_id, seq_id, 0, parked.base)
         if parked.kind == "conversation" and shared >= parked.last_turn_start:
             self.table.unpark(parked)
         else:
             parked.touch()
         return True
 
+    def _cached_base(self, parked: Parked) -> Entry | None:
+        """A cached sequence holding `parked`'s persona prefix, restoring the prefix if needed."""
+        head = parked.tokens[: parked.base]
+        entry = self.table.cached_holding(head)
+        if entry is not None:
+            return entry
+        prefix = self.table.parked_prefix(head)
+        seq_id = self._new_seq_id() if prefix is not None else None
+        if prefix is None or seq_id is None:
+            return None
+        if not self._load(seq_id, prefix):
+            self.table.release(seq_id)
+            return None
+        prefix.touch()
+        entry = Entry(seq_id, prefix.tokens, "prefix")
+        self.table.put(entry)
+        return entry
+
+    def _load(self, seq_id: int, parked: Parked) -> bool:
+        """`llama_state_seq_set_data` from the park, evicting idle sequences until it fits."""
+        data = self.table.arena.view(parked.offset, parked.nbytes)
+        while not self.ctx.restore_seq(seq_id, data):
+            if not self._evict_one():
+                return False
+        return True
+
     def _evict_one(self) -> bool:
         """Drop the least recently used idle sequence (parking it when worth it)."""
         for entry in self.table.eviction_order():
-            if len(entry.tokens) >= MIN_PARK_TOKENS and not self._covered(entry):
+            if not self._covered(entry):
                 self._park(entry)
             self.ctx.seq_rm(entry.seq_id)
             self.table.release(entry.seq_id)
@@ -490,6 +518,17 @@ class _Worker:
         return False
 
     def _park(self, entry: Entry) -> None:
+        """Copy an entry being evicted into the park; a conversation without its persona prefix.
+
+        The prefix, parked or cached once for all of the persona's conversations, would
+        otherwise be stored again with each of them: a 1,500-token persona is 35 MB of KV cells
+        with the default model, and a conversation's own turns a few hundred tokens.
+        """
+        base = self.table.persona_prefix_length(entry.tokens) if entry.kind == "conversation" else 0
+        if len(entry.tokens) - base < MIN_PARK_TOKENS:
+            return
+        if base:  # the entry is dropped next: its cells before `base` may go now
+            self.ctx.seq_rm(entry.seq_id, 0, base)
         size = self.ctx.seq_state_size(entry.seq_id)
         offset = self.table.make_room(size, entry.kind)
         if offset is None:
@@ -499,7 +538,7 @@ class _Worker:
         except Exception:  # parking is an optimisation; eviction must go on
             log.exception("could not park sequence %d", entry.seq_id)
             return
-        self.table.add_parked(entry, offset, size)
+        self.table.add_parked(entry, offset, size, base=base)
 
     def _covered(self, entry: Entry) -> bool:
         """Whether parking `entry` is waste: another sequence holds all of its tokens.
@@ -508,7 +547,7 @@ class _Worker:
         it may be dropped from the park for another conversation, the prefix may not.
         """
         if entry.kind == "prefix":
-            return self.table.has_prefix(entry.tokens, parked_only=True)
+            return self.table.parked_prefix(entry.tokens) is not None
         return self.table.covers(entry.tokens, besides=entry)
 
     def cool_down(self) -> None:
@@ -706,6 +745,19 @@ class _Worker:
         if job.seq_id >= 0 and self.table.get(job.seq_id) is not None:
             self.ctx.seq_rm(job.seq_id)
             self.table.release(job.seq_id)
+
+
+@contextlib.contextmanager
+def _pinned(entry: Entry | None) -> Iterator[None]:
+    """Keep `entry` from eviction while its cells are being copied."""
+    if entry is None or entry.busy:
+        yield
+        return
+    entry.busy = True
+    try:
+        yield
+    finally:
+        entry.busy = False
 
 
 def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:

@@ -37,6 +37,11 @@ def common_prefix(a: TokenArray, b: TokenArray) -> int:
     return int(diff[0]) if len(diff) else n
 
 
+def _starts_with(tokens: TokenArray, head: TokenArray) -> bool:
+    n = len(head)
+    return len(tokens) >= n and common_prefix(tokens, head) == n
+
+
 def may_take_over(entry: Entry, shared: int) -> bool:
     """Whether a prompt sharing `shared` tokens with `entry` may reuse its sequence in place.
 
@@ -71,13 +76,19 @@ class Entry:
 
 @dataclass(eq=False)
 class Parked:
-    """An evicted entry's KV cells, copied by `llama_state_seq_get_data` into the park arena."""
+    """An evicted entry's KV cells, copied by `llama_state_seq_get_data` into the park arena.
+
+    A conversation is parked without its persona prefix (positions before `base`): that prefix
+    is parked or cached once for all of the persona's conversations, and is copied back under the
+    conversation's own cells when it is restored.
+    """
 
     tokens: TokenArray
     kind: Kind
     last_turn_start: int
     offset: int
     nbytes: int
+    base: int = 0
     last_used: int = field(default_factory=lambda: next(_clock))
 
     def touch(self) -> None:
@@ -197,32 +208,52 @@ class SequenceTable:
                 best = Match(n, parked=parked)
         return best
 
-    def has_prefix(self, tokens: TokenArray, *, parked_only: bool = False) -> bool:
-        """Whether a persona prefix, parked (or else cached), holds exactly `tokens`."""
-        return any(
-            e.kind == "prefix" and np.array_equal(e.tokens, tokens)
-            for e in self._held(parked_only=parked_only)
+    def has_prefix(self, tokens: TokenArray) -> bool:
+        """Whether a persona prefix, cached or parked, holds exactly `tokens`."""
+        return self.parked_prefix(tokens) is not None or any(
+            e.kind == "prefix" and np.array_equal(e.tokens, tokens) for e in self._entries.values()
         )
+
+    def parked_prefix(self, tokens: TokenArray) -> Parked | None:
+        """The parked persona prefix holding exactly `tokens`, if any."""
+        for parked in self._parked:
+            if parked.kind == "prefix" and np.array_equal(parked.tokens, tokens):
+                return parked
+        return None
+
+    def persona_prefix_length(self, tokens: TokenArray) -> int:
+        """Length of the longest persona prefix, cached or parked, that `tokens` begin with."""
+        return max(
+            (
+                len(e.tokens)
+                for e in self._held()
+                if e.kind == "prefix" and _starts_with(tokens, e.tokens)
+            ),
+            default=0,
+        )
+
+    def cached_holding(self, tokens: TokenArray) -> Entry | None:
+        """A cached entry whose tokens begin with all of `tokens` (its cells can be copied)."""
+        for entry in self._entries.values():
+            if _starts_with(entry.tokens, tokens):
+                return entry
+        return None
 
     def covers(self, tokens: TokenArray, *, besides: Entry) -> bool:
         """Whether a sequence other than `besides`, cached or parked, starts with all of
         `tokens` (parking `besides` would then be waste)."""
-        n = len(tokens)
-        return any(
-            e is not besides and len(e.tokens) >= n and common_prefix(e.tokens, tokens) == n
-            for e in self._held(parked_only=False)
-        )
+        return any(e is not besides and _starts_with(e.tokens, tokens) for e in self._held())
 
-    def _held(self, *, parked_only: bool) -> list[Entry | Parked]:
-        return [*self._parked] if parked_only else [*self._parked, *self._entries.values()]
+    def _held(self) -> list[Entry | Parked]:
+        return [*self._parked, *self._entries.values()]
 
     def touch_prefixes_of(self, tokens: TokenArray) -> None:
-        """Mark every entry that `tokens` extends as used: a persona prefix stays warm while its
-        conversations take their own sequences over."""
-        for entry in self._entries.values():
-            n = len(entry.tokens)
-            if 0 < n <= len(tokens) and common_prefix(entry.tokens, tokens) == n:
-                entry.touch()
+        """Mark every entry and parked persona prefix that `tokens` extends as used: a persona
+        prefix stays warm while its conversations take their own sequences over."""
+        for held in self._held():
+            wanted = held.kind == "prefix" or isinstance(held, Entry)
+            if wanted and len(held.tokens) and _starts_with(tokens, held.tokens):
+                held.touch()
 
     def idle_tokens(self) -> int:
         """Tokens held by idle entries (shared cells counted once per entry: an upper bound)."""
@@ -263,10 +294,11 @@ class SequenceTable:
                 parked.offset = start
             start += parked.nbytes
 
-    def add_parked(self, entry: Entry, offset: int, size: int) -> Parked:
-        """Record `entry`'s cells, written at `offset` of the arena (see `make_room`)."""
+    def add_parked(self, entry: Entry, offset: int, size: int, *, base: int = 0) -> Parked:
+        """Record `entry`'s cells from position `base` on, written at `offset` of the arena (see
+        `make_room`)."""
         self.arena.take(offset, size)
-        parked = Parked(entry.tokens, entry.kind, entry.last_turn_start, offset, size)
+        parked = Parked(entry.tokens, entry.kind, entry.last_turn_start, offset, size, base)
         self._parked.append(parked)
         return parked
 
