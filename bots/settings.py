@@ -19,6 +19,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 SETTINGS_FILE = "bots.toml"
+FLASH_ATTN = ("auto", "on", "off")
 
 # Settings that are also read from their conventional environment names.
 ALIASES: dict[str, tuple[str, str]] = {
@@ -61,6 +62,10 @@ class ModelSettings:
     cache_dir: str = ""
     # RAM reserved at start for idle persona prefixes and conversations moved out of the KV cache.
     park_mb: int = 512
+    # Flash attention in the batched engine: "auto" (llama.cpp decides: on for CPUs and most
+    # GPUs), "on" or "off". On a CPU, "off" generates faster deep into a long prompt and "on"
+    # evaluates prompts and concurrent streams faster (README, Performance).
+    flash_attn: str = "auto"
     # Run the local model in a supervised child process: a native crash costs one reply only.
     isolate: bool = True
     # Kill and restart the model worker after this long without progress while it has work.
@@ -68,6 +73,12 @@ class ModelSettings:
     # Give up (and exit non-zero) after this many worker restarts within restart_window_s.
     max_restarts: int = 5
     restart_window_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.flash_attn not in FLASH_ATTN:
+            raise SettingsError(
+                f"model.flash_attn: {self.flash_attn!r} must be one of {', '.join(FLASH_ATTN)}"
+            )
 
 
 @dataclass(frozen=True)

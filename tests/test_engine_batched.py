@@ -33,6 +33,7 @@ from bots.engine.base import (
     Usage,
 )
 from bots.engine.batched import BatchedEngine
+from bots.engine.factory import make_engine as make_engine_from
 from bots.engine.model_files import default_model_path
 from bots.engine.prefix_cache import (
     Arena,
@@ -43,6 +44,7 @@ from bots.engine.prefix_cache import (
     may_take_over,
 )
 from bots.engine.quantize import is_q8_0, prepared_model_path
+from bots.settings import SettingsError, load_settings
 
 PIRATE = (
     "You are Pip, the pirate captain of the good ship Marmalade. You always talk like a pirate, "
@@ -254,15 +256,19 @@ async def test_idle_sequences_leave_the_kv_cache_and_come_back_the_same(
     assert usage(fresh).cached_tokens >= engine.count_tokens(GARDENER)
 
 
-async def test_a_parked_conversation_shares_its_persona_prefix(make_engine) -> None:
+@pytest.mark.parametrize("flash_attn", ["on", "off"])
+async def test_a_parked_conversation_shares_its_persona_prefix(
+    make_engine, flash_attn: str
+) -> None:
+    # Without flash attention llama.cpp keeps V transposed: its own save and restore layout.
     conversation = chat(GARDENER, "What is compost?")
-    reference = await make_engine()
+    reference = await make_engine(flash_attn=flash_attn)
     first, _ = await collect(reference, request(conversation))
     follow_up = request(chat(GARDENER, "What is compost?", first, "And worms?"))
     expected, _ = await collect(reference, follow_up)
     await reference.close()
 
-    engine = await make_engine()
+    engine = await make_engine(flash_attn=flash_attn)
     await collect(engine, request(conversation))
     await collect(engine, request(chat(PIRATE, "Hello!"), max_tokens=4))
     await wait_for_detail(engine, "cached: 0 persona prefixes, 0 conversations")
@@ -485,6 +491,18 @@ def test_persona_prefixes_give_way_only_to_other_prefixes() -> None:
     assert table.best_match(tokens(2, 2)).length == 0
 
 
+def test_a_parked_sequence_being_restored_is_not_dropped_for_room() -> None:
+    table = SequenceTable(4, park_budget_bytes=200)
+    assert park(table, Entry(0, tokens(1, 1), "conversation"), 100)
+    assert park(table, Entry(1, tokens(2, 2), "conversation"), 100)
+    oldest = table.best_match(tokens(1, 1)).parked
+    assert oldest is not None
+    oldest.busy = True
+    assert park(table, Entry(2, tokens(3, 3), "conversation"), 100)
+    assert table.best_match(tokens(1, 1)).parked is oldest, "the newer one gave way"
+    assert table.best_match(tokens(2, 2)).length == 0
+
+
 def test_a_sequence_held_elsewhere_is_not_parked_twice() -> None:
     table = SequenceTable(8, park_budget_bytes=300)
     prefix, chat = Entry(0, tokens(7, 7), "prefix"), Entry(1, tokens(7, 7, 1), "conversation")
@@ -554,3 +572,11 @@ async def test_engine_runs_the_q8_0_copy(make_engine, tmp_path: Path) -> None:
     engine = await make_engine(model_path=path)
     text, last = await collect(engine, request(chat(GARDENER, "What is compost?")))
     assert text.strip() and last.finish_reason in ("stop", "length")
+
+
+def test_flash_attention_is_a_setting(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"model\.flash_attn: 'fast' must be one of auto"):
+        load_settings(tmp_path, environ={"BOTS_MODEL_FLASH_ATTN": "fast"})
+    environ = {"BOTS_MODEL_FLASH_ATTN": "off", "BOTS_MODEL_ISOLATE": "false"}
+    engine = make_engine_from(load_settings(tmp_path, environ=environ))
+    assert isinstance(engine, BatchedEngine) and engine._flash_attn == "off"

@@ -192,9 +192,12 @@ async def started(engine: Engine) -> AsyncIterator[Engine]:
 
 
 @contextlib.contextmanager
-def llama_server(binary: Path, model: Path, threads: int, args: Sequence[str]) -> Iterator[str]:
-    """llama-server with our thread count; weight repacking off where our engine has it off."""
-    common = ["-t", str(threads), "-tb", str(threads), "--no-webui"]
+def llama_server(
+    binary: Path, model: Path, threads: int, flash_attn: str, args: Sequence[str]
+) -> Iterator[str]:
+    """llama-server with our thread count and flash attention setting; weight repacking off
+    where our engine has it off."""
+    common = ["-t", str(threads), "-tb", str(threads), "-fa", flash_attn, "--no-webui"]
     if amx_kernels_built():
         common.append("--no-repack")
     with running_llama_server(binary, model, args=[*common, *args]) as url:
@@ -361,6 +364,7 @@ async def concurrency_rows(
     server: Path | None,
     model: Path,
     threads: int,
+    flash_attn: str,
     streams: int,
     count: Callable[[str], int],
     w: Workload,
@@ -372,7 +376,7 @@ async def concurrency_rows(
         engines: dict[str, Engine] = {OURS: ours}
         if server is not None:
             args = ["-c", str(SERVER_SLOT_CTX * streams), "-np", str(streams)]
-            url = stack.enter_context(llama_server(server, model, threads, args))
+            url = stack.enter_context(llama_server(server, model, threads, flash_attn, args))
             engines[SERVER] = await remote(url, streams)
             stack.push_async_callback(engines[SERVER].close)
             rates[SERVER], ttfts[SERVER] = [], []
@@ -454,6 +458,7 @@ async def run_engine_bench(
     model_path: Path | None = None,
     *,
     n_threads: int | None = None,
+    flash_attn: str = "auto",
     workload: Workload = Workload(),
     server_binary: Path | None = None,
     with_server: bool = True,
@@ -467,12 +472,16 @@ async def run_engine_bench(
     model = model_path or default_model_path()
     threads = n_threads or os.cpu_count() or 1
     server = (server_binary or installed_binary()) if with_server else None
-    notes = [f"load average at start: {load_average()}"]
+    notes = [
+        f"load average at start: {load_average()}",
+        f"flash attention: {flash_attn} for bots and llama-server; the naive engine keeps "
+        "llama-cpp-python's default (off)",
+    ]
 
     def say(message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=progress, flush=True)
 
-    ours = BatchedEngine(model, n_ctx=ENGINE_N_CTX, n_threads=threads)
+    ours = BatchedEngine(model, n_ctx=ENGINE_N_CTX, n_threads=threads, flash_attn=flash_attn)
     naive = naive_engine(model, threads)
     rows: list[Row] = []
     async with started(ours), started(naive):
@@ -481,7 +490,9 @@ async def run_engine_bench(
             engines: dict[str, Engine] = {OURS: ours, NAIVE: naive}
             if server is not None:
                 url = stack.enter_context(
-                    llama_server(server, model, threads, ["-c", str(ENGINE_N_CTX), "-np", "1"])
+                    llama_server(
+                        server, model, threads, flash_attn, ["-c", str(ENGINE_N_CTX), "-np", "1"]
+                    )
                 )
                 engines[SERVER] = await remote(url, 1)
             say("1/4 single stream")
@@ -496,7 +507,7 @@ async def run_engine_bench(
                     "-c", str(SERVER_SLOT_CTX * slots), "-np", str(slots),
                     "--cache-reuse", str(SERVER_CACHE_REUSE),
                 ]  # fmt: skip
-                url = stack.enter_context(llama_server(server, model, threads, args))
+                url = stack.enter_context(llama_server(server, model, threads, flash_attn, args))
                 engines[SERVER] = await remote(url, slots)
             say("2/4 follow-up TTFT (the longest part)")
             rows += await bench_followups(
@@ -506,7 +517,9 @@ async def run_engine_bench(
                 await engines.pop(SERVER).close()
         say("3/4 concurrency")
         for n in workload.concurrency:
-            rows += await concurrency_rows(ours, server, model, threads, n, count, workload)
+            rows += await concurrency_rows(
+                ours, server, model, threads, flash_attn, n, count, workload
+            )
     say("4/4 memory")
     rows.append(bench_memory(model, threads, workload))
     notes.append(f"load average at end: {load_average()}")
@@ -564,13 +577,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="the default model's Q4_1 file as shipped, not the Q8_0 copy bots serves on a CPU",
     )
+    parser.add_argument(
+        "--flash-attn",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="for bots and llama-server alike (model.flash_attn; default auto, as both default)",
+    )
     ns = parser.parse_args(argv)
     workload = QUICK if ns.quick else Workload()
     model = ns.model
     if model is None and not ns.as_shipped:
         model = prepared_model_path(default_model_path(), MODEL_CACHE_DIR, n_threads=ns.threads)
     report = asyncio.run(
-        run_engine_bench(model, n_threads=ns.threads, workload=workload, server_binary=ns.server)
+        run_engine_bench(
+            model,
+            n_threads=ns.threads,
+            flash_attn=ns.flash_attn,
+            workload=workload,
+            server_binary=ns.server,
+        )
     )
     print(format_report(report))
     return 0

@@ -11,7 +11,8 @@ Like llama.cpp's server, but from Python and built for many personas:
   delays the streams by one chunk per step instead of freezing them. Sampling runs in llama.cpp's
   sampler chain.
 - Idle sequences leave the KV cache (beyond `HOT_IDLE_TOKENS`) for a RAM park reserved at start, so
-  a returning persona or conversation is copied back in milliseconds instead of re-evaluated.
+  a returning persona or conversation is copied back in milliseconds instead of re-evaluated. A
+  conversation is parked without its persona prefix, which is parked once per persona.
 
 One worker thread owns the llama context; the asyncio side only queues requests and reads the
 pieces the worker posts back, so the event loop never waits on the model.
@@ -157,6 +158,7 @@ class BatchedEngine:
         kv_cells: int = DEFAULT_KV_CELLS,
         n_seq_max: int = DEFAULT_SEQ_IDS,
         park_bytes: int = DEFAULT_PARK_BYTES,
+        flash_attn: str = "auto",
     ) -> None:
         if parallel < 1 or queue_size < 0:
             raise ValueError("parallel must be >= 1 and queue_size >= 0")
@@ -170,6 +172,7 @@ class BatchedEngine:
         # Each running generation and each cached prefix needs an id of its own; keep spares.
         self._n_seq_max = min(max(n_seq_max, parallel + 2), LLAMA_MAX_SEQ)
         self._park_bytes = park_bytes
+        self._flash_attn = flash_attn
         self._cond = threading.Condition()
         self._inbox: collections.deque[_Job] = collections.deque()
         self._active: list[_Job] = []
@@ -274,6 +277,7 @@ class BatchedEngine:
                 n_threads=self._n_threads,
                 n_batch=BATCH_TOKENS,
                 n_ubatch=BATCH_TOKENS,
+                flash_attn=self._flash_attn,
             )
         except Exception:
             model.close()
@@ -466,15 +470,16 @@ class _Worker:
         unless this prompt is that conversation's next turn: it is about to grow, and will be
         parked again when it goes idle.
         """
-        base = self._cached_base(parked) if parked.base else None
-        if parked.base and base is None:
-            self.table.unpark(parked)  # its persona prefix is gone: the rest is of no use
-            return False
-        with _pinned(base):
-            if not self._load(seq_id, parked):
+        with _pinned(parked):
+            base = self._cached_base(parked) if parked.base else None
+            if parked.base and base is None:
+                self.table.unpark(parked)  # its persona prefix is gone: the rest is of no use
                 return False
-            if base is not None:
-                self.ctx.seq_cp(base.seq_id, seq_id, 0, parked.base)
+            with _pinned(base):
+                if not self._load(seq_id, parked):
+                    return False
+                if base is not None:
+                    self.ctx.seq_cp(base.seq_id, seq_id, 0, parked.base)
         if parked.kind == "conversation" and shared >= parked.last_turn_start:
             self.table.unpark(parked)
         else:
@@ -485,24 +490,28 @@ class _Worker:
         """A cached sequence holding `parked`'s persona prefix, restoring the prefix if needed."""
         head = parked.tokens[: parked.base]
         entry = self.table.cached_holding(head)
-        if entry is not None:
+        prefix = self.table.parked_prefix(head) if entry is None else None
+        if prefix is None:
             return entry
-        prefix = self.table.parked_prefix(head)
-        seq_id = self._new_seq_id() if prefix is not None else None
-        if prefix is None or seq_id is None:
-            return None
-        if not self._load(seq_id, prefix):
-            self.table.release(seq_id)
-            return None
+        with _pinned(prefix):
+            seq_id = self._new_seq_id()
+            if seq_id is None:
+                return None
+            if not self._load(seq_id, prefix):
+                self.table.release(seq_id)
+                return None
         prefix.touch()
         entry = Entry(seq_id, prefix.tokens, "prefix")
         self.table.put(entry)
         return entry
 
     def _load(self, seq_id: int, parked: Parked) -> bool:
-        """`llama_state_seq_set_data` from the park, evicting idle sequences until it fits."""
-        data = self.table.arena.view(parked.offset, parked.nbytes)
-        while not self.ctx.restore_seq(seq_id, data):
+        """`llama_state_seq_set_data` from the park, evicting idle sequences until it fits.
+
+        `parked` must be pinned: evictions park other sequences, which may move blocks of the
+        park (the view is taken again after each) but never drop a pinned one.
+        """
+        while not self.ctx.restore_seq(seq_id, self.table.arena.view(parked.offset, parked.nbytes)):
             if not self._evict_one():
                 return False
         return True
@@ -748,16 +757,17 @@ class _Worker:
 
 
 @contextlib.contextmanager
-def _pinned(entry: Entry | None) -> Iterator[None]:
-    """Keep `entry` from eviction while its cells are being copied."""
-    if entry is None or entry.busy:
+def _pinned(held: Entry | Parked | None) -> Iterator[None]:
+    """Keep a cached entry from eviction, or a parked one from being dropped or overwritten,
+    while its cells are being copied."""
+    if held is None or held.busy:
         yield
         return
-    entry.busy = True
+    held.busy = True
     try:
         yield
     finally:
-        entry.busy = False
+        held.busy = False
 
 
 def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:

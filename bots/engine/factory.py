@@ -58,6 +58,7 @@ def make_engine(settings: Settings) -> Engine:
         parallel=model.parallel,
         queue_size=model.queue_size,
         park_bytes=model.park_mb * 2**20,
+        flash_attn=model.flash_attn,
     )
 
 

@@ -308,6 +308,13 @@ class Sampler:
             self.ptr = None
 
 
+FLASH_ATTN_TYPES = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
 class NativeContext:
     """A llama context with one unified KV cache shared by many sequence ids."""
 
@@ -320,6 +327,7 @@ class NativeContext:
         n_threads: int,
         n_batch: int,
         n_ubatch: int,
+        flash_attn: str = "auto",
     ) -> None:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = kv_cells
@@ -330,9 +338,11 @@ class NativeContext:
         params.n_threads_batch = n_threads
         params.kv_unified = True
         params.no_perf = True
-        # Flash attention on the CPU skips the cells a sequence cannot see, so a unified cache
-        # full of other conversations costs a stream little; AUTO picks it where supported.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # Flash attention on the CPU skips the cells a sequence cannot see, so concurrent
+        # streams in one unified cache do not pay for each other's cells; without it each stream
+        # computes attention over every cell in use. But its per-cell loop is slower than the
+        # matrix path for a lone stream deep into its prompt: a trade-off left to settings.
+        params.flash_attn_type = FLASH_ATTN_TYPES[flash_attn]
         ctx = llama_cpp.llama_init_from_model(model.ptr, params)
         if not ctx:
             raise NativeError(

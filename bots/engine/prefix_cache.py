@@ -89,6 +89,8 @@ class Parked:
     offset: int
     nbytes: int
     base: int = 0
+    # Being copied back: its bytes must stay where they are until then.
+    busy: bool = False
     last_used: int = field(default_factory=lambda: next(_clock))
 
     def touch(self) -> None:
@@ -272,7 +274,11 @@ class SequenceTable:
         sequence cannot fit (then it is simply not parked, and nothing was dropped for it).
         """
         victims = sorted(
-            (p for p in self._parked if kind == "prefix" or p.kind == "conversation"),
+            (
+                p
+                for p in self._parked
+                if not p.busy and (kind == "prefix" or p.kind == "conversation")
+            ),
             key=lambda p: (p.kind == "prefix", p.last_used),
         )
         kept = self.arena.used - sum(p.nbytes for p in victims)
