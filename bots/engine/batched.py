@@ -101,6 +101,38 @@ CLOSE_TIMEOUT_S = 30.0
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
+_Outgoing = list[tuple["_Job", Piece | BaseException]]
+
+
+class _Outbox:
+    """Pieces on their way to the asyncio side, handed over once per step.
+
+    One `call_soon_threadsafe` per event loop per step instead of one per token: each wakes the
+    loop's thread, which then contends for the GIL with the worker (about 0.12 ms per token with
+    4 streams on 2 cores).
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[asyncio.AbstractEventLoop, _Outgoing] = {}
+
+    def put(self, job: _Job, item: Piece | BaseException) -> None:
+        self._waiting.setdefault(job.loop, []).append((job, item))
+
+    def flush(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for loop, items in waiting.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the consumers' loop is closed: nobody is listening any more
+                for job, _ in items:
+                    job.cancelled.set()
+
+
+def _deliver(items: _Outgoing) -> None:
+    for job, item in items:
+        job.out.put_nowait(item)
+
+
 @dataclass(eq=False)
 class _Job:
     """One request on its way through the worker; the worker-side fields are the worker's own."""
@@ -108,6 +140,7 @@ class _Job:
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[Piece | BaseException]
+    outbox: _Outbox
     deadline: float
     submitted: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -133,10 +166,8 @@ class _Job:
     chunk_end: int = 0
 
     def emit(self, item: Piece | BaseException) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-        except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
-            self.cancelled.set()
+        """Queue `item` for the consumer; it leaves with the worker's next `_Outbox.flush`."""
+        self.outbox.put(self, item)
 
     @property
     def prompt_done(self) -> bool:
@@ -176,6 +207,7 @@ class BatchedEngine:
         self._cond = threading.Condition()
         self._inbox: collections.deque[_Job] = collections.deque()
         self._active: list[_Job] = []
+        self._outbox = _Outbox()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._model: NativeModel | None = None
@@ -250,7 +282,13 @@ class BatchedEngine:
         if self._thread is None:
             raise EngineError("the engine is not started")
         loop = asyncio.get_running_loop()
-        job = _Job(request, loop, asyncio.Queue(), deadline=time.monotonic() + request.timeout_s)
+        job = _Job(
+            request,
+            loop,
+            asyncio.Queue(),
+            self._outbox,
+            deadline=time.monotonic() + request.timeout_s,
+        )
         with self._cond:
             if len(self._inbox) >= self._queue_size:
                 raise EngineBusy()
@@ -304,7 +342,9 @@ class BatchedEngine:
                 for job in admitted:
                     if worker.admit(job):
                         self._active.append(job)
+                self._outbox.flush()  # refusals, before this step's decode
                 self._active = worker.step(self._active)
+                self._outbox.flush()
                 worker.cool_down()
         finally:
             with self._cond:
@@ -313,6 +353,7 @@ class BatchedEngine:
                 self._active = []
             for job in leftover:
                 job.emit(EngineError("the engine was closed"))
+            self._outbox.flush()
             worker.close()
             self._model = None
             self._worker = None

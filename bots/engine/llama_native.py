@@ -273,8 +273,10 @@ class Sampler:
         chain = llama_cpp.llama_sampler_chain_init(params)
         add = llama_cpp.llama_sampler_chain_add
         # Top-k first: the later samplers (penalties above all, which llama.cpp warns is slow on
-        # the full vocabulary) then see 40 candidates instead of 49k.
-        if sampling.top_k > 0:
+        # the full vocabulary) then see 40 candidates instead of 49k. Plain greedy decoding
+        # picks the top token either way, so there it would only cost a partial sort per token.
+        plain_greedy = sampling.temperature <= 0 and sampling.repeat_penalty == 1.0
+        if sampling.top_k > 0 and not plain_greedy:
             add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
         if sampling.repeat_penalty != 1.0:
             add(
