@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from bots.app import App
-from bots.chat.service import Incoming
+from bots.chat.service import ChatRefused, Incoming
+from bots.settings import Settings
 from tests.conftest import persona_md, write
 
 WAIT_S = 10.0
@@ -39,6 +43,24 @@ async def test_edit_is_live_on_the_next_reply(app: App, project: Path) -> None:
     write(path, persona_md("You are a gentle poet. Answer in rhyme.", name="Pete"))
     await until(lambda: "poet" in app.registry.get("pirate").instructions)  # type: ignore[union-attr]
     assert "poet" in await system_prompt(app, "pirate")
+
+
+async def test_message_to_a_folder_deleted_before_the_watcher_saw_it_is_refused(
+    project: Path, settings_for: Callable[..., Settings]
+) -> None:
+    # No watcher: the registry still serves the snapshot of a folder that is gone, the window
+    # a real watcher leaves open between the delete and its debounced reload.
+    app = App.create(settings_for(project))
+    await app.start(watch=False, load_model=False)
+    try:
+        assert app.registry.get("pirate") is not None
+        shutil.rmtree(project / "personas" / "pirate")
+        with pytest.raises(ChatRefused) as refused:
+            await app.service.start(Incoming("test", "t", "u", "hi", "pirate", remember=False))
+        assert refused.value.status == 404
+        assert str(refused.value) == "That persona doesn't exist: 'pirate' (have: librarian)."
+    finally:
+        await app.close()
 
 
 async def test_broken_edit_keeps_last_good_persona_and_fix_clears_error(

@@ -17,6 +17,7 @@ from bots.chat.policy import Policy
 from bots.chat.prompt import BuiltPrompt, build_prompt
 from bots.chat.store import ConversationStore
 from bots.engine.base import ChatMessage, Engine, EngineBusy, GenerationRequest, Piece, Usage
+from bots.knowledge.library import UnknownPersona
 from bots.knowledge.model import Hit, Retriever
 from bots.persona.model import Persona
 from bots.persona.registry import PersonaRegistry
@@ -170,11 +171,15 @@ class ChatService:
     def persona(self, persona_id: str) -> Persona:
         persona = self.registry.get(persona_id)
         if persona is None:
-            names = ", ".join(p.id for p in self.registry.personas()) or "none"
-            raise ChatRefused(
-                f"That persona doesn't exist: {persona_id!r} (have: {names}).", status=404
-            )
+            raise self._no_such_persona(persona_id)
         return persona
+
+    def _no_such_persona(self, persona_id: str) -> ChatRefused:
+        others = [p.id for p in self.registry.personas() if p.id != persona_id]
+        names = ", ".join(others) or "none"
+        return ChatRefused(
+            f"That persona doesn't exist: {persona_id!r} (have: {names}).", status=404
+        )
 
     def retrieve(self, persona: Persona, query: str, k: int | None = None) -> list[Hit]:
         retriever = self.knowledge.retriever(persona.id, persona.knowledge)
@@ -205,7 +210,12 @@ class ChatService:
             stored = await self.store.run(self.store.history, conversation_id, HISTORY_LIMIT)
             if stored:
                 history = [ChatMessage(t.role, t.content) for t in stored]  # type: ignore[arg-type]
-        hits = await asyncio.to_thread(self.retrieve, persona, incoming.text)
+        try:
+            hits = await asyncio.to_thread(self.retrieve, persona, incoming.text)
+        except UnknownPersona as exc:
+            # The folder was deleted after the snapshot was chosen; the watcher has not yet
+            # removed it from the registry. Same answer as a persona that never existed.
+            raise self._no_such_persona(incoming.persona_id) from exc
         # A strict persona declines below the threshold; an open one can use loosely related text.
         retrieval = self.settings.retrieval
         floor = retrieval.min_score if persona.grounding == "strict" else retrieval.min_score_open
