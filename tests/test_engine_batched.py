@@ -15,10 +15,13 @@ not a wrong cache, and greedy replies still agree.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -66,6 +69,9 @@ GARDENER = (
 KV_CELLS = 4096
 N_CTX = 2048
 REPLY_TOKENS = 16
+# On a machine with a GPU build of llama-cpp-python, BOTS_TEST_N_GPU_LAYERS=-1 runs every engine
+# test below with the model offloaded (the README's "GPU" section).
+GPU_LAYERS = int(os.environ.get("BOTS_TEST_N_GPU_LAYERS", "0"))
 
 
 def chat(system: str, *turns: str) -> tuple[ChatMessage, ...]:
@@ -104,6 +110,7 @@ async def make_engine() -> AsyncIterator[object]:
     async def make(**kw: object) -> BatchedEngine:
         kw.setdefault("n_ctx", N_CTX)
         kw.setdefault("kv_cells", KV_CELLS)
+        kw.setdefault("n_gpu_layers", GPU_LAYERS)
         path = kw.pop("model_path", default_model_path())
         engine = BatchedEngine(path, **kw)  # type: ignore[arg-type]
         await engine.start()
@@ -416,6 +423,21 @@ async def test_prompt_longer_than_the_context_is_an_error(make_engine) -> None:
     engine = await make_engine(n_ctx=256, kv_cells=256)
     with pytest.raises(EngineError, match="context holds 256"):
         await collect(engine, request(chat(PIRATE * 20, "Hi.")))
+
+
+async def test_gpu_layers_run_on_the_gpu_or_warn_that_the_build_has_none(
+    make_engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bots.engine.llama_native")
+    engine = await make_engine(n_gpu_layers=-1)
+    text, last = await collect(engine, request(chat(PIRATE, "Who are you?")))
+    assert text and usage(last).completion_tokens > 0
+    if llama_cpp.llama_supports_gpu_offload():
+        assert engine.status().detail.startswith("GPU (all layers);")
+    else:
+        assert engine.status().detail.startswith("CPU;")
+        assert "built without GPU support" in caplog.text
+        assert 'CMAKE_ARGS="-DGGML_CUDA=on"' in caplog.text
 
 
 def test_missing_model_file_fails_to_start(tmp_path: Path) -> None:

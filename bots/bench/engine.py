@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.metadata
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 import zlib
@@ -35,7 +38,7 @@ from typing import Literal, TextIO
 from bots.bench.llama_server import installed_binary, running_llama_server
 from bots.bench.workload import interleaved_schedule, persona_instructions, turn_messages
 from bots.engine.base import ChatMessage, Engine, GenerationRequest
-from bots.engine.batched import BatchedEngine
+from bots.engine.batched import DEFAULT_KV_CELLS, DEFAULT_PARALLEL, BatchedEngine
 from bots.engine.llama_native import amx_kernels_built
 from bots.engine.model_files import default_model_path
 from bots.engine.quantize import prepared_model_path
@@ -97,6 +100,17 @@ QUICK = Workload(
     concurrency_repeats=1,
     memory_personas=3,
 )
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every engine in the run shares: the model file, CPU threads, flash attention and
+    GPU layers (`n_gpu_layers`, llama-server's `-ngl`)."""
+
+    model: Path
+    threads: int
+    flash_attn: str = "auto"
+    n_gpu_layers: int = 0
 
 
 @dataclass(frozen=True)
@@ -192,19 +206,41 @@ async def started(engine: Engine) -> AsyncIterator[Engine]:
 
 
 @contextlib.contextmanager
-def llama_server(
-    binary: Path, model: Path, threads: int, flash_attn: str, args: Sequence[str]
-) -> Iterator[str]:
-    """llama-server with our thread count and flash attention setting; weight repacking off
-    where our engine has it off."""
-    common = ["-t", str(threads), "-tb", str(threads), "-fa", flash_attn, "--no-webui"]
+def llama_server(binary: Path, setup: Setup, args: Sequence[str]) -> Iterator[str]:
+    """llama-server with our thread count, flash attention and GPU layers; weight repacking
+    off where our engine has it off."""
+    threads = str(setup.threads)
+    common = ["-t", threads, "-tb", threads, "-fa", setup.flash_attn, "--no-webui"]
+    common += ["-ngl", str(setup.n_gpu_layers)]
     if amx_kernels_built():
         common.append("--no-repack")
-    with running_llama_server(binary, model, args=[*common, *args]) as url:
+    with running_llama_server(binary, setup.model, args=[*common, *args]) as url:
         yield url
 
 
-def naive_engine(model: Path, threads: int) -> Engine:
+def ours_engine(setup: Setup, *, parallel: int, kv_cells: int = DEFAULT_KV_CELLS) -> BatchedEngine:
+    return BatchedEngine(
+        setup.model,
+        n_ctx=ENGINE_N_CTX,
+        n_threads=setup.threads,
+        n_gpu_layers=setup.n_gpu_layers,
+        flash_attn=setup.flash_attn,
+        parallel=parallel,
+        kv_cells=kv_cells,
+    )
+
+
+def gpu_description() -> str:
+    """The GPU's name and memory as nvidia-smi reports them, where it is installed."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "no nvidia-smi"
+    query = [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+    result = subprocess.run(query, capture_output=True, text=True, check=False)
+    return result.stdout.strip().replace("\n", "; ") or "nvidia-smi printed nothing"
+
+
+def naive_engine(setup: Setup) -> Engine:
     """`SimpleEngine` in a worker process of its own, as llama-server runs in its own.
 
     In the benchmark's process, a second llama.cpp context that has run once halves the batched
@@ -213,16 +249,17 @@ def naive_engine(model: Path, threads: int) -> Engine:
     """
     settings = Settings(
         model=ModelSettings(
-            path=str(model),
+            path=str(setup.model),
             engine="simple",
             n_ctx=ENGINE_N_CTX,
-            n_threads=threads,
+            n_threads=setup.threads,
+            n_gpu_layers=setup.n_gpu_layers,
             quantize_q8=False,  # `model` is already the file every engine gets
             timeout_s=REMOTE_TIMEOUT_S,
             watchdog_s=REMOTE_TIMEOUT_S,
         )
     )
-    return SupervisedEngine(settings, model)
+    return SupervisedEngine(settings, setup.model)
 
 
 async def remote(url: str, parallel: int) -> RemoteEngine:
@@ -362,9 +399,7 @@ async def bench_concurrency(
 async def concurrency_rows(
     ours: Engine,
     server: Path | None,
-    model: Path,
-    threads: int,
-    flash_attn: str,
+    setup: Setup,
     streams: int,
     count: Callable[[str], int],
     w: Workload,
@@ -376,7 +411,7 @@ async def concurrency_rows(
         engines: dict[str, Engine] = {OURS: ours}
         if server is not None:
             args = ["-c", str(SERVER_SLOT_CTX * streams), "-np", str(streams)]
-            url = stack.enter_context(llama_server(server, model, threads, flash_attn, args))
+            url = stack.enter_context(llama_server(server, setup, args))
             engines[SERVER] = await remote(url, streams)
             stack.push_async_callback(engines[SERVER].close)
             rates[SERVER], ttfts[SERVER] = [], []
@@ -406,11 +441,9 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def _memory_child(
-    model: str, threads: int, personas: int, persona_tokens: int, conn: object
-) -> None:
+def _memory_child(setup: Setup, personas: int, persona_tokens: int, conn: object) -> None:
     async def run() -> tuple[float, float, str]:
-        engine = BatchedEngine(Path(model), n_ctx=ENGINE_N_CTX, n_threads=threads)
+        engine = ours_engine(setup, parallel=DEFAULT_PARALLEL)
         async with started(engine):
             rss: list[float] = []
             for p in range(personas):
@@ -430,13 +463,13 @@ def _memory_child(
     conn.send(asyncio.run(run()))  # type: ignore[attr-defined]
 
 
-def bench_memory(model: Path, threads: int, w: Workload) -> Row:
+def bench_memory(setup: Setup, w: Workload) -> Row:
     """Resident memory of a fresh engine process after 1 and after many personas."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
         target=_memory_child,
-        args=(str(model), threads, w.memory_personas, w.persona_tokens, child),
+        args=(setup, w.memory_personas, w.persona_tokens, child),
     )
     proc.start()
     one, many, detail = parent.recv()
@@ -459,6 +492,7 @@ async def run_engine_bench(
     *,
     n_threads: int | None = None,
     flash_attn: str = "auto",
+    n_gpu_layers: int = 0,
     workload: Workload = Workload(),
     server_binary: Path | None = None,
     with_server: bool = True,
@@ -470,19 +504,26 @@ async def run_engine_bench(
     built; they are left out when neither exists or `with_server` is False.
     """
     model = model_path or default_model_path()
-    threads = n_threads or os.cpu_count() or 1
+    setup = Setup(model, n_threads or os.cpu_count() or 1, flash_attn, n_gpu_layers)
     server = (server_binary or installed_binary()) if with_server else None
     notes = [
         f"load average at start: {load_average()}",
         f"flash attention: {flash_attn} for bots and llama-server; the naive engine keeps "
         "llama-cpp-python's default (off)",
     ]
+    if n_gpu_layers:
+        notes.append(f"GPU: n_gpu_layers {n_gpu_layers} for every engine ({gpu_description()})")
 
     def say(message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=progress, flush=True)
 
-    ours = BatchedEngine(model, n_ctx=ENGINE_N_CTX, n_threads=threads, flash_attn=flash_attn)
-    naive = naive_engine(model, threads)
+    most = max(DEFAULT_PARALLEL, *workload.concurrency)
+    # Every stream of the concurrency workload holds its prompt and reply in the KV cache at once.
+    per_stream = workload.concurrency_prompt_tokens + workload.concurrency_reply_tokens
+    ours = ours_engine(
+        setup, parallel=most, kv_cells=max(DEFAULT_KV_CELLS, most * (per_stream + 128))
+    )
+    naive = naive_engine(setup)
     rows: list[Row] = []
     async with started(ours), started(naive):
         count = ours.count_tokens
@@ -490,9 +531,7 @@ async def run_engine_bench(
             engines: dict[str, Engine] = {OURS: ours, NAIVE: naive}
             if server is not None:
                 url = stack.enter_context(
-                    llama_server(
-                        server, model, threads, flash_attn, ["-c", str(ENGINE_N_CTX), "-np", "1"]
-                    )
+                    llama_server(server, setup, ["-c", str(ENGINE_N_CTX), "-np", "1"])
                 )
                 engines[SERVER] = await remote(url, 1)
             say("1/4 single stream")
@@ -507,7 +546,7 @@ async def run_engine_bench(
                     "-c", str(SERVER_SLOT_CTX * slots), "-np", str(slots),
                     "--cache-reuse", str(SERVER_CACHE_REUSE),
                 ]  # fmt: skip
-                url = stack.enter_context(llama_server(server, model, threads, flash_attn, args))
+                url = stack.enter_context(llama_server(server, setup, args))
                 engines[SERVER] = await remote(url, slots)
             say("2/4 follow-up TTFT (the longest part)")
             rows += await bench_followups(
@@ -517,11 +556,9 @@ async def run_engine_bench(
                 await engines.pop(SERVER).close()
         say("3/4 concurrency")
         for n in workload.concurrency:
-            rows += await concurrency_rows(
-                ours, server, model, threads, flash_attn, n, count, workload
-            )
+            rows += await concurrency_rows(ours, server, setup, n, count, workload)
     say("4/4 memory")
-    rows.append(bench_memory(model, threads, workload))
+    rows.append(bench_memory(setup, workload))
     notes.append(f"load average at end: {load_average()}")
     if server is None and with_server:
         notes.append("llama-server not built: run `python -m bots.bench.llama_server` for its rows")
@@ -529,7 +566,7 @@ async def run_engine_bench(
     notes.append(
         f"naive TTFT: first {naive_n} messages of the same schedule (it re-evaluates every prompt)"
     )
-    model_desc = f"{model.name} ({model.stat().st_size / 2**20:.0f} MiB), {threads} threads"
+    model_desc = f"{model.name} ({model.stat().st_size / 2**20:.0f} MiB), {setup.threads} threads"
     version = importlib.metadata.version("llama-cpp-python")
     return Report(
         machine_description(),
@@ -583,16 +620,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="for bots and llama-server alike (model.flash_attn; default auto, as both default)",
     )
+    parser.add_argument(
+        "--n-gpu-layers",
+        type=int,
+        default=0,
+        help="layers to offload for every engine (-1 = all; needs a CUDA/Metal/Vulkan build); "
+        "bots then serves the model file as shipped, as `bots serve` does",
+    )
+    parser.add_argument(
+        "--streams",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=None,
+        help="stream counts of the concurrency workload, e.g. 1,4,16,64 (default 1,2,4,8)",
+    )
     ns = parser.parse_args(argv)
     workload = QUICK if ns.quick else Workload()
+    if ns.streams:
+        workload = dataclasses.replace(workload, concurrency=ns.streams)
     model = ns.model
-    if model is None and not ns.as_shipped:
+    if model is None and not ns.as_shipped and ns.n_gpu_layers == 0:
         model = prepared_model_path(default_model_path(), MODEL_CACHE_DIR, n_threads=ns.threads)
     report = asyncio.run(
         run_engine_bench(
             model,
             n_threads=ns.threads,
             flash_attn=ns.flash_attn,
+            n_gpu_layers=ns.n_gpu_layers,
             workload=workload,
             server_binary=ns.server,
         )

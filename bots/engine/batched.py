@@ -377,8 +377,10 @@ class _Worker:
         entries = list(self.table.entries)
         prefixes = sum(1 for e in entries if e.kind == "prefix")
         parked_mib = self.table.parked_bytes / 2**20
+        layers = self.model.gpu_layers
+        where = "CPU" if not layers else f"GPU ({'all' if layers < 0 else layers} layers)"
         return (
-            f"{self.ctx.kv_cells} KV cells; cached: {prefixes} persona prefixes, "
+            f"{where}; {self.ctx.kv_cells} KV cells; cached: {prefixes} persona prefixes, "
             f"{len(entries) - prefixes} conversations; parked in RAM: {self.table.parked_count} "
             f"({parked_mib:.1f} of {self.table.arena.capacity / 2**20:.0f} MiB)"
         )

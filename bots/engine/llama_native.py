@@ -108,6 +108,15 @@ class NativeModel:
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        # How many layers llama.cpp will really place on a GPU: none in a CPU-only build.
+        self.gpu_layers = n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+        if n_gpu_layers and not self.gpu_layers:
+            log.warning(
+                "model.n_gpu_layers is %d, but this llama-cpp-python was built without GPU "
+                "support: running on the CPU. Reinstall it with "
+                'CMAKE_ARGS="-DGGML_CUDA=on" (see the README, "GPU").',
+                n_gpu_layers,
+            )
         params.vocab_only = vocab_only
         params.use_extra_bufts = not amx_kernels_built()
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
