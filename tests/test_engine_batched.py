@@ -134,6 +134,12 @@ async def test_stream_yields_text_then_a_final_piece_with_usage(make_engine) -> 
     assert engine.context_size == N_CTX
 
 
+@pytest.mark.xfail(
+    GPU_LAYERS != 0,
+    reason="llama.cpp's CUDA matrix kernels are chosen by batch size and round differently, so "
+    "a sampled reply in a batch can diverge from the same request alone (seen on an H200)",
+    strict=False,
+)
 async def test_batched_generation_matches_a_single_sequence(make_engine) -> None:
     target = request(chat(PIRATE, "What is your ship called?"), temperature=0.8, seed=7)
     alone_engine = await make_engine()

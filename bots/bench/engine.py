@@ -38,7 +38,12 @@ from typing import Literal, TextIO
 from bots.bench.llama_server import installed_binary, running_llama_server
 from bots.bench.workload import interleaved_schedule, persona_instructions, turn_messages
 from bots.engine.base import ChatMessage, Engine, GenerationRequest
-from bots.engine.batched import DEFAULT_KV_CELLS, DEFAULT_PARALLEL, BatchedEngine
+from bots.engine.batched import (
+    DEFAULT_KV_CELLS,
+    DEFAULT_PARALLEL,
+    DEFAULT_QUEUE_SIZE,
+    BatchedEngine,
+)
 from bots.engine.llama_native import amx_kernels_built
 from bots.engine.model_files import default_model_path
 from bots.engine.quantize import prepared_model_path
@@ -226,6 +231,7 @@ def ours_engine(setup: Setup, *, parallel: int, kv_cells: int = DEFAULT_KV_CELLS
         n_gpu_layers=setup.n_gpu_layers,
         flash_attn=setup.flash_attn,
         parallel=parallel,
+        queue_size=max(DEFAULT_QUEUE_SIZE, parallel),
         kv_cells=kv_cells,
     )
 
@@ -517,6 +523,16 @@ async def run_engine_bench(
     def say(message: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=progress, flush=True)
 
+    rows: list[Row] = []
+
+    def keep(new: list[Row]) -> None:
+        # Each figure also goes to the progress log as soon as it is measured, so that a failure
+        # in a later workload does not lose the earlier ones.
+        for row in new:
+            others = "".join(f"; {name} {v:,.1f}" for name, v in row.baselines.items())
+            say(f"   {row.workload}, {row.metric}: {OURS} {row.ours:,.1f}{others}")
+        rows.extend(new)
+
     most = max(DEFAULT_PARALLEL, *workload.concurrency)
     # Every stream of the concurrency workload holds its prompt and reply in the KV cache at once.
     per_stream = workload.concurrency_prompt_tokens + workload.concurrency_reply_tokens
@@ -524,7 +540,6 @@ async def run_engine_bench(
         setup, parallel=most, kv_cells=max(DEFAULT_KV_CELLS, most * (per_stream + 128))
     )
     naive = naive_engine(setup)
-    rows: list[Row] = []
     async with started(ours), started(naive):
         count = ours.count_tokens
         with contextlib.ExitStack() as stack:
@@ -535,7 +550,7 @@ async def run_engine_bench(
                 )
                 engines[SERVER] = await remote(url, 1)
             say("1/4 single stream")
-            rows += await bench_single(engines, count, workload)
+            keep(await bench_single(engines, count, workload))
             if SERVER in engines:
                 await engines.pop(SERVER).close()
         with contextlib.ExitStack() as stack:
@@ -549,16 +564,18 @@ async def run_engine_bench(
                 url = stack.enter_context(llama_server(server, setup, args))
                 engines[SERVER] = await remote(url, slots)
             say("2/4 follow-up TTFT (the longest part)")
-            rows += await bench_followups(
-                engines, count, workload, {NAIVE: workload.naive_messages}, say
+            keep(
+                await bench_followups(
+                    engines, count, workload, {NAIVE: workload.naive_messages}, say
+                )
             )
             if SERVER in engines:
                 await engines.pop(SERVER).close()
         say("3/4 concurrency")
         for n in workload.concurrency:
-            rows += await concurrency_rows(ours, server, setup, n, count, workload)
+            keep(await concurrency_rows(ours, server, setup, n, count, workload))
     say("4/4 memory")
-    rows.append(bench_memory(setup, workload))
+    keep([bench_memory(setup, workload)])
     notes.append(f"load average at end: {load_average()}")
     if server is None and with_server:
         notes.append("llama-server not built: run `python -m bots.bench.llama_server` for its rows")
