@@ -425,7 +425,8 @@ def bench_engine(ctx: click.Context) -> None:
     Options: --quick, --model PATH, --threads N, --server PATH (llama-server binary; built with
     `bots bench build-server` when missing), --as-shipped (the default model's Q4_1 file
     instead of the Q8_0 copy bots serves on a CPU; every engine gets the same file),
-    --flash-attn auto|on|off (for bots and llama-server alike).
+    --flash-attn auto|on|off (for bots and llama-server alike), --n-gpu-layers N (every engine
+    offloaded alike; -1 = all), --streams 1,4,16,64 (the concurrency workload's stream counts).
     """
     from bots.bench.engine import main as engine_main
 

@@ -4,9 +4,14 @@ one table; the workload generator is reproducible."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
+
+from click.testing import CliRunner
 
 from bots.bench.engine import NAIVE, SERVER, Row, Workload, format_report, run_engine_bench
+from bots.bench.llama_server import llama_cpp_python_version
 from bots.bench.workload import interleaved_schedule, persona_instructions
+from bots.cli import main
 
 TINY = Workload(
     single_prompt_tokens=64,
@@ -60,3 +65,19 @@ async def test_bench_runs_every_section_and_prints_one_table() -> None:
     assert "cores" in report.machine and "SmolLM2" in report.model
     assert table.count("\n|") == len(report.rows) + 2  # header and separator lines
     assert "4/4 memory" in progress.getvalue()
+
+
+def test_build_server_takes_cmake_options_from_the_command_line(tmp_path: Path) -> None:
+    # A build already in the cache is reused, so this checks the command line, not a compile.
+    binary = tmp_path / llama_cpp_python_version() / "bin" / "llama-server"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    cache = ["--cache-dir", str(tmp_path)]
+    runner = CliRunner()
+    built = runner.invoke(main, ["bench", "build-server", *cache, "-DGGML_CUDA=ON", "--jobs", "2"])
+    assert built.exit_code == 0, built.output
+    assert built.output.strip() == str(binary)
+    wrong = runner.invoke(main, ["bench", "build-server", *cache, "--cuda"])
+    assert wrong.exit_code == 2
+    assert "unrecognized arguments: --cuda (cmake options start with -D)" in wrong.output

@@ -194,10 +194,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("cmake_args", nargs="*", help="extra cmake options, e.g. -DGGML_CUDA=ON")
-    ns = parser.parse_args(argv)
+    # argparse takes "-DGGML_CUDA=ON" for an unknown option, and click drops the "--" that would
+    # have said otherwise: whatever it does not know must be a cmake -D option.
+    ns, unknown = parser.parse_known_args(argv)
+    not_cmake = [arg for arg in unknown if not arg.startswith("-D")]
+    if not_cmake:
+        parser.error(f"unrecognized arguments: {' '.join(not_cmake)} (cmake options start with -D)")
     try:
         path = build_llama_server(
-            ns.cache_dir, sdist=ns.sdist, jobs=ns.jobs, extra_cmake_args=ns.cmake_args
+            ns.cache_dir, sdist=ns.sdist, jobs=ns.jobs, extra_cmake_args=[*ns.cmake_args, *unknown]
         )
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
