@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import llama_cpp
 import numpy as np
 import pytest
 
@@ -37,6 +36,7 @@ from bots.engine.base import (
 )
 from bots.engine.batched import BatchedEngine
 from bots.engine.factory import make_engine as make_engine_from
+from bots.engine.llama_native import gpu_offload_supported
 from bots.engine.model_files import default_model_path
 from bots.engine.prefix_cache import (
     Arena,
@@ -438,7 +438,7 @@ async def test_gpu_layers_run_on_the_gpu_or_warn_that_the_build_has_none(
     engine = await make_engine(n_gpu_layers=-1)
     text, last = await collect(engine, request(chat(PIRATE, "Who are you?")))
     assert text and usage(last).completion_tokens > 0
-    if llama_cpp.llama_supports_gpu_offload():
+    if gpu_offload_supported():
         assert engine.status().detail.startswith("GPU (all layers);")
     else:
         assert engine.status().detail.startswith("CPU;")

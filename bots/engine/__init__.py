@@ -10,6 +10,10 @@ from bots.engine.base import (
     Piece,
     Usage,
 )
+from bots.engine.cxx_runtime import preload_libstdcxx
+
+# Before any module of this package loads llama.cpp (see cxx_runtime for the crash it avoids).
+preload_libstdcxx()
 
 __all__ = [
     "ChatMessage",

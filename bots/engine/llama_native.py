@@ -69,6 +69,11 @@ def _log_errors(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 _log_callback = llama_cpp.llama_log_callback(_log_errors)
 
 
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build can place layers on a GPU (CUDA, Metal, Vulkan...)."""
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
 @functools.cache
 def amx_kernels_built() -> bool:
     """Whether ggml was compiled with its AMX int8 kernels (a native build on an AMX CPU).
@@ -109,7 +114,7 @@ class NativeModel:
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         # How many layers llama.cpp will really place on a GPU: none in a CPU-only build.
-        self.gpu_layers = n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+        self.gpu_layers = n_gpu_layers if gpu_offload_supported() else 0
         if n_gpu_layers and not self.gpu_layers:
             log.warning(
                 "model.n_gpu_layers is %d, but this llama-cpp-python was built without GPU "
