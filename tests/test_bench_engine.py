@@ -3,12 +3,22 @@ one table; the workload generator is reproducible."""
 
 from __future__ import annotations
 
+import argparse
 import io
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
-from bots.bench.engine import NAIVE, SERVER, Row, Workload, format_report, run_engine_bench
+from bots.bench.engine import (
+    NAIVE,
+    SERVER,
+    Row,
+    Workload,
+    format_report,
+    run_engine_bench,
+    stream_counts,
+)
 from bots.bench.llama_server import llama_cpp_python_version
 from bots.bench.workload import interleaved_schedule, persona_instructions
 from bots.cli import main
@@ -81,3 +91,10 @@ def test_build_server_takes_cmake_options_from_the_command_line(tmp_path: Path) 
     wrong = runner.invoke(main, ["bench", "build-server", *cache, "--cuda"])
     assert wrong.exit_code == 2
     assert "unrecognized arguments: --cuda (cmake options start with -D)" in wrong.output
+
+
+def test_stream_counts_are_positive_integers() -> None:
+    assert stream_counts("1,4,16,64") == (1, 4, 16, 64)
+    for bad in ("", "1,x", "0,4", "4,-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected counts like 1,4,16,64"):
+            stream_counts(bad)

@@ -224,6 +224,7 @@ def llama_server(binary: Path, setup: Setup, args: Sequence[str]) -> Iterator[st
 
 
 def ours_engine(setup: Setup, *, parallel: int, kv_cells: int = DEFAULT_KV_CELLS) -> BatchedEngine:
+    """The batched engine on `setup`, queueing at least as many requests as it runs at once."""
     return BatchedEngine(
         setup.model,
         n_ctx=ENGINE_N_CTX,
@@ -619,6 +620,17 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
+def stream_counts(text: str) -> tuple[int, ...]:
+    """`--streams 1,4,16`: positive stream counts, comma-separated."""
+    try:
+        counts = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected counts like 1,4,16,64")
+    return counts
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m bots.bench.engine [--quick] [--model PATH] [--threads N]`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
@@ -646,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--streams",
-        type=lambda text: tuple(int(n) for n in text.split(",")),
+        type=stream_counts,
         default=None,
         help="stream counts of the concurrency workload, e.g. 1,4,16,64 (default 1,2,4,8)",
     )
