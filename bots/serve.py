@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bots.adapters.base import Adapter
-from bots.adapters.http_api import create_http_app
+from bots.adapters.http.api import create_http_app
 from bots.app import App
 from bots.engine.supervised import SupervisedEngine
 
@@ -32,11 +32,11 @@ def configured_adapters(app: App) -> list[Adapter]:
     """Adapters whose tokens are set (env, .env or bots.toml)."""
     adapters: list[Adapter] = []
     if app.settings.discord.token:
-        from bots.adapters.discord_bot import DiscordAdapter
+        from bots.adapters.discord.bot import DiscordAdapter
 
         adapters.append(DiscordAdapter(app))
     if app.settings.slack.bot_token:
-        from bots.adapters.slack_app import SlackAdapter
+        from bots.adapters.slack.app import SlackAdapter
 
         adapters.append(SlackAdapter(app))
     return adapters

@@ -25,10 +25,10 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from bots.adapters.discord_delivery import BUSY, CUT_SHORT, FAILED, INTERRUPTED, NO_PERSONAS
+from bots.adapters.discord.sinks import BUSY, CUT_SHORT, FAILED, INTERRUPTED, NO_PERSONAS
 from bots.adapters.render import CURSOR
-from bots.adapters.slack_app import FAILED_NOTE, INTERRUPTED_NOTE, NO_PERSONA
-from bots.adapters.slack_reply import PLACEHOLDER
+from bots.adapters.slack.app import FAILED_NOTE, INTERRUPTED_NOTE, NO_PERSONA
+from bots.adapters.slack.reply import PLACEHOLDER
 from tests.fake_discord import BotAccount, FakeDiscord
 from tests.fake_slack import BOT_ID, FakeSlack, Message
 

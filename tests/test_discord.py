@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from bots.adapters.discord_bot import DiscordAdapter, DiscordSetupError, bot_logins
-from bots.adapters.discord_delivery import INTERRUPTED, RetryPolicy
+from bots.adapters.discord.bot import DiscordAdapter, DiscordSetupError, bot_logins
+from bots.adapters.discord.sinks import INTERRUPTED, RetryPolicy
 from bots.adapters.render import CURSOR
 from bots.app import App
 from bots.chat.service import Incoming

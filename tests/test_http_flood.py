@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from bots.adapters.http_api import create_http_app
+from bots.adapters.http.api import create_http_app
 from bots.app import App
 from bots.settings import ServerSettings, Settings, SettingsError, load_settings
 from tests.test_discord import ScriptedEngine

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bots.adapters.http_api import create_http_app
+from bots.adapters.http.api import create_http_app
 from bots.app import App
 
 JSON = st.recursive(

@@ -20,9 +20,9 @@ import pytest
 import pytest_asyncio
 
 from bots.adapters.render import CURSOR
-from bots.adapters.slack_app import INTERRUPTED_NOTE, SlackAdapter, SlackConfigError
-from bots.adapters.slack_format import neutralise_markdown, to_mrkdwn
-from bots.adapters.slack_reply import PLACEHOLDER, SlackLimits
+from bots.adapters.slack.app import INTERRUPTED_NOTE, SlackAdapter, SlackConfigError
+from bots.adapters.slack.format import neutralise_markdown, to_mrkdwn
+from bots.adapters.slack.reply import PLACEHOLDER, SlackLimits
 from bots.app import App
 from bots.chat.policy import Policy
 from bots.chat.service import Incoming

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bots.adapters.slack_events import MAX_TEXT_CHARS, parse_message, parse_reaction
-from bots.adapters.slack_format import ZWSP, from_mrkdwn, neutralise_markdown, to_mrkdwn
+from bots.adapters.slack.events import MAX_TEXT_CHARS, parse_message, parse_reaction
+from bots.adapters.slack.format import ZWSP, from_mrkdwn, neutralise_markdown, to_mrkdwn
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bots.adapters.http_api import create_http_app
+from bots.adapters.http.api import create_http_app
 from bots.app import App
 from bots.settings import Settings
 from tests.conftest import persona_md, write

@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from bots.adapters.http_limits import CLIENT_LIMITS_KEY
+from bots.adapters.http.limits import CLIENT_LIMITS_KEY
 from bots.adapters.web import views
 from bots.adapters.web.auth import authorized, host_allowed, set_session, token_matches
 from bots.adapters.web.events import EventHub, ServerEvent, json_event

@@ -16,8 +16,8 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from bots.adapters.discord_context import PLATFORM, Conversation
-from bots.adapters.discord_delivery import (
+from bots.adapters.discord.context import PLATFORM, Conversation
+from bots.adapters.discord.sinks import (
     FAILED,
     MESSAGE_LIMIT,
     NO_MENTIONS,

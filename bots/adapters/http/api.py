@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from bots.adapters.http_limits import CLIENT_LIMITS_KEY, ClientLimits
+from bots.adapters.http.limits import CLIENT_LIMITS_KEY, ClientLimits
 from bots.adapters.web import mount_workbench
 from bots.app import App
 from bots.chat.service import ChatRefused, Incoming, Reply

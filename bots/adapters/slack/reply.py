@@ -22,8 +22,8 @@ from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.adapters.render import StreamRenderer, split_message
-from bots.adapters.slack_format import neutralise_markdown, to_mrkdwn
-from bots.adapters.slack_views import SECTION_CHARS, Block, section
+from bots.adapters.slack.format import neutralise_markdown, to_mrkdwn
+from bots.adapters.slack.views import SECTION_CHARS, Block, section
 
 log = logging.getLogger(__name__)
 

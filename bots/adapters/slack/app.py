@@ -29,15 +29,15 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.adapters.slack_events import (
+from bots.adapters.slack.events import (
     CHANNEL_ID,
     USER_ID,
     SlackMessage,
     parse_message,
     parse_reaction,
 )
-from bots.adapters.slack_format import defuse_broadcasts, escape, from_mrkdwn, to_mrkdwn
-from bots.adapters.slack_reply import (
+from bots.adapters.slack.format import defuse_broadcasts, escape, from_mrkdwn, to_mrkdwn
+from bots.adapters.slack.reply import (
     EditPacer,
     Identity,
     Poster,
@@ -47,7 +47,7 @@ from bots.adapters.slack_reply import (
     UpdateView,
     error_code,
 )
-from bots.adapters.slack_views import home_view, persona_info, persona_list, sources_block
+from bots.adapters.slack.views import home_view, persona_info, persona_list, sources_block
 from bots.app import App
 from bots.chat.policy import NoticeThrottle
 from bots.chat.router import route

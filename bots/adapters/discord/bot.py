@@ -25,8 +25,8 @@ import aiohttp
 import discord
 import yarl
 
-from bots.adapters.discord_commands import SlashCommands, build_tree, member_roles
-from bots.adapters.discord_context import (
+from bots.adapters.discord.commands import SlashCommands, build_tree, member_roles
+from bots.adapters.discord.context import (
     CONTROL_CHARS,
     MAX_INPUT_CHARS,
     PLATFORM,
@@ -37,7 +37,7 @@ from bots.adapters.discord_context import (
     readable_text,
     well_formed,
 )
-from bots.adapters.discord_delivery import (
+from bots.adapters.discord.sinks import (
     BUSY,
     CUT_SHORT,
     FAILED,

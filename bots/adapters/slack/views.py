@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bots.adapters.slack_format import escape
+from bots.adapters.slack.format import escape
 from bots.knowledge.model import Hit
 from bots.persona.model import Persona
 

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP API (api.py) and its per-client limits (limits.py)."""
