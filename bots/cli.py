@@ -8,49 +8,24 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
+from bots.cli_options import flags_of, settings_of, settings_options
 from bots.observability.logs import setup_logging
-from bots.settings import Settings, SettingsError, load_settings
+from bots.settings import Settings
 
 log = logging.getLogger("bots")
 
 
 @click.group()
-@click.option("--config", type=click.Path(path_type=Path), help="bots.toml to read")
-@click.option("--personas", "personas_dir", type=click.Path(path_type=Path), help="persona folders")
-@click.option(
-    "--knowledge", "knowledge_dir", type=click.Path(path_type=Path), help="shared libraries"
-)
-@click.option("--data-dir", type=click.Path(path_type=Path), help="conversations and index cache")
-@click.option("--model", "model_path", help="GGUF model file (default: embedded SmolLM2-135M)")
-@click.option("--endpoint", help="OpenAI-compatible endpoint to use instead of a local model")
-@click.option("--engine", type=click.Choice(["batched", "simple"]), help="local engine")
-@click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
-@click.pass_context
-def main(ctx: click.Context, /, config: Path | None, verbose: int, **flags: Any) -> None:
-    """Turn a folder of instructions and documents into a chat bot."""
-    overrides = {
-        "personas_dir": flags["personas_dir"],
-        "knowledge_dir": flags["knowledge_dir"],
-        "data_dir": flags["data_dir"],
-        "model.path": flags["model_path"],
-        "model.endpoint": flags["endpoint"],
-        "model.engine": flags["engine"],
-    }
-    ctx.obj = {"config": config, "overrides": overrides, "verbose": verbose}
-    setup_logging(verbose)
+@settings_options
+def main() -> None:
+    """Turn a folder of instructions and documents into a chat bot.
 
-
-def settings_of(ctx: click.Context, **more: Any) -> Settings:
-    """Settings from bots.toml + environment + the group's and the command's flags."""
-    obj = ctx.obj
-    try:
-        return load_settings(config=obj["config"], overrides={**obj["overrides"], **more})
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
+    The folder, model and logging options can also follow the subcommand (`bots serve
+    --personas p`); there they win over the same option given before it.
+    """
 
 
 def default_persona(settings: Settings, registry_ids: list[str]) -> str:
@@ -63,6 +38,7 @@ def default_persona(settings: Settings, registry_ids: list[str]) -> str:
 
 @main.command()
 @click.argument("persona", required=False)
+@settings_options
 @click.pass_context
 def chat(ctx: click.Context, persona: str | None) -> None:
     """Chat in the terminal (streams; /persona NAME, /reset, /sources, /quit)."""
@@ -94,6 +70,7 @@ def chat(ctx: click.Context, persona: str | None) -> None:
 @click.option("--temperature", type=float, help="override the persona's temperature")
 @click.option("--seed", type=int, help="sampling seed, for repeatable answers")
 @click.option("--max-tokens", type=int, help="reply length limit")
+@settings_options
 @click.pass_context
 def ask(
     ctx: click.Context,
@@ -169,6 +146,7 @@ def ask(
 
 @main.command()
 @click.argument("name")
+@settings_options
 @click.pass_context
 def new(ctx: click.Context, name: str) -> None:
     """Create personas/NAME/persona.md from a commented template."""
@@ -183,6 +161,7 @@ def new(ctx: click.Context, name: str) -> None:
 
 
 @main.command()
+@settings_options
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Validate every persona and library; print problems as file:line; exit 1 if any."""
@@ -200,6 +179,7 @@ def check(ctx: click.Context) -> None:
 @click.option("--host", help="address to bind (default 127.0.0.1)")
 @click.option("--port", type=int, help="port (default 8321)")
 @click.option("--log-json", is_flag=True, default=None, help="JSON log lines")
+@settings_options
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool | None) -> None:
     """Run the HTTP API, the workbench and every configured adapter (Discord, Slack).
@@ -215,7 +195,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool
         ctx, **{"server.host": host, "server.port": port, "server.log_json": log_json}
     )
     setup_logging(
-        max(ctx.obj["verbose"], 1), json_logs=settings.server.log_json, secrets=settings.secrets()
+        max(flags_of(ctx).verbose, 1),
+        json_logs=settings.server.log_json,
+        secrets=settings.secrets(),
     )
     try:
         exit_status = asyncio.run(run_server(App.create(settings)))
@@ -226,6 +208,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool
 
 @main.command()
 @click.option("--url", default=None, help="server address (default from settings)")
+@settings_options
 @click.pass_context
 def status(ctx: click.Context, url: str | None) -> None:
     """Show a running server's personas, reload errors, adapters and queue."""
@@ -318,6 +301,7 @@ def bench_knowledge(docs: Path) -> None:
 @bench.command("injection")
 @click.option("--max-tokens", default=96, show_default=True, help="reply length per question")
 @click.option("--replies", is_flag=True, help="print every reply under the table")
+@settings_options
 @click.pass_context
 def bench_injection(ctx: click.Context, max_tokens: int, replies: bool) -> None:
     """How the model treats instructions planted in a document (a report, temperature 0)."""
@@ -333,6 +317,7 @@ def bench_injection(ctx: click.Context, max_tokens: int, replies: bool) -> None:
 @bench.command("ask")
 @click.argument("persona", default="handbook")
 @click.argument("question", default="How do I file an expense report?")
+@settings_options
 @click.pass_context
 def bench_ask(ctx: click.Context, persona: str, question: str) -> None:
     """Tokens/s of `bots ask` against raw llama-cpp-python on the same prompt."""
@@ -354,6 +339,7 @@ def bench_ask(ctx: click.Context, persona: str, question: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.option("--retrieval-only", is_flag=True, help="judge `cites`/`declines` without generating")
 @click.option("--watch", is_flag=True, help="re-run one persona's cases on every save")
+@settings_options
 @click.pass_context
 def eval_cases(
     ctx: click.Context, personas: tuple[str, ...], as_json: bool, retrieval_only: bool, watch: bool
@@ -391,6 +377,7 @@ def eval_cases(
 @click.option(
     "--to-evals", is_flag=True, help="append PERSONA's thumbs-down questions to evals.yaml"
 )
+@settings_options
 @click.pass_context
 def feedback(ctx: click.Context, persona: str | None, as_json: bool, to_evals: bool) -> None:
     """List thumbs-up/down reactions from chat, newest first (of PERSONA, or of all)."""

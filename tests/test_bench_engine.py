@@ -98,3 +98,9 @@ def test_stream_counts_are_positive_integers() -> None:
     for bad in ("", "1,x", "0,4", "4,-1"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected counts like 1,4,16,64"):
             stream_counts(bad)
+
+
+def test_bench_engine_hands_its_options_to_its_own_parser() -> None:
+    refused = CliRunner().invoke(main, ["bench", "engine", "--quick", "--streams", "0,4"])
+    assert refused.exit_code == 2
+    assert "--streams: '0,4': expected counts like 1,4,16,64" in refused.output

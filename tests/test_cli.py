@@ -1,4 +1,4 @@
-"""The `bots` command through click's runner: new, check, ask --json, chat."""
+"""The `bots` command through click's runner: new, check, ask --json, chat, where options go."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from bots.cli import main
 from tests.cli_runner import run_cli as run
 
 
@@ -81,3 +83,22 @@ def test_check_reports_a_broken_evals_file(project: Path) -> None:
     path.write_text("- ask: Hello\n  contains: [ahoy]\n- ask: Bye\n  colour: red\n")
     code, out = run(project, "check")
     assert code == 1 and f"{path}:4" in out and "colour" in out
+
+
+def test_folder_options_after_the_subcommand_win_over_those_before(project: Path) -> None:
+    good = project / "personas"
+    broken = project / "other" / "personas" / "bad" / "persona.md"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("---\nknowledge: [nope]\n---\nHi.\n")
+    knowledge = ["--knowledge", str(project / "knowledge"), "--data-dir", str(project / "data")]
+    runner = CliRunner()
+    after = runner.invoke(
+        main,
+        ["--personas", str(good), "check", "--personas", str(broken.parent.parent), *knowledge],
+    )
+    assert after.exit_code == 1 and f"{broken}:2: knowledge: unknown library 'nope'" in after.output
+    before = runner.invoke(
+        main,
+        ["--personas", str(broken.parent.parent), "check", "--personas", str(good), *knowledge],
+    )
+    assert before.exit_code == 0, before.output
