@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bots.bench.engine import (
-    NAIVE,
-    SERVER,
-    Row,
-    Workload,
-    format_report,
-    run_engine_bench,
-    stream_counts,
-)
+from bots.bench.engine import run_engine_bench, stream_counts
+from bots.bench.engine_report import NAIVE, SERVER, Row, format_report
+from bots.bench.engine_workloads import Workload
 from bots.bench.llama_server import llama_cpp_python_version
 from bots.bench.workload import interleaved_schedule, persona_instructions
 from bots.cli import main

@@ -1,0 +1,117 @@
+"""`bots bench`: the benchmark commands, each a thin wrapper over the module that measures."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from bots.cli_options import settings_of, settings_options
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Benchmarks that print ratios against baselines measured in the same run."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@bench.command("reload")
+@click.option("--edits", default=50, show_default=True, help="number of saves to time")
+def bench_reload(edits: int) -> None:
+    """Write-to-live latency of persona edits through the real watcher."""
+    from bots.bench.reload import measure_reload
+
+    result = asyncio.run(measure_reload(edits))
+    click.echo(
+        f"reload latency over {edits} edits: p50 {result['p50_ms']:.0f} ms, "
+        f"p95 {result['p95_ms']:.0f} ms, max {result['max_ms']:.0f} ms"
+    )
+
+
+@bench.command("knowledge")
+@click.option(
+    "--docs",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=Path("/usr/share/doc/python3.11/html"),
+    show_default=True,
+    help="a documentation folder (Debian: apt-get install python3.11-doc)",
+)
+def bench_knowledge(docs: Path) -> None:
+    """Cold index, warm restart, one-document refresh and query latency on a real doc set."""
+    import tempfile
+
+    from bots.knowledge.bench import run_knowledge_bench
+
+    with tempfile.TemporaryDirectory(prefix="bots-kbench-") as cache:
+        result = run_knowledge_bench(docs, Path(cache))
+    for key, value in result.items():
+        click.echo(f"{key:<28} {value:,.2f}")
+
+
+@bench.command("injection")
+@click.option("--max-tokens", default=96, show_default=True, help="reply length per question")
+@click.option("--replies", is_flag=True, help="print every reply under the table")
+@settings_options
+@click.pass_context
+def bench_injection(ctx: click.Context, max_tokens: int, replies: bool) -> None:
+    """How the model treats instructions planted in a document (a report, temperature 0)."""
+    from bots.bench.injection import format_table, run_injection_bench, summarize
+
+    results = asyncio.run(run_injection_bench(settings_of(ctx), max_tokens=max_tokens))
+    click.echo(format_table(summarize(results)))
+    if replies:
+        for r in results:
+            click.echo(f"\n[{r.style}] {r.question}\n{r.reply.strip()}")
+
+
+@bench.command("ask")
+@click.argument("persona", default="handbook")
+@click.argument("question", default="How do I file an expense report?")
+@settings_options
+@click.pass_context
+def bench_ask(ctx: click.Context, persona: str, question: str) -> None:
+    """Tokens/s of `bots ask` against raw llama-cpp-python on the same prompt."""
+    from bots.bench.ask import bench_ask as run_bench_ask
+
+    ours, raw = asyncio.run(run_bench_ask(settings_of(ctx), persona, question))
+    click.echo(f"{'':<22}{'prompt tok':>11}{'gen tok':>9}{'TTFT ms':>9}{'gen tok/s':>11}")
+    for name, run in (("bots ask", ours), ("raw llama-cpp-python", raw)):
+        click.echo(
+            f"{name:<22}{run.prompt_tokens:>11}{run.completion_tokens:>9}"
+            f"{run.ttft_ms:>9.0f}{run.tokens_per_s:>11.1f}"
+        )
+    if raw.tokens_per_s:
+        click.echo(f"ratio (bots / raw) gen tok/s: {ours.tokens_per_s / raw.tokens_per_s:.2f}x")
+
+
+@bench.command(
+    "engine", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.pass_context
+def bench_engine(ctx: click.Context) -> None:
+    """The engine against llama-server and naive llama-cpp-python (--quick for a smoke test).
+
+    Options: --quick, --model PATH, --threads N, --server PATH (llama-server binary; built with
+    `bots bench build-server` when missing), --as-shipped (the default model's Q4_1 file
+    instead of the Q8_0 copy bots serves on a CPU; every engine gets the same file),
+    --flash-attn auto|on|off (for bots and llama-server alike), --n-gpu-layers N (every engine
+    offloaded alike; -1 = all), --streams 1,4,16,64 (the concurrency workload's stream counts).
+    """
+    from bots.bench.engine import main as engine_main
+
+    sys.exit(engine_main(ctx.args))
+
+
+@bench.command(
+    "build-server", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.pass_context
+def bench_build_server(ctx: click.Context) -> None:
+    """Build llama.cpp's llama-server from the source vendored in the llama-cpp-python sdist."""
+    from bots.bench.llama_server import main as server_main
+
+    sys.exit(server_main(ctx.args))
