@@ -20,10 +20,10 @@ from typing import Any
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
-from llama_cpp._logger import set_verbose
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from bots.engine.base import ChatMessage
+from bots.engine.llama_log import route_llama_logs
 
 TokenArray = npt.NDArray[np.int32]
 log = logging.getLogger(__name__)
@@ -41,32 +41,6 @@ _LIB_DIR = Path(llama_cpp.__file__).parent / "lib"
 
 class NativeError(RuntimeError):
     """llama.cpp refused an operation (load, context creation, state restore)."""
-
-
-GGML_LOG_LEVEL_WARN = 3
-GGML_LOG_LEVEL_ERROR = 4
-EXPECTED_LOG_LINES = (
-    b"failed to find a memory slot",  # a full KV cache: the engine evicts and retries
-    b"failed to prepare ubatch",
-    # The KV cache is shared by all conversations; each one is held to the trained context.
-    b"n_ctx_train",
-)
-
-
-def _log_errors(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    if level < GGML_LOG_LEVEL_WARN or level > GGML_LOG_LEVEL_ERROR:
-        return
-    if not any(e in text for e in EXPECTED_LOG_LINES):
-        message = text.decode(errors="replace").rstrip()
-        log.log(
-            logging.ERROR if level == GGML_LOG_LEVEL_ERROR else logging.WARNING,
-            "llama.cpp: %s",
-            message,
-        )
-
-
-# Module-level, so the C side never calls a collected function.
-_log_callback = llama_cpp.llama_log_callback(_log_errors)
 
 
 def gpu_offload_supported() -> bool:
@@ -106,11 +80,8 @@ class NativeModel:
     """A GGUF model loaded once; tokenizer, chat template and special tokens."""
 
     def __init__(self, path: Path, *, n_gpu_layers: int = 0, vocab_only: bool = False) -> None:
+        route_llama_logs()
         llama_cpp.llama_backend_init()
-        # llama.cpp logs every tensor at INFO through llama-cpp-python's logger; errors only,
-        # less the "no KV slot" one that the engine answers by evicting (an expected event).
-        set_verbose(False)
-        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         # How many layers llama.cpp will really place on a GPU: none in a CPU-only build.

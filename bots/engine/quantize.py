@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 import llama_cpp
+
+from bots.engine.llama_log import route_llama_logs
+
+log = logging.getLogger(__name__)
 
 Q8_0_SUFFIX = ".q8_0.gguf"
 # Re-quantizing an already quantized file loses little going up to 8 bits; llama.cpp refuses it
@@ -44,6 +49,7 @@ def _cache_key(src: Path) -> str:
 
 def is_q8_0(path: Path) -> bool:
     """Whether the GGUF file is already mostly Q8_0 (or wider), so converting gains nothing."""
+    route_llama_logs()
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True  # metadata only: the tensors stay on disk
     model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
@@ -72,6 +78,9 @@ def prepared_model_path(src: Path, cache_dir: Path, *, n_threads: int | None = N
     if out.is_file():
         return out
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    # A warning, so that it shows at the default level: the first start pauses for a few
+    # seconds here, and llama.cpp's per-tensor lines (DEBUG now) no longer say why.
+    log.warning("preparing a Q8_0 copy of %s for the CPU (once)...", src.name)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
     params.allow_requantize = ALLOW_REQUANTIZE

@@ -102,10 +102,11 @@ class _Vocab:
 
     def __init__(self, path: Path) -> None:
         import llama_cpp
-        from llama_cpp._logger import set_verbose
 
+        from bots.engine.llama_log import route_llama_logs
+
+        route_llama_logs()
         llama_cpp.llama_backend_init()
-        set_verbose(False)
         params = llama_cpp.llama_model_default_params()
         params.vocab_only = True
         # No weights are placed, but keep the AMX-safe choice of bots.engine.model_files.
