@@ -25,10 +25,9 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from bots.adapters.discord.sinks import BUSY, CUT_SHORT, FAILED, INTERRUPTED, NO_PERSONAS
 from bots.adapters.render import CURSOR
-from bots.adapters.slack.app import FAILED_NOTE, INTERRUPTED_NOTE, NO_PERSONA
 from bots.adapters.slack.reply import PLACEHOLDER
+from bots.chat.notices import CUT_SHORT, FAILED, INTERRUPTED, NO_PERSONAS
 from tests.fake_discord import BotAccount, FakeDiscord
 from tests.fake_slack import BOT_ID, FakeSlack, Message
 
@@ -42,16 +41,11 @@ CONVERSATION_MESSAGES = 6
 REPLY_TIMEOUT_S = 120.0
 # What users may see instead of an answer; any of them in a reply counts as an error reply.
 ERROR_NOTICES = (
-    BUSY,
     FAILED,
     NO_PERSONAS,
     INTERRUPTED,
     CUT_SHORT,
-    FAILED_NOTE,
-    INTERRUPTED_NOTE,
-    NO_PERSONA,
     "I'm busy with other questions",
-    "Sorry, something went wrong",
 )
 SLACK_ERROR_REACTIONS = frozenset({"x", "hourglass_flowing_sand"})
 # Valid edits append one of these (and a revision number, so that every save changes the file).

@@ -34,9 +34,10 @@ from bots.bench.injection import (
     summarize,
     write_project,
 )
+from bots.chat.model import Incoming
 from bots.chat.policy import Policy
 from bots.chat.prompt import format_documents, system_message
-from bots.chat.service import Incoming, Reply
+from bots.chat.reply import Reply
 from bots.engine.base import ChatMessage
 from bots.engine.llama_native import NativeModel
 from bots.engine.model_files import resolve_model_path
@@ -65,7 +66,7 @@ def vocab() -> Iterator[NativeModel]:
 
 async def ask(app: App, persona_id: str, question: str, **options: object) -> Reply:
     incoming = Incoming("test", "", "tester", question, persona_id, remember=False, **options)  # type: ignore[arg-type]
-    reply = await app.service.start(incoming, check_policy=False)
+    reply = await app.service.start(incoming)
     async for _ in reply:
         pass
     return reply

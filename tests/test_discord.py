@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from bots.adapters.discord.bot import DiscordAdapter, DiscordSetupError, bot_logins
-from bots.adapters.discord.sinks import INTERRUPTED, RetryPolicy
+from bots.adapters.discord.bot import DiscordAdapter
+from bots.adapters.discord.client import DiscordSetupError, bot_logins
+from bots.adapters.discord.sinks import RetryPolicy
 from bots.adapters.render import CURSOR
 from bots.app import App
-from bots.chat.service import Incoming
-from bots.chat.store import Turn
+from bots.chat.model import Incoming, Turn
+from bots.chat.notices import INTERRUPTED
 from bots.engine.base import (
     Engine,
     EngineBusy,
@@ -783,7 +784,7 @@ async def test_engine_busy_gets_a_short_human_reply(start_discord: StartDiscord)
     env = await start_discord(engine=ScriptedEngine(busy=True))
     asked = env.say("alice", "general", "Hello?")
     notice = await env.fake.wait_for(lambda: env.fake.replies_to(asked["id"]))
-    assert notice[0]["content"] == "I'm busy, try again in a few seconds."
+    assert notice[0]["content"] == "I'm busy with other questions; please ask again in 3s."
 
 
 @pytest.mark.parametrize("change", ["edit", "delete"])
@@ -963,7 +964,7 @@ async def test_adapter_adds_almost_no_latency(start_discord: StartDiscord) -> No
     async def direct(question: str) -> None:
         started = time.monotonic()
         reply = await env.app.service.start(
-            Incoming("cli", "", "cli", question, "pirate", remember=False), check_policy=False
+            Incoming("cli", "", "cli", question, "pirate", remember=False)
         )
         first = 0.0
         async for _ in reply:

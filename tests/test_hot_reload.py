@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bots.app import App
-from bots.chat.service import ChatRefused, Incoming
+from bots.chat.model import ChatRefused, Incoming
 from bots.settings import Settings
 from tests.conftest import persona_md, write
 

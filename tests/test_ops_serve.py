@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bots.chat.store import ConversationStore, Turn
+from bots.chat.model import Turn
+from bots.chat.store import ConversationStore
 from bots.engine.model_files import default_model_path
 from bots.serve import EXIT_ENGINE_FAILED
 from tests.conftest import persona_md, write

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from bots.app import App
-from bots.chat.service import Incoming
+from bots.chat.model import Incoming
 from bots.persona.registry import ReloadEvent
 from tests.conftest import persona_md, write
 from tests.test_hot_reload import until
@@ -154,7 +154,6 @@ async def test_torture_random_mutations_while_requests_run(app: App, project: Pa
             try:
                 reply = await app.service.start(
                     Incoming("test", "t", "u", "hi", "pirate", remember=False, max_tokens=1),
-                    check_policy=False,
                 )
                 async for _ in reply:
                     pass

@@ -20,13 +20,13 @@ import pytest
 import pytest_asyncio
 
 from bots.adapters.render import CURSOR
-from bots.adapters.slack.app import INTERRUPTED_NOTE, SlackAdapter, SlackConfigError
+from bots.adapters.slack.app import SlackAdapter, SlackConfigError
 from bots.adapters.slack.format import neutralise_markdown, to_mrkdwn
 from bots.adapters.slack.reply import PLACEHOLDER, SlackLimits
 from bots.app import App
+from bots.chat.model import Incoming, Turn
+from bots.chat.notices import INTERRUPTED
 from bots.chat.policy import Policy
-from bots.chat.service import Incoming
-from bots.chat.store import Turn
 from bots.settings import PolicySettings, SlackSettings, load_settings
 from tests.conftest import HANDBOOK, persona_md, write
 from tests.fake_slack import (
@@ -763,7 +763,7 @@ async def test_stop_cuts_an_unfinished_reply_with_a_note(
     await fake.wait_for(lambda: fake.calls_to("chat.update"))
     await adapter.stop()
     (message,) = fake.bot_messages(CHANNEL, event["ts"])
-    assert message.text.endswith("_" + INTERRUPTED_NOTE + "_")
+    assert message.text.endswith("_" + INTERRUPTED + "_")
     assert bot.adapters["slack"] == "stopped"
 
 
@@ -820,7 +820,7 @@ async def test_latency_compared_with_a_direct_answer(
         for _ in range(3):
             started = time.perf_counter()
             incoming = Incoming("cli", "", "cli", question, "steady", remember=False)
-            reply = await bot.service.start(incoming, check_policy=False)
+            reply = await bot.service.start(incoming)
             first = 0.0
             async for _piece in reply:
                 first = first or time.perf_counter() - started

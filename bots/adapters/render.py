@@ -1,7 +1,9 @@
 """One renderer for every chat platform: split long replies, pace progressive edits.
 
 Discord and Slack differ only in limits (characters per message, edits per second) and in how a
-message is posted or edited; both drive a `StreamRenderer` over their own `MessageSink`.
+message is posted or edited; both drive a `StreamRenderer` over their own `MessageSink`. Slack's
+streaming API appends text instead of editing it, so its view cuts with the same `cut_point` and
+carries code fences with the same `open_fence` and `FENCE_ROOM`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Protocol
 
 FENCE = re.compile(r"^(\s*)(```+|~~~+)(.*)$")
 CURSOR = " ▌"
+# Room kept at the end of a part for closing a code block the cut lands in ("\n```").
+FENCE_ROOM = 4
 
 
 class MessageSink(Protocol):
@@ -43,10 +47,9 @@ def split_message(text: str, limit: int) -> list[str]:
         if len(rest) <= limit:
             parts.append(rest)
             break
-        # Room for closing a fence ("\n```") if the cut lands inside a code block.
-        cut = _cut_point(rest, limit - 4)
+        cut = cut_point(rest, limit - FENCE_ROOM)
         head, rest = rest[:cut].rstrip(), rest[cut:].lstrip(" \n") if cut < len(rest) else ""
-        fence = _open_fence(head)
+        fence = open_fence(head)
         if fence is not None:
             head += "\n" + fence[0]
             reopen = fence[0] + fence[1] + "\n"
@@ -56,7 +59,9 @@ def split_message(text: str, limit: int) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-def _cut_point(text: str, limit: int) -> int:
+def cut_point(text: str, limit: int) -> int:
+    """Where to end a part of at most `limit` characters of `text`: after a paragraph, else a
+    line, else a word, unless that would leave the part under a third of the limit."""
     window = text[:limit]
     for separator in ("\n\n", "\n", " "):
         at = window.rfind(separator)
@@ -65,7 +70,7 @@ def _cut_point(text: str, limit: int) -> int:
     return limit
 
 
-def _open_fence(text: str) -> tuple[str, str] | None:
+def open_fence(text: str) -> tuple[str, str] | None:
     """The (fence, language) of a code block left open at the end of `text`, if any."""
     open_fence: tuple[str, str] | None = None
     for line in text.split("\n"):

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import sys
 from typing import TextIO
 
 from bots.app import App
-from bots.chat.service import ChatRefused, Incoming, Reply
+from bots.chat import notices
+from bots.chat.model import ChatRefused, Incoming
+from bots.chat.reply import Reply
 from bots.engine.base import EngineError
+
+log = logging.getLogger(__name__)
 
 HELP = "/persona NAME switch persona · /reset forget this chat · /sources last sources · /quit"
 
@@ -88,15 +93,20 @@ class TerminalChat:
     async def ask(self, text: str) -> None:
         incoming = Incoming("terminal", self.place, self.user, text, self.persona_id)
         try:
-            reply = await self.app.service.start(incoming, check_policy=False)
-        except (ChatRefused, EngineError) as exc:
-            self.say(f"({getattr(exc, 'user_message', str(exc))})")
+            reply = await self.app.service.start(incoming)
+        except ChatRefused as refused:
+            self.say(f"({refused.user_message})")
+            return
+        except EngineError as exc:
+            log.error("the engine failed to start a reply: %s", exc)
+            self.say(f"({notices.FAILED})")
             return
         self.last = reply
         self.say(f"{reply.persona.display_name}: ", end="")
         try:
             async for piece in reply:
                 self.say(piece, end="")
-        except EngineError as exc:
-            self.say(f" (stopped: {exc})", end="")
+        except EngineError:
+            log.exception("the engine failed mid-reply")
+            self.say(f" {notices.CUT_SHORT}", end="")
         self.say()

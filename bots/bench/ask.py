@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 
 from bots.app import App
-from bots.chat.service import Incoming, Reply
+from bots.chat.model import Incoming
+from bots.chat.reply import Reply
 from bots.engine.factory import served_model_path
 from bots.engine.model_files import resolve_model_path, without_extra_buffers
 from bots.settings import Settings
@@ -40,7 +41,7 @@ async def answer(
         max_tokens=max_tokens,
         seed=seed,
     )
-    reply = await app.service.start(incoming, check_policy=False)
+    reply = await app.service.start(incoming)
     async for _ in reply:
         pass
     return reply

@@ -1,4 +1,10 @@
-"""Who may talk: persona access lists, global allow/deny lists, per-user rate limits."""
+"""Who may talk: persona access lists, global allow/deny lists, per-user rate limits.
+
+Access lists and per-user budgets apply on the chat platforms, where the platform vouches for
+the user id (`GOVERNED_PLATFORMS`). Elsewhere there is no such id: an HTTP request's `user` is
+the caller's own claim (the HTTP server limits each client address instead), and the terminal,
+`bots ask`, evals and benchmarks are the operator.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bots.chat import notices
 from bots.persona.model import Persona
 from bots.settings import PolicySettings
 
@@ -22,6 +29,7 @@ class Decision:
 
 
 ALLOW = Decision(True)
+GOVERNED_PLATFORMS = frozenset({"discord", "slack"})
 # Users remembered before the expired ones are dropped (a flood of new ids stays bounded).
 MAX_TRACKED_KEYS = 10_000
 
@@ -48,9 +56,7 @@ class RateLimiter:
                 times.popleft()
             if len(times) >= self.limit:
                 wait = times[0] + self.window_s - now
-                return Decision(
-                    False, f"You're sending messages too fast; try again in {wait:.0f}s.", wait
-                )
+                return Decision(False, notices.too_fast(wait), wait)
             times.append(now)
             if len(self._seen) > MAX_TRACKED_KEYS:
                 # Drop users whose whole window has passed (many one-off senders, e.g. IPs).
@@ -114,6 +120,9 @@ class Policy:
     def check(
         self, persona: Persona, platform: str, user_id: str, roles: tuple[str, ...] = ()
     ) -> Decision:
+        """Whether `user_id` may talk to `persona` now (always, off the governed platforms)."""
+        if platform not in GOVERNED_PLATFORMS:
+            return ALLOW
         if not self.persona_allows(persona, user_id, roles):
-            return Decision(False, f"Sorry, you don't have access to {persona.display_name}.")
+            return Decision(False, notices.no_access(persona))
         return self.rate.check(f"{platform}:{user_id}")

@@ -1,7 +1,10 @@
 """The chat service: one incoming message -> a streamed, stored reply from the right persona.
 
 Every adapter (terminal, HTTP, Discord, Slack, web) goes through `ChatService.start`; platform
-details stay in the adapters.
+details stay in the adapters. The service owns the rules: it always applies the policy (which
+knows the platforms it governs), turns a full engine queue into a refusal with a retry time, and
+answers the conversation facts the adapters need (first sightings, which message shows a turn,
+feedback, the persona that last spoke in a place), so no adapter touches the store.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
+from bots.chat import notices
+from bots.chat.model import Admission, ChatRefused, Feedback, Incoming, Turn
 from bots.chat.policy import Policy
-from bots.chat.prompt import BuiltPrompt, build_prompt
+from bots.chat.prompt import build_prompt
+from bots.chat.reply import Reply, ReplyRecord, ReplyStatus, source_dict
 from bots.chat.store import ConversationStore
 from bots.engine.base import ChatMessage, Engine, EngineBusy, GenerationRequest, Piece, Usage
 from bots.knowledge.library import UnknownPersona
@@ -25,9 +30,7 @@ from bots.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DECLINE = "I don't know: my documents don't cover that."
 HISTORY_LIMIT = 40
-SHUTTING_DOWN = "I'm restarting right now; please ask again in a minute."
 SHUTDOWN_RETRY_AFTER_S = 30.0
 
 
@@ -35,111 +38,6 @@ class Knowledge(Protocol):
     """What the service needs of the knowledge side."""
 
     def retriever(self, persona_id: str, libraries: Sequence[str]) -> Retriever: ...
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A message from any platform, reduced to what choosing and answering needs."""
-
-    platform: str
-    place: str
-    user_id: str
-    text: str
-    persona_id: str
-    roles: tuple[str, ...] = ()
-    message_id: str = ""
-    remember: bool = True
-    history: tuple[ChatMessage, ...] = ()
-    temperature: float | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
-    fresh: bool = False  # evaluate without cached prefixes (exactly repeatable, for evals)
-
-
-class ChatRefused(Exception):
-    """The message will not be answered; `user_message` is short and safe to show."""
-
-    def __init__(self, user_message: str, *, status: int = 400, retry_after_s: float = 0.0) -> None:
-        super().__init__(user_message)
-        self.user_message = user_message
-        self.status = status
-        self.retry_after_s = retry_after_s
-
-
-@dataclass
-class Reply:
-    """A reply being generated: iterate for text pieces; afterwards `text`, `usage` are final."""
-
-    persona: Persona
-    sources: tuple[Hit, ...]
-    prompt: BuiltPrompt | None
-    conversation_id: int | None
-    turn_id: int | None
-    _pieces: AsyncIterator[Piece] | None
-    _service: ChatService
-    text: str = ""
-    usage: Usage | None = None
-    finish_reason: Literal["stop", "length", "cancelled", "error", "declined"] | None = None
-    started: float = field(default_factory=time.perf_counter)
-    platform: str = ""
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._run()
-
-    async def _run(self) -> AsyncIterator[str]:
-        if self._pieces is None:
-            self.finish_reason = "declined"
-            self.text = DECLINE
-            await self._service._finish(self, "complete")
-            yield DECLINE
-            return
-        status: Literal["complete", "interrupted"] = "interrupted"
-        try:
-            async for piece in self._pieces:
-                if piece.text:
-                    self.text += piece.text
-                    yield piece.text
-                if piece.finish_reason is not None:
-                    self.finish_reason = piece.finish_reason
-                    self.usage = piece.usage
-            status = "complete" if self.finish_reason in ("stop", "length") else "interrupted"
-        except BaseException:
-            self.finish_reason = self.finish_reason or "error"
-            raise
-        finally:
-            if self.finish_reason is None:
-                self.finish_reason = "cancelled"
-            await self._pieces.aclose()  # type: ignore[attr-defined]
-            await self._service._finish(self, status)
-
-    def source_dicts(self) -> list[dict[str, Any]]:
-        """Sources for display: one entry per document, with its best chunk's score."""
-        seen: dict[str, dict[str, Any]] = {}
-        for hit in self.sources:
-            if hit.path not in seen:
-                seen[hit.path] = source_dict(hit)
-        return list(seen.values())
-
-
-def source_dict(hit: Hit) -> dict[str, Any]:
-    """The public shape of a source: path, title, score (plus heading)."""
-    return {
-        "path": hit.path,
-        "title": hit.title,
-        "heading": hit.heading,
-        "score": round(hit.score, 4),
-    }
-
-
-@dataclass(frozen=True)
-class ReplyRecord:
-    """What logs and metrics learn of a finished or refused reply: figures, never the text."""
-
-    persona_id: str
-    platform: str
-    outcome: str  # stop, length, cancelled, error, declined, busy, rate_limited
-    usage: Usage
-    duration_ms: float
 
 
 class ChatService:
@@ -176,31 +74,52 @@ class ChatService:
 
     def _no_such_persona(self, persona_id: str) -> ChatRefused:
         others = [p.id for p in self.registry.personas() if p.id != persona_id]
-        names = ", ".join(others) or "none"
         return ChatRefused(
-            f"That persona doesn't exist: {persona_id!r} (have: {names}).", status=404
+            notices.unknown_persona(persona_id, others), kind="unknown_persona", status=404
         )
 
     def retrieve(self, persona: Persona, query: str, k: int | None = None) -> list[Hit]:
         retriever = self.knowledge.retriever(persona.id, persona.knowledge)
         return retriever.search(query, k or self.settings.retrieval.top_k)
 
-    async def start(self, incoming: Incoming, *, check_policy: bool = True) -> Reply:
-        """Begin a reply. Raises ChatRefused (unknown persona, access, rate) or EngineBusy."""
-        started = time.perf_counter()
+    def admit(self, incoming: Incoming) -> Admission:
+        """Check a message before any work: not shutting down, a known persona, the policy.
+
+        Raises ChatRefused. Charges the sender's rate budget once; `start(admission)` does not
+        check again.
+        """
         if self.draining:
-            raise ChatRefused(SHUTTING_DOWN, status=503, retry_after_s=SHUTDOWN_RETRY_AFTER_S)
-        persona = self.persona(incoming.persona_id)
-        if check_policy:
-            decision = self.policy.check(
-                persona, incoming.platform, incoming.user_id, incoming.roles
+            raise ChatRefused(
+                notices.SHUTTING_DOWN,
+                kind="shutting_down",
+                status=503,
+                retry_after_s=SHUTDOWN_RETRY_AFTER_S,
             )
-            if not decision.allowed:
+        persona = self.persona(incoming.persona_id)
+        decision = self.policy.check(persona, incoming.platform, incoming.user_id, incoming.roles)
+        if not decision.allowed:
+            if decision.retry_after_s:
+                self._observe(
+                    persona.id, incoming.platform, "rate_limited", None, time.perf_counter()
+                )
                 raise ChatRefused(
                     decision.reason,
-                    status=429 if decision.retry_after_s else 403,
+                    kind="rate_limited",
+                    status=429,
                     retry_after_s=decision.retry_after_s,
                 )
+            raise ChatRefused(decision.reason, kind="no_access", status=403)
+        return Admission(incoming, persona)
+
+    async def start(self, message: Incoming | Admission) -> Reply:
+        """Begin a reply (admitting `message` first unless it is an Admission already).
+
+        Raises ChatRefused (shutting down, unknown persona, access, rate, a full engine queue)
+        or EngineError (the model failed before the first token).
+        """
+        started = time.perf_counter()
+        admission = message if isinstance(message, Admission) else self.admit(message)
+        incoming, persona = admission.incoming, admission.persona
         conversation_id = None
         history = list(incoming.history)
         if incoming.remember:
@@ -262,9 +181,16 @@ class ChatService:
                 first = await stream.__anext__()
             except BaseException as exc:
                 await stream.aclose()  # type: ignore[attr-defined]
-                outcome = "busy" if isinstance(exc, EngineBusy) else "error"
-                self._observe(persona.id, incoming.platform, outcome, None, started)
-                raise
+                if not isinstance(exc, EngineBusy):
+                    self._observe(persona.id, incoming.platform, "error", None, started)
+                    raise
+                self._observe(persona.id, incoming.platform, "busy", None, started)
+                raise ChatRefused(
+                    notices.busy(exc.retry_after_s),
+                    kind="busy",
+                    status=503,
+                    retry_after_s=exc.retry_after_s,
+                ) from exc
             pieces = _prepend(first, stream)
         turn_id = None
         if conversation_id is not None:
@@ -288,9 +214,18 @@ class ChatService:
                     sources=[source_dict(h) for h in sources],
                 )
             )
-        reply = Reply(persona, sources, prompt, conversation_id, turn_id, pieces, self)
-        reply.platform = incoming.platform
-        reply.started = started  # duration counts from the message, not the first token
+        # The duration counts from the message, not from the first token.
+        reply = Reply(
+            persona,
+            sources,
+            prompt,
+            conversation_id,
+            turn_id,
+            pieces,
+            self._finish,
+            platform=incoming.platform,
+            started=started,
+        )
         self.in_flight += 1
         return reply
 
@@ -306,7 +241,71 @@ class ChatService:
         conversation_id = await self.store.run(self.store.conversation_id, platform, place)
         return await self.store.run(self.store.forget, conversation_id)
 
-    async def _finish(self, reply: Reply, status: Literal["complete", "interrupted"]) -> None:
+    # ---- conversation facts the adapters need; they never touch the store ----
+
+    def place_allowed(self, *, guild_id: str = "", channel_id: str = "", team_id: str = "") -> bool:
+        """The global allow/deny lists of guilds, workspaces and channels."""
+        return self.policy.place_allowed(guild_id=guild_id, channel_id=channel_id, team_id=team_id)
+
+    async def first_sighting(self, platform: str, event_key: str, ttl_s: float) -> bool:
+        """True once per platform event (a retry, a replay or a restart does not repeat it)."""
+        return await self.store.run(self.store.first_sighting, f"{platform}:{event_key}", ttl_s)
+
+    async def shown(self, turn_id: int, platform_message_id: str) -> None:
+        """Remember which platform message shows a reply (for follow-ups and reactions)."""
+        await self.store.run(self.store.set_message_id, turn_id, platform_message_id)
+
+    async def answered(self, platform: str, platform_message_id: str) -> Turn | None:
+        """The reply turn a platform message shows, if it shows one of ours."""
+        turn = await self.store.run(self.store.turn_by_message, platform, platform_message_id)
+        return turn if turn is not None and turn.role == "assistant" else None
+
+    async def knows_message(self, platform: str, platform_message_id: str) -> bool:
+        """Whether a platform message is one the bot answered or one showing its reply."""
+        turn = await self.store.run(self.store.turn_by_message, platform, platform_message_id)
+        return turn is not None
+
+    async def place_of_reply(
+        self, platform: str, platform_message_id: str
+    ) -> tuple[str, str] | None:
+        """(place, persona id) of the conversation a reply shown by this message belongs to."""
+        turn = await self.answered(platform, platform_message_id)
+        if turn is None:
+            return None
+        place = await self.store.run(self.store.place_of, turn.conversation_id)
+        return (place[1], turn.persona_id) if place else None
+
+    async def last_persona(self, platform: str, place: str) -> str | None:
+        """The persona that last answered in a place (pending replies too: a follow-up may
+        come while the last reply still streams); None for a place with no reply."""
+        conversation_id = await self.store.run(self.store.conversation_id, platform, place)
+        for turn in reversed(await self.store.run(self.store.turns, conversation_id)):
+            if turn.role == "assistant":
+                return turn.persona_id
+        return None
+
+    async def history(self, platform: str, place: str, limit: int = HISTORY_LIMIT) -> list[Turn]:
+        """The remembered turns of a place, oldest first (what the next reply will see)."""
+        conversation_id = await self.store.run(self.store.conversation_id, platform, place)
+        return await self.store.run(self.store.history, conversation_id, limit)
+
+    async def react(
+        self, platform: str, platform_message_id: str, user_id: str, value: int, *, added: bool
+    ) -> bool:
+        """A thumbs up (+1) or down (-1) on one of our replies, stored (or removed) as
+        feedback; False when the message shows no reply of ours. Idempotent."""
+        turn = await self.answered(platform, platform_message_id)
+        if turn is None:
+            return False
+        change = self.store.add_feedback if added else self.store.remove_feedback
+        await self.store.run(change, turn.id, user_id, value)
+        return True
+
+    async def feedback(self, persona_id: str | None = None) -> list[Feedback]:
+        """Feedback with the exchange it judged, newest first (of one persona, or of all)."""
+        return await self.store.run(self.store.feedback, persona_id)
+
+    async def _finish(self, reply: Reply, status: ReplyStatus) -> None:
         try:
             if reply.turn_id is not None:
                 await self.store.run(

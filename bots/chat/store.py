@@ -12,12 +12,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
+
+from bots.chat.model import Feedback, Turn, TurnStatus
 
 T = TypeVar("T")
-TurnStatus = Literal["complete", "pending", "interrupted"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -55,37 +55,6 @@ CREATE TABLE IF NOT EXISTS seen_events (
     seen_at REAL NOT NULL
 );
 """
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One stored message of a conversation."""
-
-    id: int
-    conversation_id: int
-    role: str
-    content: str
-    persona_id: str
-    user_id: str
-    status: TurnStatus
-    sources: tuple[dict[str, Any], ...]
-    platform_message_id: str
-    created_at: float
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """A thumbs up (+1) or down (-1) on a bot reply, with the exchange it judged."""
-
-    turn_id: int
-    persona_id: str
-    platform: str
-    user_id: str
-    value: int
-    created_at: float
-    question: str
-    answer: str
-    sources: tuple[dict[str, Any], ...]
 
 
 class ConversationStore:

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from bots.app import App
-from bots.chat.store import ConversationStore, Feedback
+from bots.chat.model import Feedback
+from bots.chat.store import ConversationStore
 from bots.evals.feedback import AppendResult, append_feedback_cases, feedback_rows
 from bots.evals.model import PersonaRun
 from bots.evals.report import as_json, flip_lines, header, persona_summary, rows, total

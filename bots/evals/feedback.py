@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from bots.chat.store import Feedback
+from bots.chat.model import Feedback
 from bots.evals.loader import compose, default_name, parse_evals
 from bots.evals.model import EVALS_FILE
 

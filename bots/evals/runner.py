@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass
 
 from bots.app import App
-from bots.chat.service import ChatRefused, ChatService, Incoming
-from bots.engine.base import ChatMessage, EngineBusy, EngineError
+from bots.chat.model import ChatRefused, Incoming
+from bots.chat.service import ChatService
+from bots.engine.base import ChatMessage, EngineError
 from bots.evals.loader import load_evals
 from bots.evals.model import CaseResult, Checks, EvalCase, EvalError, EvalSuite, PersonaRun, Status
 from bots.knowledge.library import KnowledgeError
@@ -141,12 +142,12 @@ async def _converse(service: ChatService, persona: Persona, turns: tuple[str, ..
         )
         for attempt in range(BUSY_RETRIES + 1):
             try:
-                reply = await service.start(incoming, check_policy=False)
+                reply = await service.start(incoming)
                 break
-            except EngineBusy as busy:
-                if attempt == BUSY_RETRIES:
+            except ChatRefused as refused:
+                if refused.kind != "busy" or attempt == BUSY_RETRIES:
                     raise
-                await asyncio.sleep(busy.retry_after_s)
+                await asyncio.sleep(refused.retry_after_s)
         async for _ in reply:
             pass
         answer = reply.text

@@ -20,7 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bots.chat.service import ReplyRecord
+from bots.chat.reply import ReplyRecord
 from bots.persona.registry import ReloadEvent
 
 if TYPE_CHECKING:

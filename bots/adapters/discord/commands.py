@@ -9,29 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import aiohttp
 import discord
 from discord import app_commands
 
+from bots.adapters.delivery import Delivery
 from bots.adapters.discord.context import PLATFORM, Conversation
+from bots.adapters.discord.showing import PersonaDisplay
 from bots.adapters.discord.sinks import (
-    FAILED,
     MESSAGE_LIMIT,
     NO_MENTIONS,
-    NO_PERSONAS,
     ChannelSink,
     InteractionSink,
-    ReplyTarget,
     RetryPolicy,
     defuse_mentions,
 )
+from bots.adapters.discord.view import DiscordSurface, SinkMaker
 from bots.adapters.render import MessageSink
-from bots.app import App
-from bots.chat.service import Incoming
+from bots.chat import notices
+from bots.chat.model import Admission, ChatRefused, Incoming
 from bots.persona.model import Persona
+from bots.persona.registry import PersonaRegistry
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ CHOICE_NAME_LIMIT = 100
 EMBED_FIELD_LIMIT = 1024
 LIST_LIMIT = 1900
 
-NO_SUCH_PERSONA = "That persona doesn't exist: try /persona list."
-NOT_HERE = "I don't answer in this channel."
 RESET_CHAINS = (
     "Here each reply chain is its own conversation: post a new message (not a reply) to start "
     "fresh. /reset forgets threads and DMs."
@@ -53,8 +52,13 @@ RESET_CHAINS = (
 class ReplyRunner(Protocol):
     """What the commands need of the adapter: its checks, persona choice and reply path."""
 
-    app: App
+    registry: PersonaRegistry
+    delivery: Delivery
+    display: PersonaDisplay
     retry: RetryPolicy
+
+    @property
+    def default_persona(self) -> str: ...
 
     def accepting(self) -> bool: ...
 
@@ -68,13 +72,13 @@ class ReplyRunner(Protocol):
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
-    async def reply(
-        self, incoming: Incoming, target: ReplyTarget, *, check_policy: bool
-    ) -> None: ...
-
-    async def sink_for(
-        self, channel: Any, guild: discord.Guild | None, persona: Persona, *, reference: Any
-    ) -> tuple[MessageSink, int]: ...
+    def surface(
+        self,
+        sink: SinkMaker,
+        notify: Callable[[str], Awaitable[None]],
+        typing_in: discord.abc.Messageable | None,
+        explicit: bool,
+    ) -> DiscordSurface: ...
 
 
 class SlashCommands:
@@ -82,7 +86,7 @@ class SlashCommands:
 
     def __init__(self, runner: ReplyRunner) -> None:
         self.runner = runner
-        self.app = runner.app
+        self.registry = runner.registry
 
     async def admit(self, interaction: discord.Interaction) -> bool:
         """False while stopping, or for an interaction already answered (a gateway replay)."""
@@ -105,38 +109,41 @@ class SlashCommands:
     ) -> None:
         channel = interaction.channel
         if channel is None or not self.runner.place_allowed(channel, interaction.guild):
-            await ephemeral(interaction, NOT_HERE)
+            await ephemeral(interaction, notices.NOT_HERE)
             return
         if persona:
             named = self.find(persona)
             if named is None:
-                await ephemeral(interaction, NO_SUCH_PERSONA)
+                await ephemeral(interaction, notices.NO_SUCH_PERSONA)
                 return
             persona_id, text = named.id, question
         else:
             chosen, text = self.runner.choose(question, channel, Conversation(""))
             if chosen is None:
-                await ephemeral(interaction, NO_PERSONAS)
+                await ephemeral(interaction, notices.NO_PERSONAS)
                 return
             persona_id = chosen
-        snapshot = self.app.service.persona(persona_id)
-        user_id, roles = str(interaction.user.id), member_roles(interaction.user)
-        # Checked before answering the interaction, so a refusal is private.
-        decision = self.app.service.policy.check(snapshot, PLATFORM, user_id, roles)
-        if not decision.allowed:
-            await ephemeral(interaction, decision.reason)
-            return
-        if thread and isinstance(channel, discord.TextChannel):
-            await self._ask_in_thread(interaction, channel, snapshot, text)
-            return
         if isinstance(channel, discord.Thread):
             place = f"thread:{channel.id}"
         elif interaction.guild is None:
             place = f"dm:{channel.id}"
         else:
             place = f"ask:{interaction.id}"
+        roles = member_roles(interaction.user)
+        incoming = Incoming(
+            PLATFORM, place, str(interaction.user.id), text, persona_id, roles=roles
+        )
+        try:
+            # Admitted before the interaction is answered, so that a refusal is private.
+            admission = self.runner.delivery.admit(incoming)
+        except ChatRefused as refused:
+            await ephemeral(interaction, refused.user_message)
+            return
+        if thread and isinstance(channel, discord.TextChannel):
+            await self._ask_in_thread(interaction, channel, admission)
+            return
         await interaction.response.defer(thinking=True)
-        prefix = f"**{snapshot.display_name}:** "
+        prefix = f"**{admission.persona.display_name}:** "
 
         async def sink(_: Persona) -> tuple[MessageSink, int]:
             shown = InteractionSink(interaction, self.runner.retry, prefix=prefix)
@@ -145,17 +152,16 @@ class SlashCommands:
         async def notify(text: str) -> None:
             await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
 
-        incoming = Incoming(PLATFORM, place, user_id, text, persona_id, roles=roles)
-        target = ReplyTarget(sink, notify, None, explicit=True)
-        await self.runner.reply(incoming, target, check_policy=False)
+        surface = self.runner.surface(sink, notify, None, explicit=True)
+        await self.runner.delivery.deliver(admission, surface)
 
     async def _ask_in_thread(
         self,
         interaction: discord.Interaction,
         channel: discord.TextChannel,
-        persona: Persona,
-        question: str,
+        admission: Admission,
     ) -> None:
+        persona, question = admission.persona, admission.incoming.text
         header = defuse_mentions(f"**{persona.display_name}** · {question}")[:MESSAGE_LIMIT]
         callback = await interaction.response.send_message(header, allowed_mentions=NO_MENTIONS)
         starter = callback.resource
@@ -166,27 +172,19 @@ class SlashCommands:
         guild = interaction.guild
 
         async def sink(snapshot: Persona) -> tuple[MessageSink, int]:
-            return await self.runner.sink_for(thread, guild, snapshot, reference=None)
+            return await self.runner.display.sink_for(thread, guild, snapshot, reference=None)
 
         async def notify(text: str) -> None:
             await ChannelSink(thread, self.runner.retry).send(text)
 
-        incoming = Incoming(
-            PLATFORM,
-            f"thread:{thread.id}",
-            str(interaction.user.id),
-            question,
-            persona.id,
-            roles=member_roles(interaction.user),
-            message_id=str(starter.id),
-        )
-        target = ReplyTarget(sink, notify, thread, explicit=True)
-        await self.runner.reply(incoming, target, check_policy=False)
+        surface = self.runner.surface(sink, notify, thread, explicit=True)
+        in_thread = admission.at(f"thread:{thread.id}", message_id=str(starter.id))
+        await self.runner.delivery.deliver(in_thread, surface)
 
     async def persona_list(self, interaction: discord.Interaction) -> None:
-        personas = self.app.registry.personas()
+        personas = self.registry.personas()
         if not personas:
-            await ephemeral(interaction, NO_PERSONAS)
+            await ephemeral(interaction, notices.NO_PERSONAS)
             return
         lines = [
             f"• **{p.display_name}** (`{p.id}`)" + (f": {p.description}" if p.description else "")
@@ -198,7 +196,7 @@ class SlashCommands:
     async def persona_info(self, interaction: discord.Interaction, name: str) -> None:
         persona = self.find(name)
         if persona is None:
-            await ephemeral(interaction, NO_SUCH_PERSONA)
+            await ephemeral(interaction, notices.NO_SUCH_PERSONA)
             return
         embed = discord.Embed(title=persona.display_name, description=persona.description or None)
         fields = {
@@ -224,22 +222,22 @@ class SlashCommands:
         else:
             await ephemeral(interaction, RESET_CHAINS)
             return
-        forgotten = await self.app.service.reset(PLATFORM, place)
+        forgotten = await self.runner.delivery.service.reset(PLATFORM, place)
         await ephemeral(interaction, f"Done: I forgot this conversation ({forgotten} messages).")
 
     def persona_choices(self, current: str) -> list[app_commands.Choice[str]]:
         wanted = current.lower()
         return [
             app_commands.Choice(name=f"{p.display_name} ({p.id})"[:CHOICE_NAME_LIMIT], value=p.id)
-            for p in self.app.registry.personas()
+            for p in self.registry.personas()
             if wanted in p.id.lower() or wanted in p.display_name.lower()
         ][:CHOICES_LIMIT]
 
     def starter_choices(self, persona: str | None, current: str) -> list[app_commands.Choice[str]]:
         """The persona's starters (its suggested questions) matching what is typed so far."""
-        chosen = self.find(persona or self.app.settings.default_persona)
+        chosen = self.find(persona or self.runner.default_persona)
         if chosen is None:
-            personas = self.app.registry.personas()
+            personas = self.registry.personas()
             chosen = personas[0] if personas else None
         wanted = current.lower()
         return [
@@ -253,14 +251,14 @@ class SlashCommands:
     ) -> None:
         log.error("slash command failed", exc_info=error)
         try:
-            await ephemeral(interaction, FAILED)
+            await ephemeral(interaction, notices.FAILED)
         except (discord.HTTPException, aiohttp.ClientError):
             log.debug("could not tell the user about the failure", exc_info=True)
 
     def find(self, name: str) -> Persona | None:
         """A persona by id or display name, any case."""
         wanted = name.strip().lower()
-        for persona in self.app.registry.personas():
+        for persona in self.registry.personas():
             if wanted in (persona.id.lower(), persona.display_name.lower()):
                 return persona
         return None

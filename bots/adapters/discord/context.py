@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import discord
 
-from bots.chat.store import ConversationStore
+from bots.chat.service import ChatService
 from bots.engine.base import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,8 @@ def strip_decorations(text: str) -> str:
 class Conversations:
     """Finds the conversation a message continues, from the store first, then from Discord."""
 
-    def __init__(
-        self, store: ConversationStore, is_ours: Callable[[discord.Message], bool]
-    ) -> None:
-        self.store = store
+    def __init__(self, service: ChatService, is_ours: Callable[[discord.Message], bool]) -> None:
+        self.service = service
         self.is_ours = is_ours
         # Later parts of a split reply -> its first part (the one the store knows).
         self.part_of: dict[int, int] = {}
@@ -141,11 +139,7 @@ class Conversations:
     async def turn_persona(self, message_id: int) -> tuple[str, str] | None:
         """(place, persona id) of the stored turn shown by this message, if the store knows it."""
         key = str(self.part_of.get(message_id, message_id))
-        turn = await self.store.run(self.store.turn_by_message, PLATFORM, key)
-        if turn is None:
-            return None
-        place = await self.store.run(self.store.place_of, turn.conversation_id)
-        return (place[1], turn.persona_id) if place else None
+        return await self.service.place_of_reply(PLATFORM, key)
 
     async def is_reply_to_us(self, message: discord.Message) -> bool:
         reference = message.reference
@@ -155,18 +149,17 @@ class Conversations:
         if isinstance(resolved, discord.Message) and self.is_ours(resolved):
             return True
         key = str(self.part_of.get(reference.message_id, reference.message_id))
-        turn = await self.store.run(self.store.turn_by_message, PLATFORM, key)
-        return turn is not None and turn.role == "assistant"
+        return await self.service.answered(PLATFORM, key) is not None
 
     async def of(self, message: discord.Message) -> Conversation:
         """The conversation `message` belongs to."""
         channel = message.channel
         if isinstance(channel, discord.Thread):
             place = f"thread:{channel.id}"
-            return Conversation(place, await self._last_persona(place))
+            return Conversation(place, await self.service.last_persona(PLATFORM, place))
         if message.guild is None:
             place = f"dm:{channel.id}"
-            return Conversation(place, await self._last_persona(place))
+            return Conversation(place, await self.service.last_persona(PLATFORM, place))
         if message.reference is None or message.reference.message_id is None:
             return Conversation(f"msg:{message.id}")
         return await self._from_chain(message)
@@ -208,11 +201,3 @@ class Conversations:
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             log.info("reply chain stops at %s: %s", reference.message_id, type(exc).__name__)
             return None
-
-    async def _last_persona(self, place: str) -> str | None:
-        conversation_id = await self.store.run(self.store.conversation_id, PLATFORM, place)
-        # All turns, pending ones too: a follow-up may come while the last reply still streams.
-        for turn in reversed(await self.store.run(self.store.turns, conversation_id)):
-            if turn.role == "assistant":
-                return turn.persona_id
-        return None

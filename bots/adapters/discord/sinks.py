@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import aiohttp
 import discord
 
-from bots.adapters.render import MessageSink
 from bots.knowledge.model import Hit
 from bots.persona.model import Persona
 
@@ -41,26 +40,6 @@ MAX_SOURCES_SHOWN = 3
 AVATAR_MAX_BYTES = 8 * 1024 * 1024
 WEBHOOK_RETRY_AFTER_S = 600.0
 NONCE_BYTES = 12  # 24 hex characters; Discord accepts nonces up to 25
-
-
-# Short notices a user may see; the details go to the log.
-BUSY = "I'm busy, try again in a few seconds."
-FAILED = "Sorry, something went wrong while answering. Please try again."
-NO_PERSONAS = "No persona is available right now."
-INTERRUPTED = "(reply interrupted: the bot is restarting)"
-CUT_SHORT = "(reply cut short by an error)"
-
-
-@dataclass(frozen=True)
-class ReplyTarget:
-    """Where a reply goes: how to show it once the persona is known (a sink and its character
-    limit), where the typing indicator shows, how to say a short notice, and whether the user
-    addressed the bot explicitly (refusals in a bound channel stay silent)."""
-
-    sink: Callable[[Persona], Awaitable[tuple[MessageSink, int]]]
-    notify: Callable[[str], Awaitable[None]]
-    typing_in: discord.abc.Messageable | None
-    explicit: bool
 
 
 @dataclass(frozen=True)

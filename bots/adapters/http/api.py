@@ -21,11 +21,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from bots.adapters.http.errors import http_error
 from bots.adapters.http.limits import CLIENT_LIMITS_KEY, ClientLimits
 from bots.adapters.web import mount_workbench
 from bots.app import App
-from bots.chat.service import ChatRefused, Incoming, Reply
-from bots.engine.base import ChatMessage, EngineBusy, EngineError, EngineTimeout
+from bots.chat.model import ChatRefused, Incoming
+from bots.chat.reply import Reply
+from bots.engine.base import ChatMessage, EngineError, EngineTimeout
 from bots.observability.health import HealthProbe
 from bots.observability.metrics import CONTENT_TYPE, Metrics
 
@@ -250,7 +252,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         app.service.persona(model)
     except ChatRefused as exc:
-        return _refused(exc)
+        return http_error(exc).openai()
     limits = request.app[CLIENT_LIMITS_KEY]
     client = limits.client(request)
     limited = limits.admit(client, model, "http")
@@ -261,12 +263,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await _complete(request, app, model, messages, options)
     finally:
         limits.release(client)
-
-
-def _refused(exc: ChatRefused) -> web.Response:
-    kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
-    retry = {"Retry-After": str(round(exc.retry_after_s))} if exc.retry_after_s else {}
-    return error(exc.status, exc.user_message, kind, **retry)
 
 
 async def _complete(
@@ -292,13 +288,9 @@ async def _complete(
         seed=options.get("seed"),
     )
     try:
-        reply = await app.service.start(incoming, check_policy=False)
-    except ChatRefused as exc:
-        return _refused(exc)
-    except EngineBusy as exc:
-        return error(503, str(exc), "server_busy", **{"Retry-After": str(int(exc.retry_after_s))})
-    except EngineError as exc:
-        return error(503, f"the model is unavailable: {exc}", "server_error")
+        reply = await app.service.start(incoming)
+    except (ChatRefused, EngineError) as exc:
+        return http_error(exc).openai()
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     if options["stream"]:
         return await _stream(request, reply, completion_id)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from bots.chat.policy import NoticeThrottle, RateLimiter
-from bots.chat.service import ReplyRecord
+from bots.chat.reply import ReplyRecord
 from bots.engine.base import Usage
 from bots.settings import ServerSettings
 

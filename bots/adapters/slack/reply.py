@@ -21,7 +21,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.adapters.render import StreamRenderer, split_message
+from bots.adapters.render import FENCE_ROOM, StreamRenderer, cut_point, open_fence, split_message
 from bots.adapters.slack.format import neutralise_markdown, to_mrkdwn
 from bots.adapters.slack.views import SECTION_CHARS, Block, section
 
@@ -247,6 +247,7 @@ class StreamView:
         self._sent = 0
         self._stream: AsyncChatStream | None = None
         self._stream_start = 0
+        self._reopen = ""  # the fence reopened at the start of the current stream
         self._last = 0.0
         self._fallback: UpdateView | None = None
 
@@ -290,23 +291,33 @@ class StreamView:
             await self._fallback.abort(note)
 
     async def _push(self, end: int) -> None:
-        """Hand `text[_sent:end]` to Slack, starting a new stream where one is full."""
-        limit = self.limits.message_chars
+        """Hand `text[_sent:end]` to Slack, starting a new stream where one is full.
+
+        A code block cut between two streams is closed at the end of the first and reopened
+        (with its language) at the start of the next, as `split_message` does for edits.
+        """
+        limit = self.limits.message_chars - FENCE_ROOM
         while self._sent < end and self._fallback is None:
-            used = self._sent - self._stream_start
-            if self._stream is not None and used + (end - self._sent) > limit:
+            if self._stream is not None and self._used() + (end - self._sent) > limit:
+                fence = open_fence(self._reopen + self.text[self._stream_start : self._sent])
                 try:
+                    if fence is not None:
+                        await self._stream.append(markdown_text="\n" + fence[0])
                     await self._stream.stop()
                 except SlackApiError as exc:
                     await self._fall_back(exc)
                     return
                 self._stream = None
+                self._reopen = fence[0] + fence[1] + "\n" if fence is not None else ""
+            prefix = ""
             if self._stream is None:
                 self._stream_start = self._sent
                 self._stream = await self._open_stream()
-            room = limit - (self._sent - self._stream_start)
-            stop = end if end - self._sent <= room else _cut(self.text, self._sent, room)
-            chunk = neutralise_markdown(self.text[self._sent : stop])
+                prefix = self._reopen
+            room = limit - self._used()
+            fits = end - self._sent <= room
+            stop = end if fits else self._sent + cut_point(self.text[self._sent : end], room)
+            chunk = prefix + neutralise_markdown(self.text[self._sent : stop])
             try:
                 await self._stream.append(markdown_text=chunk)
             except SlackApiError as exc:
@@ -315,6 +326,10 @@ class StreamView:
             if self._stream.ts and self._stream.ts not in self._streamed:
                 self._streamed.append(self._stream.ts)
             self._sent = stop
+
+    def _used(self) -> int:
+        """Characters the current stream holds (its reopened fence included)."""
+        return len(self._reopen) + self._sent - self._stream_start
 
     async def _open_stream(self) -> AsyncChatStream:
         args: dict[str, Any] = self.identity.args() if self.poster.customize else {}
@@ -337,11 +352,4 @@ class StreamView:
         self._fallback = self.make_fallback(current)
         await self._fallback.open()
         # Earlier, full streams stay as they are; the fallback carries on from this one.
-        await self._fallback.feed(self.text[self._stream_start :])
-
-
-def _cut(text: str, start: int, room: int) -> int:
-    """Where to end a stretch of at most `room` characters from `start`: after a space if any."""
-    end = start + room
-    at = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
-    return at + 1 if at > start + room // 3 else end
+        await self._fallback.feed(self._reopen + self.text[self._stream_start :])

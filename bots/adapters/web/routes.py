@@ -29,13 +29,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from bots.adapters.http.errors import http_error
 from bots.adapters.http.limits import CLIENT_LIMITS_KEY
 from bots.adapters.web import views
 from bots.adapters.web.auth import authorized, host_allowed, set_session, token_matches
 from bots.adapters.web.events import EventHub, ServerEvent, json_event
 from bots.app import App
-from bots.chat.service import ChatRefused, Incoming
-from bots.engine.base import EngineBusy, EngineError
+from bots.chat.model import ChatRefused, Incoming
+from bots.engine.base import EngineError
 from bots.evals.model import Flip
 from bots.evals.watch import EvalEvent, EvalMonitor
 from bots.knowledge.library import KnowledgeError
@@ -54,6 +55,7 @@ MAX_CHAT_CHARS = 4000
 MAX_QUERY_CHARS = 500
 DEFAULT_HITS = 10
 MAX_HITS = 50
+HISTORY_SHOWN = 50  # turns of the current chat shown when the page loads
 
 
 class Workbench:
@@ -228,10 +230,7 @@ async def index(request: web.Request) -> web.Response:
     chat_id = _chat_id(request) or secrets.token_urlsafe(12)
     panel = ""
     if persona is not None:
-        conversation = await app.store.run(
-            app.store.conversation_id, PLATFORM, _place(chat_id, persona.id)
-        )
-        turns = await app.store.run(app.store.history, conversation, 50)
+        turns = await app.service.history(PLATFORM, _place(chat_id, persona.id), HISTORY_SHOWN)
         shelves = await asyncio.to_thread(_shelves, app, persona)
         panel = views.persona_panel(
             persona,
@@ -294,8 +293,7 @@ async def run_evals(request: web.Request) -> web.Response:
 
 
 async def feedback(request: web.Request) -> web.Response:
-    store = _workbench(request).app.store
-    items = await store.run(store.feedback, _persona(request).id)
+    items = await _workbench(request).app.service.feedback(_persona(request).id)
     return _html(views.feedback(items))
 
 
@@ -356,14 +354,9 @@ async def _answer(
         persona_id=persona.id,
     )
     try:
-        reply = await app.service.start(incoming, check_policy=False)
-    except ChatRefused as exc:
-        return web.json_response({"error": exc.user_message}, status=exc.status)
-    except EngineBusy as exc:
-        headers = {"Retry-After": str(int(exc.retry_after_s))}
-        return web.json_response({"error": str(exc)}, status=503, headers=headers)
-    except EngineError as exc:
-        return web.json_response({"error": f"the model is unavailable: {exc}"}, status=503)
+        reply = await app.service.start(incoming)
+    except (ChatRefused, EngineError) as exc:
+        return http_error(exc).plain()
     response = web.StreamResponse(
         headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
     )

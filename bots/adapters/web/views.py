@@ -17,7 +17,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from bots.chat.store import Feedback, Turn
+from bots.chat.model import Feedback, Turn
 from bots.evals.model import FAILING, CaseResult, EvalError, Flip, PersonaRun
 from bots.evals.report import latency
 from bots.knowledge.model import Hit
