@@ -1,0 +1,179 @@
+"""The one reply lifecycle every chat platform uses: admit, show, stream, finish, remember.
+
+`Delivery.deliver(message, surface)` takes one message from admission to the stored id of the
+platform message that shows its reply. The steps, top to bottom:
+admit (refused: a short notice, a rate refusal said once per wait, an access refusal silent where
+the bot was not addressed) -> a view for the persona snapshot that answers, opened while the
+prompt is prepared (Discord: typing; Slack: a placeholder) -> start (a full queue or a failed
+model: a notice where the reply would have been) -> stream the pieces into the view -> the
+sources (for personas with `citations: true`), or a note when the model failed half-way ->
+cancelled at shutdown: a note saying so -> the platform message that shows the reply, stored
+for follow-ups and reactions.
+
+A platform provides a `Surface` (where this one reply goes) whose `ReplyView` shows the text;
+both are small, so the same steps, and the same sentences (`bots.chat.notices`), hold on every
+platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+from bots.chat import notices
+from bots.chat.model import Admission, ChatRefused, Incoming
+from bots.chat.policy import NoticeThrottle
+from bots.chat.reply import Reply
+from bots.chat.service import ChatService
+from bots.engine.base import EngineError
+from bots.knowledge.model import Hit
+from bots.persona.model import Persona
+
+log = logging.getLogger(__name__)
+
+Mark = Literal["busy", "failed"]
+
+
+class ReplyView(Protocol):
+    """Where one reply's text shows while and after it is generated."""
+
+    @property
+    def message_ids(self) -> list[str]:
+        """The platform messages showing the reply so far, in order."""
+
+    @property
+    def shown(self) -> bool:
+        """Whether anything of this reply is on screen (a placeholder counts)."""
+
+    async def open(self) -> None:
+        """Show that a reply is coming; runs while the prompt is prepared."""
+
+    async def feed(self, piece: str) -> None:
+        """Add generated text."""
+
+    async def finish(self, sources: Sequence[Hit]) -> None:
+        """Show the final text, with `sources` below it when there are any."""
+
+    async def abort(self, note: str) -> None:
+        """End with `note`: under the text shown so far, or alone where nothing was."""
+
+    async def close(self) -> None:
+        """Release what the view holds (typing, pacing); called once, whatever happened."""
+
+
+class Surface(Protocol):
+    """What a platform provides to show one reply to one message."""
+
+    @property
+    def explicit(self) -> bool:
+        """The user addressed the bot (a mention, a DM, a command): refusals are said. In a
+        channel bound to a persona, access refusals stay silent."""
+
+    def view(self, persona: Persona) -> ReplyView:
+        """A view showing `persona`'s reply (its name and avatar where the platform can)."""
+
+    async def notice(self, text: str) -> None:
+        """Tell the asker why there is no answer (privately where the platform allows)."""
+
+    async def mark(self, mark: Mark) -> None:
+        """Mark the asker's message for a busy or failed reply (Slack: a reaction), or not."""
+
+    def shown_key(self, message_ids: list[str]) -> str:
+        """The key under which the store finds the reply shown by these messages."""
+
+
+class Delivery:
+    """Runs the reply lifecycle for one adapter (its rate notices are throttled together)."""
+
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+        self._rate_notices = NoticeThrottle()
+
+    def admit(self, incoming: Incoming) -> Admission:
+        """Check a message before showing anything; raises ChatRefused (see `refused`)."""
+        return self.service.admit(incoming)
+
+    async def refused(self, refused: ChatRefused, user_id: str, surface: Surface) -> None:
+        """Say a refusal: a flood hears "too fast" once per wait; a bound channel's access
+        refusal stays silent."""
+        if refused.kind == "rate_limited":
+            if not self._rate_notices.should_notify(user_id, refused.retry_after_s):
+                return
+        elif refused.kind == "no_access" and not surface.explicit:
+            return
+        await surface.notice(refused.user_message)
+
+    async def deliver(self, message: Incoming | Admission, surface: Surface) -> Reply | None:
+        """Answer one message on `surface`; the reply once it has ended, or None if refused."""
+        if isinstance(message, Admission):
+            admission = message
+        else:
+            try:
+                admission = self.service.admit(message)
+            except ChatRefused as refused:
+                await self.refused(refused, message.user_id, surface)
+                return None
+        view = surface.view(admission.persona)
+        reply: Reply | None = None
+        try:
+            reply = await self._start(admission, surface, view)
+            if reply is not None:
+                await self._stream(reply, surface, view)
+        except asyncio.CancelledError:
+            # Only a shutdown cancels a reply that shows: say so where it stops.
+            if view.shown:
+                await view.abort(notices.INTERRUPTED)
+            raise
+        finally:
+            try:
+                if reply is not None and reply.turn_id is not None and view.message_ids:
+                    await self.service.shown(reply.turn_id, surface.shown_key(view.message_ids))
+            finally:
+                await view.close()
+        return reply
+
+    async def _start(self, admission: Admission, surface: Surface, view: ReplyView) -> Reply | None:
+        """Open the view while the prompt is prepared; a start that fails says why there."""
+        opening = asyncio.ensure_future(view.open())
+        try:
+            reply = await self.service.start(admission)
+        except (ChatRefused, EngineError) as exc:
+            await opening
+            if isinstance(exc, ChatRefused):
+                note = exc.user_message
+                if exc.kind == "busy":
+                    await surface.mark("busy")
+            else:
+                log.error("the engine failed to start a reply: %s", exc)
+                note = notices.FAILED
+                await surface.mark("failed")
+            await view.abort(note)
+            return None
+        except BaseException:
+            opening.cancel()
+            raise
+        try:
+            await opening
+        except BaseException:
+            await _discard(reply)
+            raise
+        return reply
+
+    async def _stream(self, reply: Reply, surface: Surface, view: ReplyView) -> None:
+        try:
+            async for piece in reply:
+                await view.feed(piece)
+        except EngineError:
+            log.exception("the engine failed mid-reply")
+            await surface.mark("failed")
+            await view.abort(notices.CUT_SHORT)
+            return
+        await view.finish(reply.sources if reply.persona.citations else ())
+
+
+async def _discard(reply: Reply) -> None:
+    """Stop a reply that will not be shown (its generator then frees the engine)."""
+    async for _ in reply:
+        break
