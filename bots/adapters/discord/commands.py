@@ -280,6 +280,29 @@ class PersonaCommandTree(app_commands.CommandTree[discord.Client]):
         await self.commands.failed(interaction, error)
 
 
+class PersonaGroup(app_commands.Group):
+    """`/persona list` and `/persona info NAME`."""
+
+    def __init__(self, commands: SlashCommands) -> None:
+        super().__init__(name="persona", description="The personas you can talk to")
+        self.handlers = commands
+
+    @app_commands.command(name="list", description="List the personas")
+    async def list_personas(self, interaction: discord.Interaction) -> None:
+        await self.handlers.persona_list(interaction)
+
+    @app_commands.command(name="info", description="What a persona knows and what to ask it")
+    @app_commands.describe(name="The persona")
+    async def info(self, interaction: discord.Interaction, name: str) -> None:
+        await self.handlers.persona_info(interaction, name)
+
+    @info.autocomplete("name")
+    async def info_name(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return self.handlers.persona_choices(current)
+
+
 def build_tree(client: discord.Client, commands: SlashCommands) -> PersonaCommandTree:
     """The bot's command tree (`sync()` publishes it)."""
     tree = PersonaCommandTree(client, commands)
@@ -308,22 +331,7 @@ def build_tree(client: discord.Client, commands: SlashCommands) -> PersonaComman
         chosen = getattr(interaction.namespace, "persona", None)
         return commands.starter_choices(chosen if isinstance(chosen, str) else None, current)
 
-    group = app_commands.Group(name="persona", description="The personas you can talk to")
-
-    @group.command(name="list", description="List the personas")
-    async def persona_list(interaction: discord.Interaction) -> None:
-        await commands.persona_list(interaction)
-
-    @group.command(name="info", description="What a persona knows and what to ask it")
-    @app_commands.describe(name="The persona")
-    async def persona_info(interaction: discord.Interaction, name: str) -> None:
-        await commands.persona_info(interaction, name)
-
-    @persona_info.autocomplete("name")
-    async def info_name(interaction: discord.Interaction, current: str) -> Choices:
-        return commands.persona_choices(current)
-
-    tree.add_command(group)
+    tree.add_command(PersonaGroup(commands))
 
     @tree.command(name="reset", description="Forget this conversation (this thread or DM)")
     async def reset(interaction: discord.Interaction) -> None:
