@@ -68,8 +68,9 @@ class Surface(Protocol):
 
     @property
     def explicit(self) -> bool:
-        """The user addressed the bot (a mention, a DM, a command): refusals are said. In a
-        channel bound to a persona, access refusals stay silent."""
+        """Whether an access refusal is said. True where the user addressed the bot (a mention,
+        a DM, a command) or where a notice is private (Slack's ephemeral messages); False in a
+        Discord channel bound to a persona, where a notice would be public to everyone."""
 
     def view(self, persona: Persona) -> ReplyView:
         """A view showing `persona`'s reply (its name and avatar where the platform can)."""
