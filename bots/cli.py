@@ -12,7 +12,7 @@ import click
 
 from bots.bench.commands import bench
 from bots.cli_options import flags_of, settings_of, settings_options
-from bots.observability.logs import setup_logging
+from bots.logs import setup_logging
 from bots.settings import Settings
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from bots.observability.logs import setup_logging
+from bots.logs import setup_logging
 from bots.settings import Settings, SettingsError, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])

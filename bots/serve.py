@@ -14,7 +14,7 @@ from aiohttp import web
 from bots.adapters.base import Adapter
 from bots.adapters.http.api import create_http_app
 from bots.app import App
-from bots.engine.supervised import SupervisedEngine
+from bots.engine.process.supervisor import SupervisedEngine
 
 log = logging.getLogger(__name__)
 

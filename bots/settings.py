@@ -191,6 +191,41 @@ class Settings:
 
 
 _SECTIONS = ("model", "retrieval", "server", "policy", "discord", "slack")
+
+
+# A setting is secret when its field is declared with repr=False (so no repr shows it either).
+def _secret_fields(section: Any) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(section) if not f.repr]
+
+
+def without_secrets(settings: Settings) -> Settings:
+    """The same settings with every secret blank: for a process that needs none (the model
+    worker)."""
+    sections: dict[str, Any] = {}
+    for name in _SECTIONS:
+        section = getattr(settings, name)
+        blank = {f.name: _default(f) for f in _secret_fields(section)}
+        sections[name] = dataclasses.replace(section, **blank)
+    return dataclasses.replace(settings, **sections)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def secret_environment_names() -> set[str]:
+    """Environment variables that may hold a secret setting (`BOTS_SLACK_BOT_TOKEN`, ...)."""
+    names = {
+        f"BOTS_{name}_{f.name}".upper()
+        for name in _SECTIONS
+        for f in _secret_fields(_section_class(name, ""))
+    }
+    names |= {alias for alias, (s, k) in ALIASES.items() if f"BOTS_{s}_{k}".upper() in names}
+    return names
+
+
 _TOP = ("personas_dir", "knowledge_dir", "data_dir", "default_persona")
 
 

@@ -64,7 +64,7 @@ def start_server(
 
     Secret settings passed in `env` are registered with the session's secret scan.
     """
-    from bots.engine.supervised import secret_environment_names
+    from bots.settings import secret_environment_names
     from tests.secret_scan import register_secret
 
     secret_names = secret_environment_names()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from bots.observability.logs import REDACTED, JsonFormatter, RedactingFormatter
+from bots.logs import REDACTED, JsonFormatter, RedactingFormatter
 from tests.conftest import HANDBOOK, persona_md, write
 from tests.serve_process import ONE_THREAD, start_server
 

@@ -21,7 +21,7 @@ import pytest
 from bots.engine.base import ChatMessage, Engine, EngineError, GenerationRequest
 from bots.engine.factory import make_engine
 from bots.engine.model_files import default_model_path
-from bots.engine.supervised import SupervisedEngine
+from bots.engine.process.supervisor import SupervisedEngine
 from bots.settings import Settings, load_settings
 
 # Short enough for a test, long enough for a first token on a busy 2-core machine.

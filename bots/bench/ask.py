@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from bots.app import App
 from bots.chat.model import Incoming
 from bots.chat.reply import Reply
-from bots.engine.factory import served_model_path
+from bots.engine.local import served_model_path
 from bots.engine.model_files import resolve_model_path, without_extra_buffers
 from bots.settings import Settings
 

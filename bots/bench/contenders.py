@@ -12,8 +12,8 @@ from bots.bench.llama_server import running_llama_server
 from bots.engine.base import Engine
 from bots.engine.batched import DEFAULT_KV_CELLS, DEFAULT_QUEUE_SIZE, BatchedEngine
 from bots.engine.llama_native import amx_kernels_built
+from bots.engine.process.supervisor import SupervisedEngine
 from bots.engine.remote import RemoteEngine
-from bots.engine.supervised import SupervisedEngine
 from bots.settings import ModelSettings, Settings
 
 ENGINE_N_CTX = 8192

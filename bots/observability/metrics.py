@@ -115,7 +115,7 @@ class _AppCollector(Collector):
         self._app = app
 
     def collect(self) -> Iterator[Metric]:
-        from bots.engine.supervised import SupervisedEngine
+        from bots.engine.process.supervisor import SupervisedEngine
 
         app = self._app
         engine = app.engine.status()

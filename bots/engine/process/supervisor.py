@@ -1,8 +1,8 @@
 """The supervised engine: the local model in a child process, behind the same Engine API.
 
 A native crash in llama.cpp kills its whole process. So the model lives in a worker process
-(bots.engine.worker_process) that runs the engine `make_engine` builds, with isolation off, and
-streams pieces back over a pipe. This side:
+(bots.engine.process.worker) that runs the local engine the settings name and streams pieces
+back over a pipe (bots.engine.process.child starts it). This side:
 
 - sends each request to the worker and hands its pieces to the caller (`engine.stream`);
 - counts tokens itself, with the model's vocabulary alone (no weights), so prompt building never
@@ -13,19 +13,16 @@ streams pieces back over a pipe. This side:
 - gives up after `model.max_restarts` restarts within `model.restart_window_s`: every caller gets
   an error and `wait_failed()` returns, so `bots serve` exits non-zero and its service manager
   restarts it.
+
+The process boundary is the reliability seam: this module is supervision alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import dataclasses
 import itertools
 import logging
-import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -41,16 +38,15 @@ from bots.engine.base import (
     Piece,
     read_pieces,
 )
-from bots.engine.worker_process import Frame, FrameError, encode, read_frame
-from bots.settings import ALIASES, Settings
+from bots.engine.llama_native import NativeError, NativeModel
+from bots.engine.process.child import WorkerProcess, describe_exit, start_worker
+from bots.engine.process.wire import Frame, FrameError, read_frame
+from bots.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WORKER_MODULE = "bots.engine.worker_process"
 # Waits before each restart attempt in a row; the last one repeats.
 RESTART_BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)
-# Loading a large model from a cold disk can take minutes.
-LOAD_TIMEOUT_S = 600.0
 # How often the worker is asked for its status (which is also how an idle hang shows).
 STATUS_POLL_S = 2.0
 WATCHDOG_TICK_S = 0.25
@@ -71,108 +67,10 @@ class _Call:
     rid: int
     request: GenerationRequest
     out: asyncio.Queue[Piece | BaseException] = field(default_factory=asyncio.Queue)
-    worker: _Worker | None = None  # where it was sent; None while it waits for a worker
+    worker: WorkerProcess | None = None  # where it was sent; None while it waits for a worker
     heard: bool = False  # the worker answered it (a piece or an error)
     finished: bool = False  # the last piece or an error is queued for the caller
     resent: bool = False
-
-
-@dataclass(eq=False)
-class _Worker:
-    """One worker process and what this side knows of it."""
-
-    proc: asyncio.subprocess.Process
-    context_size: int
-    model: str
-    queue_capacity: int
-    started: float
-    last_heard: float
-    last_polled: float = 0.0
-    status: EngineStatus | None = None
-    kill_reason: str = ""
-    reader: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
-class _Vocab:
-    """The model's tokenizer alone: llama.cpp loads the vocabulary and no weights."""
-
-    def __init__(self, path: Path) -> None:
-        import llama_cpp
-
-        from bots.engine.llama_log import route_llama_logs
-
-        route_llama_logs()
-        llama_cpp.llama_backend_init()
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        # No weights are placed, but keep the AMX-safe choice of bots.engine.model_files.
-        params.use_extra_bufts = False
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-        if not model:
-            raise EngineError(f"{path}: llama.cpp could not read the model's vocabulary")
-        self._lib = llama_cpp
-        self._model = model
-        self._vocab = llama_cpp.llama_model_get_vocab(model)
-
-    def count(self, text: str) -> int:
-        data = text.encode()
-        capacity = len(data) + 8  # a token is at least one byte, plus room for specials
-        buf = (self._lib.llama_token * capacity)()
-        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, False)
-        return abs(int(n))
-
-    def close(self) -> None:
-        self._lib.llama_model_free(self._model)
-
-
-def worker_settings(settings: Settings) -> Settings:
-    """What the worker is told: the same settings with isolation off and every secret blank."""
-    sections: dict[str, Any] = {}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            blank = {s.name: _default(s) for s in dataclasses.fields(value) if not s.repr}
-            sections[f.name] = dataclasses.replace(value, **blank)
-    sections["model"] = dataclasses.replace(sections["model"], isolate=False)
-    return dataclasses.replace(settings, **sections)
-
-
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
-
-
-def secret_environment_names() -> set[str]:
-    """Environment variables that may hold a secret setting (`BOTS_SLACK_BOT_TOKEN`, ...)."""
-    names = set()
-    defaults = Settings()
-    for f in dataclasses.fields(defaults):
-        section = getattr(defaults, f.name)
-        if dataclasses.is_dataclass(section):
-            names |= {
-                f"BOTS_{f.name}_{s.name}".upper() for s in dataclasses.fields(section) if not s.repr
-            }
-    names |= {alias for alias, (s, k) in ALIASES.items() if f"BOTS_{s}_{k}".upper() in names}
-    return names
-
-
-def _worker_environment() -> dict[str, str]:
-    secret = secret_environment_names()
-    return {k: v for k, v in os.environ.items() if k not in secret}
-
-
-def _describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with status {returncode}"
 
 
 class SupervisedEngine:
@@ -182,7 +80,7 @@ class SupervisedEngine:
         model = settings.model
         self.model_path = model_path
         self.restarts = 0
-        self._settings = worker_settings(settings)
+        self._settings = settings
         self._log_json = settings.server.log_json
         self._watchdog_s = model.watchdog_s
         self._max_restarts = model.max_restarts
@@ -194,8 +92,8 @@ class SupervisedEngine:
         self._model_name = model_path.name
         self._calls: dict[int, _Call] = {}
         self._ids = itertools.count(1)
-        self._worker: _Worker | None = None
-        self._vocab: _Vocab | None = None
+        self._worker: WorkerProcess | None = None
+        self._vocab: NativeModel | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._restart_times: collections.deque[float] = collections.deque()
         self._last_progress = 0.0
@@ -213,7 +111,7 @@ class SupervisedEngine:
     def count_tokens(self, text: str) -> int:
         if self._vocab is None:
             raise EngineError(NOT_STARTED)
-        return self._vocab.count(text)
+        return len(self._vocab.tokenize(text))
 
     async def start(self) -> None:
         """Read the vocabulary, start the worker and wait until its model is loaded.
@@ -224,7 +122,10 @@ class SupervisedEngine:
             return
         self._closing = False
         self._detail = "loading the model"
-        vocab = await asyncio.to_thread(_Vocab, self.model_path)
+        try:
+            vocab = await asyncio.to_thread(NativeModel, self.model_path, vocab_only=True)
+        except NativeError as exc:
+            raise EngineError(str(exc)) from exc
         try:
             await self._spawn()
         except BaseException:
@@ -245,7 +146,7 @@ class SupervisedEngine:
             self._end(call, EngineError(SHUTTING_DOWN))
         worker, self._worker = self._worker, None
         if worker is not None:
-            self._write(worker, ("stop",))
+            worker.write(("stop",))
             try:
                 await asyncio.wait_for(worker.proc.wait(), STOP_TIMEOUT_S)
             except TimeoutError:
@@ -299,7 +200,7 @@ class SupervisedEngine:
             del self._calls[call.rid]
             worker = call.worker
             if worker is not None and worker is self._worker and not call.finished:
-                self._write(worker, ("cancel", call.rid))
+                worker.write(("cancel", call.rid))
 
     # -- supervision -------------------------------------------------------------------------
 
@@ -320,42 +221,19 @@ class SupervisedEngine:
 
     async def _spawn(self) -> None:
         """Start a worker and wait for its model; EngineError if it cannot load."""
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            WORKER_MODULE,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=_worker_environment(),
+        level = logging.getLogger().getEffectiveLevel()
+        worker = await start_worker(
+            self._settings, self.model_path, log_level=level, log_json=self._log_json
         )
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            level = logging.getLogger().getEffectiveLevel()
-            proc.stdin.write(encode(("init", self._settings, level, self._log_json)))
-            async with asyncio.timeout(LOAD_TIMEOUT_S):
-                frame = await read_frame(proc.stdout)
-        except (TimeoutError, asyncio.IncompleteReadError, FrameError, ConnectionError):
-            await _kill(proc)
-            raise EngineError(
-                f"the model worker {_describe_exit(proc.returncode or 0)} while loading the model"
-            ) from None
-        except BaseException:
-            await _kill(proc)
-            raise
-        if frame[0] != "ready":
-            await _kill(proc)
-            raise EngineError(str(frame[1]) if len(frame) > 1 else f"unexpected {frame[0]!r}")
-        _, context_size, model, queue_capacity = frame
-        now = time.monotonic()
-        worker = _Worker(proc, context_size, model, queue_capacity, started=now, last_heard=now)
         self._worker = worker
-        self._context_size = context_size
-        self._model_name = model
-        self._queue_capacity = queue_capacity
-        self._last_progress = now
+        self._context_size = worker.context_size
+        self._model_name = worker.model
+        self._queue_capacity = worker.queue_capacity
+        self._last_progress = worker.last_heard
         worker.reader = asyncio.create_task(self._read(worker))
-        log.info("model worker pid %d ready in %.1fs", proc.pid, now - started)
+        log.info(
+            "model worker pid %d ready in %.1fs", worker.pid, worker.last_heard - worker.started
+        )
         for call in self._calls.values():
             if call.worker is None and not call.finished:
                 self._send(call)
@@ -367,17 +245,9 @@ class SupervisedEngine:
         if not self._busy(worker):
             self._last_progress = time.monotonic()  # the watchdog counts from the start of work
         call.worker = worker
-        self._write(worker, ("gen", call.rid, call.request))
+        worker.write(("gen", call.rid, call.request))
 
-    def _write(self, worker: _Worker, frame: Frame) -> None:
-        stdin = worker.proc.stdin
-        if stdin is None or stdin.is_closing():
-            return
-        # A worker that is gone cannot be written to; its reader reports the exit.
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            stdin.write(encode(frame))
-
-    def _busy(self, worker: _Worker) -> bool:
+    def _busy(self, worker: WorkerProcess) -> bool:
         return any(c.worker is worker and not c.finished for c in self._calls.values())
 
     def _end(self, call: _Call, item: Piece | BaseException) -> None:
@@ -385,7 +255,7 @@ class SupervisedEngine:
             call.finished = True
             call.out.put_nowait(item)
 
-    async def _read(self, worker: _Worker) -> None:
+    async def _read(self, worker: WorkerProcess) -> None:
         assert worker.proc.stdout is not None
         try:
             while True:
@@ -397,7 +267,7 @@ class SupervisedEngine:
             worker.proc.kill()
         self._on_exit(worker, await worker.proc.wait())
 
-    def _on_frame(self, worker: _Worker, frame: Frame) -> None:
+    def _on_frame(self, worker: WorkerProcess, frame: Frame) -> None:
         now = time.monotonic()
         worker.last_heard = now
         kind = frame[0]
@@ -423,19 +293,17 @@ class SupervisedEngine:
             if not worker.status.healthy and worker.kill_reason == "":
                 self._kill_worker(worker, "reports its engine unhealthy")
 
-    def _kill_worker(self, worker: _Worker, reason: str) -> None:
+    def _kill_worker(self, worker: WorkerProcess, reason: str) -> None:
         """Kill a worker (hung, or its engine broken); its exit starts the restart."""
-        worker.kill_reason = reason
         log.error("killing the model worker (pid %d): it %s", worker.pid, reason)
-        if worker.proc.returncode is None:
-            worker.proc.kill()
+        worker.kill(reason)
 
-    def _on_exit(self, worker: _Worker, returncode: int) -> None:
+    def _on_exit(self, worker: WorkerProcess, returncode: int) -> None:
         if self._worker is worker:
             self._worker = None
         if self._closing:
             return
-        reason = worker.kill_reason or _describe_exit(returncode)
+        reason = worker.kill_reason or describe_exit(returncode)
         log.error("the model worker (pid %d) %s; restarting it", worker.pid, reason)
         self._detail = f"restarting: the model worker {reason}"
         for call in self._calls.values():
@@ -504,7 +372,7 @@ class SupervisedEngine:
                 )
             elif now - worker.last_polled >= STATUS_POLL_S:
                 worker.last_polled = now
-                self._write(worker, ("status",))
+                worker.write(("status",))
 
 
 def _error(kind: str, message: str, retry_after_s: float) -> EngineError:
@@ -513,9 +381,3 @@ def _error(kind: str, message: str, retry_after_s: float) -> EngineError:
     if kind == "timeout":
         return EngineTimeout(message)
     return EngineError(message)
-
-
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.kill()
-    await proc.wait()

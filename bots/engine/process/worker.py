@@ -1,14 +1,9 @@
-"""The model worker: a child process that owns the local engine and talks to its supervisor.
+"""The model worker: a child process that owns a local engine and talks to its supervisor.
 
-`SupervisedEngine` (bots.engine.supervised) runs `python -m bots.engine.worker_process`. The two
-speak frames on the worker's stdin and stdout: a 4-byte big-endian length, then a pickle (the
-pipes are private to the two processes, and pickle carries the frozen dataclasses as they are).
-
-Parent -> worker: ("init", settings, log_level, log_json) first; then ("gen", id, request),
-("cancel", id), ("status",) and ("stop",).
-Worker -> parent: ("ready", context_size, model, queue_capacity) or ("failed", message) once
-loaded; then ("pieces", [(id, piece), ...]), ("error", id, kind, message, retry_after_s) with kind
-"busy", "timeout" or "error", and ("status", EngineStatus).
+`SupervisedEngine` (bots.engine.process.supervisor) runs `python -m bots.engine.process.worker`;
+the two speak the frames of bots.engine.process.wire on the worker's stdin and stdout. The
+worker builds its engine with `make_local_engine`: whatever the settings say, never a
+supervisor of its own.
 
 Native code (llama.cpp) may print to fd 1, so the frames use a private copy of it and fd 1 is
 pointed at stderr, which the worker shares with its parent for logs.
@@ -18,23 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
-import pickle
 import signal
-import struct
 import sys
 from pathlib import Path
-from typing import Any
 
 from bots.engine.base import Engine, EngineBusy, EngineTimeout, GenerationRequest, Piece
+from bots.engine.local import make_local_engine
+from bots.engine.process.wire import MAX_FRAME_BYTES, Frame, FrameError, encode, read_frame
+from bots.logs import setup_logging
 
-log = logging.getLogger("bots.engine.worker_process")  # not __main__ under `python -m`
+log = logging.getLogger("bots.engine.process.worker")  # not __main__ under `python -m`
 
-FRAME_HEADER = struct.Struct(">I")
-# A frame holds one request (a prompt of at most the context window) or a batch of pieces.
-MAX_FRAME_BYTES = 64 * 1024 * 1024
 # Asked of the kernel: under memory pressure, kill the worker (which holds the model), not the bot.
 OOM_SCORE_ADJ = 500
 ENGINE_CLOSE_TIMEOUT_S = 10.0
@@ -42,35 +33,8 @@ ENGINE_CLOSE_TIMEOUT_S = 10.0
 PIECE_BATCH_S = 0.01
 EXIT_LOAD_FAILED = 2
 
-Frame = tuple[Any, ...]
 
-
-class FrameError(RuntimeError):
-    """The other side sent something that is not a frame (a bug, or a process gone wrong)."""
-
-
-def encode(frame: Frame) -> bytes:
-    """One frame, ready to write."""
-    data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
-    return FRAME_HEADER.pack(len(data)) + data
-
-
-async def read_frame(reader: asyncio.StreamReader) -> Frame:
-    """The next frame; raises asyncio.IncompleteReadError when the other side has gone."""
-    (size,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
-    if size > MAX_FRAME_BYTES:
-        raise FrameError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
-    data = await reader.readexactly(size)
-    try:
-        frame = pickle.loads(data)
-    except Exception as exc:  # whatever a damaged stream unpickles to
-        raise FrameError(f"undecodable frame: {exc}") from exc
-    if not isinstance(frame, tuple) or not frame:
-        raise FrameError(f"not a frame: {type(frame).__name__}")
-    return frame
-
-
-class _Outbox:
+class FrameOutbox:
     """Frames to the parent. Pieces are sent at once unless a frame left less than
     PIECE_BATCH_S ago; then they wait for the rest of that interval and go together, so a fast
     model (a GPU, many streams) wakes the parent at most 1 / PIECE_BATCH_S times a second."""
@@ -108,10 +72,10 @@ class _Outbox:
         await self._writer.drain()
 
 
-class _Worker:
-    """Runs the parent's requests on the engine, one task per request."""
+class RequestServer:
+    """Runs the supervisor's requests on the engine, one task per request."""
 
-    def __init__(self, engine: Engine, outbox: _Outbox) -> None:
+    def __init__(self, engine: Engine, outbox: FrameOutbox) -> None:
         self.engine = engine
         self.outbox = outbox
         self.tasks: dict[int, asyncio.Task[None]] = {}
@@ -177,22 +141,15 @@ async def _connect(in_fd: int, out_fd: int) -> tuple[asyncio.StreamReader, async
 
 async def run(in_fd: int, out_fd: int) -> int:
     """Load the engine the init frame describes, then serve requests; the exit status."""
-    from bots.engine.factory import make_engine
-    from bots.observability.logs import setup_logging
-
     reader, writer = await _connect(in_fd, out_fd)
-    outbox = _Outbox(writer)
+    outbox = FrameOutbox(writer)
     try:
-        _, settings, log_level, log_json = await read_frame(reader)
+        _, settings, model_path, log_level, log_json = await read_frame(reader)
     except asyncio.IncompleteReadError:
         return 0
     setup_logging(level=log_level, json_logs=log_json)
-    # Never a supervisor inside the supervisor, whatever the settings say.
-    settings = dataclasses.replace(
-        settings, model=dataclasses.replace(settings.model, isolate=False)
-    )
     try:
-        engine = make_engine(settings)
+        engine = make_local_engine(settings, model_path)
         await engine.start()
     except Exception as exc:  # a missing or unreadable model: the parent reports it
         log.error("the model worker could not load the model: %s", exc)
@@ -203,7 +160,7 @@ async def run(in_fd: int, out_fd: int) -> int:
     outbox.send(("ready", engine.context_size, status.model, status.queue_capacity))
     log.info("model worker ready (pid %d, %s)", os.getpid(), status.model)
     try:
-        await _Worker(engine, outbox).serve(reader)
+        await RequestServer(engine, outbox).serve(reader)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(engine.close(), ENGINE_CLOSE_TIMEOUT_S)

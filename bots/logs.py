@@ -1,5 +1,8 @@
 """Logging for every `bots` command: human lines by default, JSON lines with a flag.
 
+The bottom layer, beside settings: the CLI sets it up, and so does the engine's worker process,
+which must not import anything above the engine.
+
 Whatever the format, the secrets of the settings are masked in every line, tracebacks included:
 a token that reaches a log by accident (an exception message quoting a URL or a header) still
 never lands in a file. Replies are logged as one line of figures, never their text.
