@@ -84,7 +84,7 @@ def ask(
 ) -> None:
     """Ask one question and print the answer (streamed unless --json)."""
     from bots.app import App
-    from bots.chat.service import ChatRefused, Incoming
+    from bots.chat.model import ChatRefused, Incoming
     from bots.engine.base import EngineError
 
     settings = settings_of(ctx)
@@ -106,7 +106,7 @@ def ask(
                 seed=seed,
                 max_tokens=max_tokens,
             )
-            reply = await app.service.start(incoming, check_policy=False)
+            reply = await app.service.start(incoming)
             async for piece in reply:
                 if not as_json:
                     click.echo(piece, nl=False)
