@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bots.persona.loader import load_persona
+from bots.persona.loader import LEASES, load_persona
 from bots.persona.model import PersonaInvalid
 from bots.persona.registry import PersonaRegistry
 from bots.persona.scaffold import ScaffoldError, new_persona
@@ -170,6 +170,25 @@ def test_registry_skips_unchanged_content(tmp_path: Path) -> None:
     registry.load_all()
     path.write_text(persona_md("Same."))
     assert registry.reload("bot") == "unchanged"
+
+
+@pytest.mark.skipif(not LEASES, reason="only Linux tells whether a file is open for writing")
+def test_registry_never_loads_a_file_still_open_for_writing(tmp_path: Path) -> None:
+    # A reload may start between an editor's truncate and its last write (the watcher's view of
+    # open writers lags): the valid-looking first part of an over-limit save is no version.
+    path = write(tmp_path / "bot" / "persona.md", persona_md("Version one."))
+    registry = PersonaRegistry(tmp_path, lambda: LIBRARIES)
+    registry.load_all()
+    huge = persona_md("x" * 300_000)
+    with path.open("w") as writer:
+        writer.write(huge[:100_000])
+        writer.flush()
+        assert registry.reload("bot") == "unchanged"
+        assert registry.get("bot").instructions == "Version one."  # type: ignore[union-attr]
+        writer.write(huge[100_000:])
+    assert registry.reload("bot") == "error"
+    assert registry.get("bot").instructions == "Version one."  # type: ignore[union-attr]
+    assert "the limit is" in registry.errors()[0].message
 
 
 def test_registry_drops_deleted_and_refuses_escaping_symlink(tmp_path: Path) -> None:

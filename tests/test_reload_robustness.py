@@ -9,8 +9,12 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
+
 from bots.app import App
 from bots.chat.model import Incoming
+from bots.persona import watcher
+from bots.persona.loader import LEASES
 from bots.persona.registry import ReloadEvent
 from tests.conftest import persona_md, write
 from tests.test_hot_reload import until
@@ -128,6 +132,29 @@ async def test_symlinks_out_of_the_roots_never_reach_a_prompt(app: App, project:
         return any("linked.md" in s for s in skipped)
 
     await until(refused)
+
+
+@pytest.mark.skipif(not LEASES, reason="only Linux tells whether a file is open for writing")
+async def test_writer_stalled_mid_save_is_never_loaded_half_written(
+    app: App, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The watcher waits for the writer's close event only so long, and its view of open writers
+    # lags the file system (the torture run below hit that): when it reloads the open file
+    # anyway, the first 100 KB of an over-limit save must not become the pirate.
+    monkeypatch.setattr(watcher, "WRITE_HOLD_S", 0.2)
+    path = project / "personas" / "pirate" / "persona.md"
+    good = app.registry.get("pirate")
+    seen = record(app)
+    huge = persona_md("x" * 300_000)
+    with path.open("w") as out:
+        out.write(huge[:100_000])
+        out.flush()
+        await asyncio.sleep(1.0)  # past the hold: the watcher reloads while the file is open
+        out.write(huge[100_000:])
+    await until(lambda: bool(app.registry.errors()))
+    assert seen == []
+    assert app.registry.get("pirate") is good
+    assert "the limit is" in app.registry.errors()[0].message
 
 
 async def test_torture_random_mutations_while_requests_run(app: App, project: Path) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import re
+import signal
+import sys
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -23,6 +27,8 @@ from bots.persona.model import (
 )
 
 MAX_PERSONA_BYTES = 256 * 1024
+# Linux tells whether anyone holds a file open for writing: a read lease is refused then.
+LEASES = sys.platform.startswith("linux")
 FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?\n?", re.DOTALL | re.MULTILINE)
 PERSONA_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -127,6 +133,7 @@ def _read(path: Path, root: Path | None) -> bytes:
         # O_NOFOLLOW: a symlink swapped in after the check above cannot redirect the read.
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as handle:
+            _shut_out_writers(fd, path)
             before = os.fstat(fd)
             if before.st_size > MAX_PERSONA_BYTES:
                 message = f"file is {before.st_size} bytes; the limit is {MAX_PERSONA_BYTES}"
@@ -140,6 +147,26 @@ def _read(path: Path, root: Path | None) -> bytes:
     ) != after.st_size:
         raise PersonaChanging(str(path))
     return raw
+
+
+def _shut_out_writers(fd: int, path: Path) -> None:
+    """Hold a read lease on `fd` until it is closed, or raise PersonaChanging if a writer has the
+    file open. The kernel grants the lease only while nobody has the file open for writing, and
+    makes a writer's open wait until the lease is gone, so the bytes read next are a whole save
+    (the size and mtime check alone passes a writer that stalls inside its write).
+    """
+    if not LEASES:
+        return
+    try:
+        # A writer's open breaks the lease by signalling its holder: SIGURG, ignored unless
+        # handled, instead of the default SIGIO, which would end the process.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            raise PersonaChanging(str(path)) from exc
+        # No leases on this file (its filesystem, another owner, leases off): the size and
+        # mtime check after the read is all there is.
 
 
 def _decode(path: Path, raw: bytes) -> str:

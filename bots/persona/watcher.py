@@ -17,8 +17,9 @@ log = logging.getLogger(__name__)
 # been quiet this long before reloading, but never delay a busy folder by more than MAX_DELAY_S.
 QUIET_S = 0.05
 MAX_DELAY_S = 1.0
-# Where the OS reports closes (inotify), a file still open for writing is never read half
-# written (a truncate followed by a slow write), unless its writer stalls this long.
+# Where the OS reports closes (inotify), hold a batch until a file open for writing closes, but
+# no longer than this. The hold only saves reads: these events lag the file system, so the
+# loader itself refuses a file still open for writing, and the writer's close reloads it.
 WRITE_HOLD_S = 5.0
 
 
