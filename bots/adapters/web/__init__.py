@@ -1,5 +1,6 @@
-"""The workbench: a web page on the `bots serve` port to watch, chat with and test personas."""
+"""The local web workbench: chat, retrieval view, evals and feedback for each persona."""
 
-from bots.adapters.web.routes import Workbench, mount_workbench
+from bots.adapters.web.routes import mount_workbench
+from bots.adapters.web.workbench import Workbench
 
 __all__ = ["Workbench", "mount_workbench"]
