@@ -1,20 +1,25 @@
-"""Shared fixtures: real persona folders in tmp_path, the real embedded model, a running app."""
+"""Shared fixtures: real persona folders in tmp_path, the real embedded model, a running app,
+Discord worlds, the Slack module app and its fakes (the kit itself is in tests/fakes/)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_asyncio
 
 from bots.settings import Settings, load_settings
+from tests.fakes.projects import persona_md, write, write_handbook
 
 if TYPE_CHECKING:
     from bots.app import App
+    from tests.fakes.discord_env import StartDiscord
+    from tests.fakes.slack import FakeSlack
+    from tests.fakes.slack_env import SlackStarts, Starter
 
 # Every log of the session is kept and scanned for the suite's secrets at the end.
 pytest_plugins = ["tests.secret_scan"]
@@ -30,42 +35,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", default=False, help="run the full soak")
 
 
-HANDBOOK = {
-    "vacation.md": """\
-        # Vacation
-        ## Vacation days
-        Every employee gets 25 vacation days per year. Unused days expire on March 31.
-        """,
-    "expenses.md": """\
-        # Expenses
-        ## Expense reports
-        File expense reports in the finance portal within 30 days. Attach every receipt.
-        """,
-    "security.md": """\
-        # Security
-        ## Passwords
-        Passwords must be at least 14 characters long and stored in the password manager.
-        """,
-}
-
-
-def write(path: Path, text: str) -> Path:
-    """Write dedented text, creating folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
-def persona_md(body: str = "You are a helpful test bot. Answer briefly.", **front: str) -> str:
-    header = "".join(f"{k}: {v}\n" for k, v in front.items())
-    return f"---\n{header}---\n{body}\n"
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A project folder with a strict handbook persona, a chatty persona and one shared library."""
-    for name, text in HANDBOOK.items():
-        write(tmp_path / "knowledge" / "handbook" / name, text)
+    write_handbook(tmp_path)
     write(
         tmp_path / "personas" / "librarian" / "persona.md",
         persona_md(
@@ -109,3 +82,91 @@ async def app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIter
         yield application
     finally:
         await application.close()
+
+
+@pytest.fixture
+async def start_discord(
+    project: Path, settings_for: Callable[..., Settings]
+) -> AsyncIterator[StartDiscord]:
+    """Start Discord worlds on the project (see `DiscordWorlds.start`); all stopped after."""
+    from tests.fakes.discord_env import DiscordWorlds
+
+    worlds = DiscordWorlds(project, settings_for)
+    yield worlds.start
+    await worlds.stop_all()
+
+
+# Slack: one app with the real model serves a whole module (its tests run in the module's event
+# loop: `pytestmark = pytest.mark.asyncio(loop_scope="module")`); each test gets its own fakes
+# and adapters.
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
+    """One started app on the Slack project (`write_slack_project`), the real model."""
+    from bots.app import App
+    from tests.fakes.slack_env import write_slack_project
+
+    root = tmp_path_factory.mktemp("slack-project")
+    write_slack_project(root)
+    settings = load_settings(
+        root,
+        environ={},
+        overrides={
+            "model.n_ctx": 4096,
+            "model.max_tokens": 48,
+            "model.n_threads": 1,
+            "policy.rate_limit_messages": 1000,
+            "default_persona": "pirate",
+        },
+    )
+    application = App.create(settings)
+    await application.start()
+    try:
+        yield application
+    finally:
+        await application.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def slack() -> AsyncIterator[SlackStarts]:
+    """Fake Slacks and adapters started by a test (`await slack.fake(streaming=True)`,
+    `await slack.adapter(app, fake)`), all stopped after it."""
+    from tests.fakes.slack_env import SlackStarts
+
+    starts = SlackStarts()
+    try:
+        yield starts
+    finally:
+        await starts.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def fake(slack: SlackStarts) -> FakeSlack:
+    """A fresh fake Slack for the test."""
+    return await slack.fake()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def start_bot(bot: App, slack: SlackStarts) -> Starter:
+    """Start the module's app on a fake: `await start_bot(fake, "http"|"socket", **limits)`."""
+
+    async def start(server: FakeSlack, mode: str = "http", **limits: Any) -> Any:
+        return await slack.adapter(bot, server, mode, **limits)
+
+    return start
+
+
+@pytest.fixture
+def set_policy(bot: App) -> Iterator[Callable[..., None]]:
+    """Give the module's app another policy for one test: `set_policy(rate_limit_messages=1)`."""
+    from bots.chat.policy import Policy
+    from bots.settings import PolicySettings
+
+    relaxed = bot.service.policy
+
+    def change(**settings: Any) -> None:
+        bot.service.policy = Policy(PolicySettings(**settings))
+
+    yield change
+    bot.service.policy = relaxed

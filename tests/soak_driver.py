@@ -28,8 +28,8 @@ import httpx
 from bots.adapters.render import CURSOR
 from bots.adapters.slack.reply import PLACEHOLDER
 from bots.chat.notices import CUT_SHORT, FAILED, INTERRUPTED, NO_PERSONAS
-from tests.fake_discord import BotAccount, FakeDiscord
-from tests.fake_slack import BOT_ID, FakeSlack, Message
+from tests.fakes.discord import BotAccount, FakeDiscord
+from tests.fakes.slack import BOT_ID, FakeSlack, Message
 
 Platform = Literal["discord", "slack", "http"]
 PLATFORMS: tuple[Platform, ...] = ("discord", "slack", "http")

@@ -43,9 +43,10 @@ from bots.engine.llama_native import NativeModel
 from bots.engine.model_files import resolve_model_path
 from bots.knowledge.model import Hit
 from bots.settings import PolicySettings, Settings
-from tests.fake_slack import CHANNEL, FakeSlack
-from tests.test_discord import ScriptedEngine, StartDiscord, start_discord  # noqa: F401
-from tests.test_slack import Starter, answered, bot, events_url, fake, start_bot  # noqa: F401
+from tests.fakes.discord_env import StartDiscord
+from tests.fakes.engines import ScriptedEngine
+from tests.fakes.slack import CHANNEL, FakeSlack
+from tests.fakes.slack_env import Starter, answered, events_url
 
 HOSTILE = [s for s in STYLES if s.text]
 BLOCK = re.compile(r'<document source="([^"]*)"(?: section="[^"]*")?>\n(.*?)\n</document>', re.S)
@@ -239,7 +240,7 @@ async def test_injection_bench_runs_the_real_model(
 
 
 async def test_discord_flood_is_rate_limited_and_others_are_answered(
-    start_discord: StartDiscord,  # noqa: F811
+    start_discord: StartDiscord,
 ) -> None:
     engine = ScriptedEngine("Aye.")
     env = await start_discord(engine=engine, **{"policy.rate_limit_messages": FLOOD_LIMIT})
@@ -262,9 +263,7 @@ async def test_discord_flood_is_rate_limited_and_others_are_answered(
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_slack_flood_is_rate_limited_and_others_are_answered(
-    bot: App,  # noqa: F811
-    fake: FakeSlack,  # noqa: F811
-    start_bot: Starter,  # noqa: F811
+    bot: App, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     relaxed = bot.service.policy

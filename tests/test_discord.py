@@ -12,8 +12,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +20,23 @@ import pytest
 
 from bots.adapters.discord.bot import DiscordAdapter
 from bots.adapters.discord.client import DiscordSetupError, bot_logins
-from bots.adapters.discord.sinks import RetryPolicy
 from bots.adapters.render import CURSOR
 from bots.app import App
-from bots.chat.model import Incoming, Turn
+from bots.chat.model import Incoming
 from bots.chat.notices import INTERRUPTED
-from bots.engine.base import (
-    Engine,
-    EngineBusy,
-    EngineStatus,
-    GenerationRequest,
-    Piece,
-    Usage,
-)
-from bots.engine.factory import make_engine
+from bots.engine.base import Engine
 from bots.serve import configured_adapters
 from bots.settings import Settings
-from tests.conftest import persona_md, write
-from tests.fake_discord import BotAccount, Call, FakeDiscord
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.discord_env import (
+    EDIT_INTERVAL_S,
+    FAST_RETRY,
+    MODEL_TIMEOUT_S,
+    TOKEN,
+    StartDiscord,
+)
+from tests.fakes.engines import ScriptedEngine, TimedEngine
 
-TOKEN = "fake-bot-token.for-tests"
-EDIT_INTERVAL_S = 0.05
-MODEL_TIMEOUT_S = 120.0  # the real model on a busy shared machine can be slow
-FAST_RETRY = RetryPolicy(first_delay_s=0.05, max_delay_s=0.2, give_up_after_s=30.0)
 CODE = "```python\n" + "\n".join(f"print('line {i}')" for i in range(120)) + "\n```"
 LONG_REPLY = (
     "Here is the whole listing you asked for.\n\n"
@@ -51,255 +44,6 @@ LONG_REPLY = (
     + "\n\n"
     + " ".join(f"word{i}" for i in range(400))
 )
-
-
-class ScriptedEngine:
-    """A real `Engine` streaming a fixed text: for behaviour the model cannot be made to show
-    (a 3000-character reply, `@everyone` bait, a busy queue, a reply that waits)."""
-
-    def __init__(
-        self,
-        text: str = "Ahoy there.",
-        *,
-        piece_chars: int = 40,
-        delay_s: float = 0.002,
-        gate: asyncio.Event | None = None,
-        busy: bool = False,
-    ) -> None:
-        self.text = text
-        self.piece_chars = piece_chars
-        self.delay_s = delay_s
-        self.gate = gate
-        self.busy = busy
-        self.requests: list[GenerationRequest] = []
-        self.cancelled = 0
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
-        self.requests.append(request)
-        if self.busy:
-            raise EngineBusy(3.0)
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            for start in range(0, len(self.text), self.piece_chars):
-                await asyncio.sleep(self.delay_s)
-                yield Piece(self.text[start : start + self.piece_chars])
-        except (asyncio.CancelledError, GeneratorExit):
-            self.cancelled += 1
-            raise
-        yield Piece("", finish_reason="stop", usage=Usage(completion_tokens=len(self.text) // 4))
-
-    def count_tokens(self, text: str) -> int:
-        return len(text) // 4 + 1
-
-    @property
-    def context_size(self) -> int:
-        return 8192
-
-    def status(self) -> EngineStatus:
-        return EngineStatus("scripted", 0, 8, 0)
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
-@dataclass
-class Env:
-    """One running world: the fake Discord, the app, the adapter, and who is who."""
-
-    fake: FakeDiscord
-    bot: BotAccount
-    app: App
-    adapter: DiscordAdapter
-    channels: dict[str, str]
-    users: dict[str, dict[str, Any]]
-    roles: dict[str, str]
-    engine: ScriptedEngine | None = None
-    persona_bots: dict[str, BotAccount] = field(default_factory=dict)
-
-    def say(
-        self,
-        user: str,
-        channel: str,
-        text: str,
-        *,
-        mention: bool = True,
-        to: BotAccount | None = None,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """`user` posts in `channel` (a name, or "dm"); by default @mentioning the main bot
-        (`to` picks another bot: the one mentioned or DMed)."""
-        bot = to or self.bot
-        if channel == "dm":
-            channel_id = self.fake.dm_channel(self.users[user], bot)
-        else:
-            channel_id = self.channels.get(channel, channel)
-        return self.fake.user_message(
-            self.users[user], channel_id, text, mention=bot if mention else None, **kwargs
-        )
-
-    def turns_after(self, user_message_id: str) -> list[Turn]:
-        store = self.app.store
-        asked = store.turn_by_message("discord", user_message_id)
-        if asked is None:
-            return []
-        return [t for t in store.turns(asked.conversation_id) if t.id > asked.id]
-
-    async def answer(
-        self, message: dict[str, Any], timeout: float = MODEL_TIMEOUT_S
-    ) -> tuple[Turn, list[dict[str, Any]]]:
-        """Wait until the reply to `message` is complete; its stored turn and Discord messages."""
-
-        def done() -> Turn | None:
-            replies = [t for t in self.turns_after(message["id"]) if t.role == "assistant"]
-            if replies and replies[0].status != "pending" and replies[0].platform_message_id:
-                return replies[0]
-            return None
-
-        turn: Turn = await self.fake.wait_for(done, timeout)
-        return turn, self.shown_from(turn.platform_message_id)
-
-    def shown_from(self, first_id: str) -> list[dict[str, Any]]:
-        """The messages showing a reply: its first message and the parts it was split into."""
-        parts = self.adapter.conversations.part_of
-        later = [str(p) for p, first in parts.items() if str(first) == first_id]
-        ids = [first_id, *sorted(later, key=int)]
-        return [self.fake.messages[i] for i in ids]
-
-    async def quiet(self, seconds: float = 0.6) -> None:
-        """Let in-flight events settle (used before asserting that nothing was sent)."""
-        await asyncio.sleep(seconds)
-
-    def sent_messages(self) -> list[Call]:
-        """Every REST call that created a visible message."""
-        return [
-            c
-            for c in self.fake.calls
-            if c.method == "POST" and c.status < 300 and c.content is not None
-        ]
-
-
-StartDiscord = Callable[..., Awaitable[Env]]
-
-
-def check_no_pings(calls: list[Call]) -> None:
-    """Every outgoing message (content or embeds) carried allowed_mentions with nothing allowed."""
-    for call in calls:
-        body = call.body if isinstance(call.body, dict) else {}
-        data = body.get("data") if isinstance(body.get("data"), dict) else body
-        if call.content is None and not (isinstance(data, dict) and data.get("embeds")):
-            continue
-        mentions = call.allowed_mentions
-        assert isinstance(mentions, dict), f"{call.method} {call.path} had no allowed_mentions"
-        assert mentions.get("parse") == [], call
-        assert not mentions.get("users") and not mentions.get("roles"), call
-        assert not mentions.get("replied_user", False), call
-
-
-@pytest.fixture
-async def start_discord(
-    project: Path, settings_for: Callable[..., Settings]
-) -> AsyncIterator[StartDiscord]:
-    """Start the world; `engine=ScriptedEngine(...)` swaps the model, `fake_options` and
-    settings overrides (dotted names) tune it. Stops everything and checks no pings after."""
-    started: list[Env] = []
-
-    async def start(
-        *,
-        engine: ScriptedEngine | None = None,
-        wrap_engine: Callable[[Engine], Engine] | None = None,
-        fake_options: dict[str, Any] | None = None,
-        adapter_options: dict[str, Any] | None = None,
-        persona_bots: tuple[str, ...] = (),
-        **overrides: object,
-    ) -> Env:
-        fake = FakeDiscord(**(fake_options or {}))
-        bot = fake.add_bot(TOKEN)
-        own_bots = {p: fake.add_bot(f"{p}-token", username=p) for p in persona_bots}
-        if persona_bots:
-            overrides["discord.persona_tokens"] = ",".join(f"{p}={p}-token" for p in persona_bots)
-        staff = fake.add_role("staff")
-        users = {
-            "alice": fake.add_user("alice"),
-            "bob": fake.add_user("bob"),
-            "carol": fake.add_user("carol", roles=[staff]),
-            "otherbot": fake.add_user("otherbot", bot=True),
-        }
-        channels = {
-            name: fake.add_channel(name) for name in ("general", "library", "cove", "quiet")
-        }
-        await fake.start()
-        write_personas(project, channels, users, staff)
-        settings = settings_for(
-            project,
-            **{
-                "default_persona": "pirate",
-                "discord.token": TOKEN,
-                "discord.api_url": fake.api_url,
-                "discord.gateway_url": fake.gateway_url,
-                "discord.edit_interval_s": EDIT_INTERVAL_S,
-                "model.max_tokens": 8,  # the real model: a few tokens say enough here
-                # A callable override is given the channel ids (they exist only now).
-                **{k: v(channels) if callable(v) else v for k, v in overrides.items()},
-            },
-        )
-        app = App.create(
-            settings, engine=wrap_engine(make_engine(settings)) if wrap_engine else engine
-        )
-        await app.start()
-        adapter = DiscordAdapter(
-            app, guild_ready_timeout_s=0.05, retry=FAST_RETRY, **(adapter_options or {})
-        )
-        await adapter.start()
-        env = Env(fake, bot, app, adapter, channels, users, {"staff": staff}, engine, own_bots)
-        started.append(env)
-        return env
-
-    yield start
-    for env in started:
-        await env.adapter.stop()
-        await env.app.close()
-        await env.fake.close()
-        check_no_pings(env.fake.calls)
-
-
-def write_personas(
-    project: Path, channels: dict[str, str], users: dict[str, dict[str, Any]], staff: str
-) -> None:
-    personas = project / "personas"
-    write(
-        personas / "librarian" / "persona.md",
-        persona_md(
-            "You are the librarian. Answer only from the documents.",
-            name="Libby",
-            description="Answers questions about the handbook.",
-            knowledge="[handbook]",
-            grounding="strict",
-            citations="true",
-            starters='["How many vacation days do I get?", "How long must passwords be?"]',
-            discord=f"{{channels: ['{channels['library']}']}}",
-        ),
-    )
-    write(
-        personas / "pirate" / "persona.md",
-        persona_md(
-            "You are a pirate. Always answer like a pirate.",
-            name="Pete",
-            description="A pirate who loves the sea.",
-            discord=f"{{channels: ['{channels['cove']}']}}",
-        ),
-    )
-    write(
-        personas / "vault" / "persona.md",
-        persona_md(
-            "You guard the vault. Answer briefly.",
-            name="Vault",
-            access=f"{{users: ['{users['alice']['id']}'], roles: ['{staff}']}}",
-        ),
-    )
 
 
 # --------------------------------------------------------------------------- talking to it
@@ -891,48 +635,6 @@ async def test_a_persona_with_its_own_bot_answers_as_itself(start_discord: Start
 
 
 # --------------------------------------------------------------------------- latency
-
-
-@dataclass
-class Timing:
-    """When the engine got a request, yielded its first and its last piece (monotonic)."""
-
-    requested: float
-    first: float = 0.0
-    last: float = 0.0
-
-
-class TimedEngine:
-    """The real engine, with a stopwatch on each request (to time the adapter around it)."""
-
-    def __init__(self, inner: Engine) -> None:
-        self.inner = inner
-        self.timings: list[Timing] = []
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
-        timing = Timing(time.monotonic())
-        self.timings.append(timing)
-        async for piece in self.inner.stream(request):
-            if piece.text:
-                timing.first = timing.first or time.monotonic()
-                timing.last = time.monotonic()
-            yield piece
-
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
-
-    @property
-    def context_size(self) -> int:
-        return self.inner.context_size
-
-    def status(self) -> EngineStatus:
-        return self.inner.status()
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 async def test_adapter_adds_almost_no_latency(start_discord: StartDiscord) -> None:

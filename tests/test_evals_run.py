@@ -12,7 +12,7 @@ from bots.app import App
 from bots.evals.runner import run_persona
 from bots.settings import Settings
 from tests.cli_runner import run_cli
-from tests.conftest import persona_md, write
+from tests.fakes.projects import persona_md, write
 
 EVERY_CHECK = """\
 - name: all pass

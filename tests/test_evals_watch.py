@@ -16,7 +16,7 @@ import pytest
 from bots.app import App
 from bots.evals.watch import EvalEvent, EvalMonitor
 from bots.settings import Settings
-from tests.conftest import HANDBOOK, persona_md, write
+from tests.fakes.projects import HANDBOOK, persona_md, write
 
 WAIT_S = 60.0
 CITES_VACATION = (

@@ -8,7 +8,7 @@ from pathlib import Path
 from bots.chat.store import ConversationStore
 from bots.evals.loader import load_evals
 from tests.cli_runner import run_cli as cli
-from tests.conftest import write
+from tests.fakes.projects import write
 
 VACATION = "How many vacation days do employees get?"
 PASSWORDS = "How long must passwords be?"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,16 +14,8 @@ import pytest
 from bots.app import App
 from bots.chat.model import ChatRefused, Incoming
 from bots.settings import Settings
-from tests.conftest import persona_md, write
-
-WAIT_S = 10.0
-
-
-async def until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+from tests.fakes.projects import persona_md, write
+from tests.fakes.waiting import until
 
 
 async def system_prompt(app: App, persona_id: str, text: str = "Hello") -> str:

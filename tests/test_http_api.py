@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import persona_md
+from tests.fakes.projects import persona_md
 from tests.serve_process import running_server
 
 

@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bots.adapters.http.api import create_http_app
 from bots.app import App
 from bots.settings import ServerSettings, Settings, SettingsError, load_settings
-from tests.test_discord import ScriptedEngine
-from tests.test_hot_reload import until
+from tests.fakes.engines import ScriptedEngine
+from tests.fakes.waiting import until
 
 CLIENT_A = "127.0.0.2"
 CLIENT_B = "127.0.0.3"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from bots.logs import REDACTED, JsonFormatter, RedactingFormatter
-from tests.conftest import HANDBOOK, persona_md, write
+from tests.fakes.projects import HANDBOOK, persona_md, write
 from tests.serve_process import ONE_THREAD, start_server
 
 QUESTION = "What does the lighthouse keeper eat for breakfast on Sundays?"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import HANDBOOK, persona_md, write
+from tests.fakes.projects import HANDBOOK, persona_md, write
 from tests.secret_scan import find_leaks, register_secret
 from tests.serve_process import ONE_THREAD, ServerProcess, start_server
 

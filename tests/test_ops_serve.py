@@ -18,7 +18,7 @@ from bots.chat.model import Turn
 from bots.chat.store import ConversationStore
 from bots.engine.model_files import default_model_path
 from bots.serve import EXIT_ENGINE_FAILED
-from tests.conftest import persona_md, write
+from tests.fakes.projects import persona_md, write
 from tests.serve_process import ONE_THREAD, StreamReader, start_server
 
 EXIT_BOUND_S = 60.0

@@ -17,7 +17,7 @@ from bots.persona import watcher
 from bots.persona.loader import LEASES
 from bots.persona.registry import ReloadEvent
 from tests.conftest import persona_md, write
-from tests.test_hot_reload import until
+from tests.fakes.waiting import until
 
 SECRET = "TOP-SECRET-OUTSIDE-THE-ROOT"
 

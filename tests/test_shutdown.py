@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from bots.serve import SHUTDOWN_STEP_S
-from tests.conftest import persona_md, write
+from tests.fakes.projects import persona_md, write
 from tests.serve_process import ONE_THREAD, ServerProcess, StreamReader, start_server
 
 STORY = "Tell me a very long story about a ship, a storm and a lost treasure."

@@ -1,8 +1,8 @@
 """The Slack adapter end to end: the real slack-bolt app and the real embedded model against a
-loopback fake Slack (tests/fake_slack.py), in HTTP Events mode and in Socket Mode.
+loopback fake Slack (tests/fakes/slack.py), in HTTP Events mode and in Socket Mode.
 
-One app (model loaded once) serves the whole module; each test gets a fresh fake Slack and a fresh
-adapter, and uses its own channels or threads.
+One app (model loaded once, the `bot` fixture in tests/conftest.py) serves the whole module; each
+test gets a fresh fake Slack and a fresh adapter, and uses its own channels or threads.
 """
 
 from __future__ import annotations
@@ -12,179 +12,44 @@ import itertools
 import json
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from bots.adapters.render import CURSOR
 from bots.adapters.slack.app import SlackAdapter, SlackConfigError
 from bots.adapters.slack.format import neutralise_markdown, to_mrkdwn
-from bots.adapters.slack.reply import PLACEHOLDER, SlackLimits
+from bots.adapters.slack.reply import PLACEHOLDER
 from bots.app import App
-from bots.chat.model import Incoming, Turn
+from bots.chat.model import Incoming
 from bots.chat.notices import INTERRUPTED
-from bots.chat.policy import Policy
-from bots.settings import PolicySettings, SlackSettings, load_settings
-from tests.conftest import HANDBOOK, persona_md, write
-from tests.fake_slack import (
+from bots.settings import SlackSettings
+from tests.fakes.projects import persona_md, write
+from tests.fakes.slack import (
     APP_TOKEN,
     BOT_ID,
     BOT_TOKEN,
     BOT_USER,
     CHANNEL,
     DM,
-    SIGNING_SECRET,
     TEAM,
     USER,
     FakeSlack,
 )
+from tests.fakes.slack_env import (
+    ALLOWED_USER,
+    BOUND,
+    SlackStarts,
+    Starter,
+    answered,
+    events_url,
+    shown_text,
+)
+from tests.fakes.waiting import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-BOUND = "C0BOUND01"
-ALLOWED_USER = "U0ALLOW01"
-FAST = SlackLimits(
-    update_interval_s=0.02,
-    updates_per_minute=100_000,
-    stream_interval_s=0.02,
-    ping_interval_s=0.5,
-    replies_interval_s=60.0,
-    stop_grace_s=5.0,
-)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
-    """One started app: librarian (strict, citations), pirate, deckhand (bound), vault (access)."""
-    root = tmp_path_factory.mktemp("slack-project")
-    for name, text in HANDBOOK.items():
-        write(root / "knowledge" / "handbook" / name, text)
-    personas = {
-        "librarian": persona_md(
-            "You are the librarian. Answer only from the documents.",
-            name="Libby",
-            knowledge="[handbook]",
-            grounding="strict",
-            citations="true",
-            description="Answers from the handbook.",
-            starters='["How many vacation days?"]',
-        ),
-        "pirate": persona_md(
-            "You are a pirate. Always answer like a pirate.",
-            name="Pete",
-            description="Talks like a pirate.",
-        ),
-        "deckhand": persona_md(
-            "You are a deckhand. Answer briefly.", name="Dex", slack=f"{{channels: [{BOUND}]}}"
-        ),
-        "steady": persona_md(
-            "You are a calm sailor. Answer briefly.", name="Steady", model="{temperature: 0.0}"
-        ),
-        "vault": persona_md(
-            "You guard the vault.",
-            name="Vault",
-            access=f"{{users: [{ALLOWED_USER}]}}",
-            greeting='"Hi @here <!channel> <@U0SOMEONE> **welcome**"',
-        ),
-    }
-    for persona_id, text in personas.items():
-        write(root / "personas" / persona_id / "persona.md", text)
-    settings = load_settings(
-        root,
-        environ={},
-        overrides={
-            "model.n_ctx": 4096,
-            "model.max_tokens": 48,
-            "model.n_threads": 1,
-            "policy.rate_limit_messages": 1000,
-            "default_persona": "pirate",
-        },
-    )
-    app = App.create(settings)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fake() -> AsyncIterator[FakeSlack]:
-    server = FakeSlack()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-Starter = Callable[..., Awaitable[SlackAdapter]]
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def start_bot(bot: App) -> AsyncIterator[Starter]:
-    """Start adapters against a fake: `await start_bot(fake, "http"|"socket", **limits)`."""
-    started: list[SlackAdapter] = []
-
-    async def start(server: FakeSlack, mode: str = "http", **limits: Any) -> SlackAdapter:
-        settings = SlackSettings(
-            bot_token=BOT_TOKEN,
-            app_token=APP_TOKEN if mode == "socket" else "",
-            signing_secret=SIGNING_SECRET if mode == "http" else "",
-            http_host="127.0.0.1",
-            http_port=0,
-            api_url=server.api_url,
-            streaming=server.streaming,
-        )
-        adapter = SlackAdapter(bot, settings=settings, limits=_limits(**limits))
-        await adapter.start()
-        started.append(adapter)
-        if mode == "socket":
-            await server.connected()
-        return adapter
-
-    yield start
-    for adapter in started:
-        await adapter.stop()
-
-
-def _limits(**changes: Any) -> SlackLimits:
-    values = {**FAST.__dict__, **changes}
-    return SlackLimits(**values)
-
-
-def events_url(adapter: SlackAdapter) -> str:
-    return f"http://127.0.0.1:{adapter.http_port}/slack/events"
-
-
-async def answered(
-    app: App, channel: str, root_ts: str, count: int = 1, timeout: float = 90
-) -> Turn:
-    """Wait until the thread's `count`-th reply is complete and shown; return its turn."""
-    store = app.store
-
-    def replies() -> list[Turn]:
-        conversation = store.conversation_id("slack", f"{channel}:{root_ts}")
-        return [
-            t
-            for t in store.turns(conversation)
-            if t.role == "assistant" and t.status != "pending" and t.platform_message_id
-        ]
-
-    deadline = time.monotonic() + timeout
-    while len(done := await store.run(replies)) < count:
-        assert time.monotonic() < deadline, f"no reply in {channel}:{root_ts}"
-        await asyncio.sleep(0.05)
-    return done[count - 1]
-
-
-def shown_text(server: FakeSlack, channel: str, thread_ts: str) -> str:
-    """The bot's messages in a thread joined as one text."""
-    return "\n".join(m.text for m in server.bot_messages(channel, thread_ts))
-
 
 # ---- replies ----
 
@@ -211,29 +76,27 @@ async def test_app_mention_gets_a_threaded_reply_edited_as_it_streams(
     assert bot.adapters["slack"] == "connected"
 
 
-async def test_streaming_api_is_used_where_slack_offers_it(bot: App, start_bot: Starter) -> None:
-    server = FakeSlack(streaming=True)
-    await server.start()
-    try:
-        await start_bot(server, "socket")
-        event = server.user_message("pirate: what do you eat?", mention=True)
-        envelope = await server.deliver_event(event)
-        await asyncio.wait_for(envelope.acked.wait(), 3)
-        turn = await answered(bot, CHANNEL, event["ts"])
-        await server.settle()
-        start = server.calls_to("chat.startStream")
-        assert len(start) == 1
-        assert start[0].args["thread_ts"] == event["ts"]
-        assert start[0].args["recipient_user_id"] == USER
-        assert start[0].args["recipient_team_id"] == TEAM
-        assert start[0].args["username"] == "Pete"
-        assert server.calls_to("chat.appendStream") and server.calls_to("chat.stopStream")
-        assert not server.calls_to("chat.update")
-        (message,) = server.bot_messages(CHANNEL, event["ts"])
-        assert message.stream == "completed"
-        assert message.text == neutralise_markdown(turn.content)
-    finally:
-        await server.close()
+async def test_streaming_api_is_used_where_slack_offers_it(
+    bot: App, start_bot: Starter, slack: SlackStarts
+) -> None:
+    server = await slack.fake(streaming=True)
+    await start_bot(server, "socket")
+    event = server.user_message("pirate: what do you eat?", mention=True)
+    envelope = await server.deliver_event(event)
+    await asyncio.wait_for(envelope.acked.wait(), 3)
+    turn = await answered(bot, CHANNEL, event["ts"])
+    await server.settle()
+    start = server.calls_to("chat.startStream")
+    assert len(start) == 1
+    assert start[0].args["thread_ts"] == event["ts"]
+    assert start[0].args["recipient_user_id"] == USER
+    assert start[0].args["recipient_team_id"] == TEAM
+    assert start[0].args["username"] == "Pete"
+    assert server.calls_to("chat.appendStream") and server.calls_to("chat.stopStream")
+    assert not server.calls_to("chat.update")
+    (message,) = server.bot_messages(CHANNEL, event["ts"])
+    assert message.stream == "completed"
+    assert message.text == neutralise_markdown(turn.content)
 
 
 async def test_streaming_refused_falls_back_to_edits(
@@ -251,23 +114,19 @@ async def test_streaming_refused_falls_back_to_edits(
 
 
 async def test_expired_stream_goes_on_with_edits_in_the_same_message(
-    bot: App, start_bot: Starter
+    bot: App, start_bot: Starter, slack: SlackStarts
 ) -> None:
-    server = FakeSlack(streaming=True, stream_expires_after=1)
-    await server.start()
-    try:
-        adapter = await start_bot(server, "http")
-        event = server.user_message("pirate: tell me about the wind", mention=True)
-        await server.post_event(events_url(adapter), event)
-        turn = await answered(bot, CHANNEL, event["ts"])
-        await server.settle()
-        (message,) = server.bot_messages(CHANNEL, event["ts"])
-        assert server.calls_to("chat.startStream") and server.calls_to("chat.update")
-        assert message.text == to_mrkdwn(turn.content)
-        assert turn.platform_message_id == f"{CHANNEL}:{message.ts}"
-        assert adapter.streaming, "an expired stream is no reason to stop streaming"
-    finally:
-        await server.close()
+    server = await slack.fake(streaming=True, stream_expires_after=1)
+    adapter = await start_bot(server, "http")
+    event = server.user_message("pirate: tell me about the wind", mention=True)
+    await server.post_event(events_url(adapter), event)
+    turn = await answered(bot, CHANNEL, event["ts"])
+    await server.settle()
+    (message,) = server.bot_messages(CHANNEL, event["ts"])
+    assert server.calls_to("chat.startStream") and server.calls_to("chat.update")
+    assert message.text == to_mrkdwn(turn.content)
+    assert turn.platform_message_id == f"{CHANNEL}:{message.ts}"
+    assert adapter.streaming, "an expired stream is no reason to stop streaming"
 
 
 async def test_direct_message_is_answered_without_a_mention(
@@ -352,26 +211,23 @@ async def test_citations_show_sources_in_a_context_block(
     assert "".join(sections) == to_mrkdwn(turn.content)
 
 
-async def test_long_replies_are_split_into_several_messages(bot: App, start_bot: Starter) -> None:
+async def test_long_replies_are_split_into_several_messages(
+    bot: App, start_bot: Starter, slack: SlackStarts
+) -> None:
     for streaming in (False, True):
-        server = FakeSlack(streaming=streaming)
-        await server.start()
-        try:
-            adapter = await start_bot(server, "http", message_chars=60)
-            event = server.user_message("pirate: describe a storm at sea in detail", mention=True)
-            await server.post_event(events_url(adapter), event)
-            turn = await answered(bot, CHANNEL, event["ts"])
-            await server.settle()
-            parts = server.bot_messages(CHANNEL, event["ts"])
-            assert len(turn.content) > 60, "the model wrote enough to need splitting"
-            assert len(parts) >= 2
-            assert all(len(p.text) <= 60 + 8 for p in parts)
-            joined = " ".join(p.text for p in parts).split()
-            expected = (neutralise_markdown if streaming else to_mrkdwn)(turn.content).split()
-            assert joined == expected
-        finally:
-            await adapter.stop()
-            await server.close()
+        server = await slack.fake(streaming=streaming)
+        adapter = await start_bot(server, "http", message_chars=60)
+        event = server.user_message("pirate: describe a storm at sea in detail", mention=True)
+        await server.post_event(events_url(adapter), event)
+        turn = await answered(bot, CHANNEL, event["ts"])
+        await server.settle()
+        parts = server.bot_messages(CHANNEL, event["ts"])
+        assert len(turn.content) > 60, "the model wrote enough to need splitting"
+        assert len(parts) >= 2
+        assert all(len(p.text) <= 60 + 8 for p in parts)
+        joined = " ".join(p.text for p in parts).split()
+        expected = (neutralise_markdown if streaming else to_mrkdwn)(turn.content).split()
+        assert joined == expected
 
 
 # ---- commands and App Home ----
@@ -506,42 +362,34 @@ async def test_persona_access_is_enforced_with_a_private_note(
 
 
 async def test_per_user_rate_limit_says_so_privately(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: App, fake: FakeSlack, start_bot: Starter, set_policy: Callable[..., None]
 ) -> None:
     adapter = await start_bot(fake, "http")
-    relaxed = bot.service.policy
-    bot.service.policy = Policy(PolicySettings(rate_limit_messages=1, rate_limit_window_s=60))
-    try:
-        first = fake.user_message("pirate: one", mention=True, user="U0RATE001")
-        second = fake.user_message("pirate: two", mention=True, user="U0RATE001")
-        third = fake.user_message("pirate: three", mention=True, user="U0RATE001")
-        await fake.post_event(events_url(adapter), first)
-        await answered(bot, CHANNEL, first["ts"])
-        await fake.post_event(events_url(adapter), second)
-        (note,) = await fake.wait_for(lambda: fake.ephemeral)
-        assert "too fast" in note["text"] and note["thread_ts"] == second["ts"]
-        await fake.post_event(events_url(adapter), third)
-        await fake.settle()
-        assert not fake.bot_messages(CHANNEL, second["ts"])
-        assert not fake.bot_messages(CHANNEL, third["ts"])
-        assert fake.ephemeral == [note], "said once per wait, not at every message"
-    finally:
-        bot.service.policy = relaxed
+    set_policy(rate_limit_messages=1, rate_limit_window_s=60)
+    first = fake.user_message("pirate: one", mention=True, user="U0RATE001")
+    second = fake.user_message("pirate: two", mention=True, user="U0RATE001")
+    third = fake.user_message("pirate: three", mention=True, user="U0RATE001")
+    await fake.post_event(events_url(adapter), first)
+    await answered(bot, CHANNEL, first["ts"])
+    await fake.post_event(events_url(adapter), second)
+    (note,) = await fake.wait_for(lambda: fake.ephemeral)
+    assert "too fast" in note["text"] and note["thread_ts"] == second["ts"]
+    await fake.post_event(events_url(adapter), third)
+    await fake.settle()
+    assert not fake.bot_messages(CHANNEL, second["ts"])
+    assert not fake.bot_messages(CHANNEL, third["ts"])
+    assert fake.ephemeral == [note], "said once per wait, not at every message"
 
 
 async def test_place_allowlist_keeps_the_bot_out_of_other_channels(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: App, fake: FakeSlack, start_bot: Starter, set_policy: Callable[..., None]
 ) -> None:
     adapter = await start_bot(fake, "http")
-    relaxed = bot.service.policy
-    bot.service.policy = Policy(PolicySettings(rate_limit_messages=1000, allow_channels=(BOUND,)))
-    try:
-        event = fake.user_message("pirate: hello?", mention=True)
-        await fake.post_event(events_url(adapter), event)
-        await fake.settle(0.5)
-        assert not fake.calls_to("chat.postMessage") and not fake.ephemeral
-    finally:
-        bot.service.policy = relaxed
+    set_policy(rate_limit_messages=1000, allow_channels=(BOUND,))
+    event = fake.user_message("pirate: hello?", mention=True)
+    await fake.post_event(events_url(adapter), event)
+    await fake.settle(0.5)
+    assert not fake.calls_to("chat.postMessage") and not fake.ephemeral
 
 
 async def test_bad_signature_and_replayed_timestamp_are_rejected_without_effect(
@@ -577,35 +425,20 @@ async def test_url_verification_challenge_is_echoed(
 
 
 async def test_busy_engine_is_said_with_a_reaction_and_a_note(
-    project: Path, settings_for: Callable[..., Any], fake: FakeSlack
+    project: Path, settings_for: Callable[..., Any], fake: FakeSlack, slack: SlackStarts
 ) -> None:
     # A queue of size 0 refuses every request at once: the real engine's "busy" answer.
     busy = App.create(settings_for(project, **{"model.queue_size": 0, "model.n_threads": 1}))
     await busy.start(watch=False)
-    adapter = SlackAdapter(
-        busy,
-        settings=SlackSettings(
-            bot_token=BOT_TOKEN,
-            signing_secret=SIGNING_SECRET,
-            http_host="127.0.0.1",
-            http_port=0,
-            api_url=fake.api_url,
-            streaming=False,
-        ),
-        limits=FAST,
+    slack.apps.append(busy)
+    adapter = await slack.adapter(busy, fake, "http")
+    event = fake.user_message("pirate: are you there?", mention=True)
+    await fake.post_event(events_url(adapter), event)
+    (note,) = await fake.wait_for(
+        lambda: [m for m in fake.bot_messages(CHANNEL, event["ts"]) if m.text != PLACEHOLDER]
     )
-    await adapter.start()
-    try:
-        event = fake.user_message("pirate: are you there?", mention=True)
-        await fake.post_event(events_url(adapter), event)
-        (note,) = await fake.wait_for(
-            lambda: [m for m in fake.bot_messages(CHANNEL, event["ts"]) if m.text != PLACEHOLDER]
-        )
-        assert "busy" in note.text
-        assert (CHANNEL, event["ts"], "hourglass_flowing_sand") in fake.reactions
-    finally:
-        await adapter.stop()
-        await busy.close()
+    assert "busy" in note.text
+    assert (CHANNEL, event["ts"], "hourglass_flowing_sand") in fake.reactions
 
 
 async def test_retries_and_the_mention_message_twin_get_one_reply_even_across_a_restart(
@@ -670,19 +503,15 @@ async def test_rate_limited_web_api_calls_are_waited_out_and_nothing_is_dropped(
 
 
 async def test_missing_customize_scope_falls_back_to_the_app_name(
-    bot: App, start_bot: Starter
+    bot: App, start_bot: Starter, slack: SlackStarts
 ) -> None:
-    server = FakeSlack(customize=False)
-    await server.start()
-    try:
-        adapter = await start_bot(server, "http")
-        event = server.user_message("pirate: ahoy", mention=True)
-        await server.post_event(events_url(adapter), event)
-        turn = await answered(bot, CHANNEL, event["ts"])
-        (reply,) = server.bot_messages(CHANNEL, event["ts"])
-        assert reply.username == "" and reply.text == to_mrkdwn(turn.content)
-    finally:
-        await server.close()
+    server = await slack.fake(customize=False)
+    adapter = await start_bot(server, "http")
+    event = server.user_message("pirate: ahoy", mention=True)
+    await server.post_event(events_url(adapter), event)
+    turn = await answered(bot, CHANNEL, event["ts"])
+    (reply,) = server.bot_messages(CHANNEL, event["ts"])
+    assert reply.username == "" and reply.text == to_mrkdwn(turn.content)
 
 
 async def test_thumbs_reactions_on_a_reply_are_stored_as_feedback(
@@ -707,18 +536,12 @@ async def test_thumbs_reactions_on_a_reply_are_stored_as_feedback(
     def feedback() -> list[tuple[str, int]]:
         return sorted((f.user_id, f.value) for f in bot.store.feedback() if f.turn_id == turn.id)
 
-    async def until(expected: list[tuple[str, int]]) -> None:
-        deadline = time.monotonic() + 5
-        while feedback() != expected:
-            assert time.monotonic() < deadline, feedback()
-            await asyncio.sleep(0.05)
-
     await fake.deliver_event(reaction("reaction_added", "+1"))
     await fake.deliver_event(reaction("reaction_added", "thumbsdown::skin-tone-2", "U0OTHER01"))
     await fake.deliver_event(reaction("reaction_added", "tada", "U0OTHER02"))
-    await until([("U0OTHER01", -1), (USER, 1)])
+    await until(lambda: feedback() == [("U0OTHER01", -1), (USER, 1)], 5, "feedback stored")
     await fake.deliver_event(reaction("reaction_removed", "+1"))
-    await until([("U0OTHER01", -1)])
+    await until(lambda: feedback() == [("U0OTHER01", -1)], 5, "feedback removed")
 
 
 # ---- connection ----
@@ -786,10 +609,10 @@ async def test_persona_edited_on_disk_changes_the_next_reply(
 
 
 async def _until_persona(app: App, persona_id: str, name: str) -> None:
-    deadline = time.monotonic() + 10
-    while (p := app.registry.get(persona_id)) is None or p.display_name != name:
-        assert time.monotonic() < deadline, f"{persona_id} not reloaded"
-        await asyncio.sleep(0.05)
+    def reloaded() -> bool:
+        return (p := app.registry.get(persona_id)) is not None and p.display_name == name
+
+    await until(reloaded, what=f"{persona_id} reloaded")
 
 
 async def test_incomplete_credentials_are_refused_with_the_setting_named(bot: App) -> None:
@@ -803,46 +626,41 @@ async def test_incomplete_credentials_are_refused_with_the_setting_named(bot: Ap
 
 
 async def test_latency_compared_with_a_direct_answer(
-    bot: App, start_bot: Starter, capsys: pytest.CaptureFixture[str]
+    bot: App, start_bot: Starter, slack: SlackStarts, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Event -> first visible text and -> final text in Slack, against `bots ask` (the service
     directly) on the same request in the same run, interleaved. The persona decodes greedily, so
     all three write the same text. Slack's own pacing (1.2 s between edits) is kept."""
     question = "what is your favourite island?"
-    servers = {"update": FakeSlack(), "stream": FakeSlack(streaming=True)}
+    servers = {"update": await slack.fake(), "stream": await slack.fake(streaming=True)}
     for server in servers.values():
-        await server.start()
         await start_bot(server, "socket", update_interval_s=1.2, updates_per_minute=50)
     shows = ("chat.startStream", "chat.appendStream", "chat.stopStream", "chat.update")
     samples: dict[str, list[float]] = {}
     texts: set[str] = set()
-    try:
-        for _ in range(3):
-            started = time.perf_counter()
-            incoming = Incoming("cli", "", "cli", question, "steady", remember=False)
-            reply = await bot.service.start(incoming)
-            first = 0.0
-            async for _piece in reply:
-                first = first or time.perf_counter() - started
-            samples.setdefault("direct_first_token_s", []).append(first)
-            samples.setdefault("direct_final_s", []).append(time.perf_counter() - started)
-            texts.add(reply.text)
-            for mode, server in servers.items():
-                event = server.user_message(f"steady: {question}", mention=True)
-                envelope = await server.deliver_event(event)
-                turn = await answered(bot, CHANNEL, event["ts"])
-                texts.add(turn.content)
-                await server.settle(0.1)
-                times = [
-                    c.at - envelope.sent_at
-                    for c in server.calls
-                    if c.method in shows and c.at > envelope.sent_at
-                ]
-                samples.setdefault(f"slack_{mode}_first_visible_s", []).append(times[0])
-                samples.setdefault(f"slack_{mode}_final_s", []).append(times[-1])
-    finally:
-        for server in servers.values():
-            await server.close()
+    for _ in range(3):
+        started = time.perf_counter()
+        incoming = Incoming("cli", "", "cli", question, "steady", remember=False)
+        reply = await bot.service.start(incoming)
+        first = 0.0
+        async for _piece in reply:
+            first = first or time.perf_counter() - started
+        samples.setdefault("direct_first_token_s", []).append(first)
+        samples.setdefault("direct_final_s", []).append(time.perf_counter() - started)
+        texts.add(reply.text)
+        for mode, server in servers.items():
+            event = server.user_message(f"steady: {question}", mention=True)
+            envelope = await server.deliver_event(event)
+            turn = await answered(bot, CHANNEL, event["ts"])
+            texts.add(turn.content)
+            await server.settle(0.1)
+            times = [
+                c.at - envelope.sent_at
+                for c in server.calls
+                if c.method in shows and c.at > envelope.sent_at
+            ]
+            samples.setdefault(f"slack_{mode}_first_visible_s", []).append(times[0])
+            samples.setdefault(f"slack_{mode}_final_s", []).append(times[-1])
     figures = {k: round(statistics.median(v), 3) for k, v in samples.items()}
     with capsys.disabled():
         print("\nslack latency (median of 3):", json.dumps(figures))

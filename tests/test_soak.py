@@ -38,8 +38,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.fake_discord import FakeDiscord
-from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.slack import BOT_TOKEN, SIGNING_SECRET, FakeSlack
 from tests.serve_process import ONE_THREAD, ServerProcess, start_server
 from tests.soak_driver import (
     PLATFORMS,

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bots.adapters.http.api import create_http_app
 from bots.app import App
 from bots.settings import Settings
-from tests.conftest import persona_md, write
+from tests.fakes.projects import persona_md, write
 
 Client = TestClient[web.Request, web.Application]
 TOKEN = "workbench-test-token"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANDBOOK, persona_md, write
+from tests.fakes.projects import HANDBOOK, persona_md, write
 from tests.serve_process import running_server
 
 webdriver = pytest.importorskip("selenium.webdriver")

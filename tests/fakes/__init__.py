@@ -1,0 +1,10 @@
+"""The test kit: loopback fakes of Discord and Slack, engine doubles, and the helpers that run a
+real app and its real adapter against them.
+
+- `discord.py`, `slack.py`: the platforms, served on 127.0.0.1 (the real libraries talk to them).
+- `engines.py`: real `Engine`s with scripted text or a stopwatch.
+- `discord_env.py`, `slack_env.py`: a started app + adapter + fake, and what tests read from it.
+- `waiting.py`: polling for positive checks.
+
+No test module imports another; shared fixtures are in tests/conftest.py.
+"""

@@ -1,0 +1,43 @@
+"""Project folders for tests: persona files and a small handbook library, written in tmp_path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+HANDBOOK = {
+    "vacation.md": """\
+        # Vacation
+        ## Vacation days
+        Every employee gets 25 vacation days per year. Unused days expire on March 31.
+        """,
+    "expenses.md": """\
+        # Expenses
+        ## Expense reports
+        File expense reports in the finance portal within 30 days. Attach every receipt.
+        """,
+    "security.md": """\
+        # Security
+        ## Passwords
+        Passwords must be at least 14 characters long and stored in the password manager.
+        """,
+}
+
+
+def write(path: Path, text: str) -> Path:
+    """Write dedented text, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def persona_md(body: str = "You are a helpful test bot. Answer briefly.", **front: str) -> str:
+    """A persona.md: front matter from `front` (values as YAML), then `body`."""
+    header = "".join(f"{k}: {v}\n" for k, v in front.items())
+    return f"---\n{header}---\n{body}\n"
+
+
+def write_handbook(root: Path) -> None:
+    """The handbook library (vacation, expenses, security) under root/knowledge/handbook."""
+    for name, text in HANDBOOK.items():
+        write(root / "knowledge" / "handbook" / name, text)
