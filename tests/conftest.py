@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,18 +155,3 @@ async def start_bot(bot: App, slack: SlackStarts) -> Starter:
         return await slack.adapter(bot, server, mode, **limits)
 
     return start
-
-
-@pytest.fixture
-def set_policy(bot: App) -> Iterator[Callable[..., None]]:
-    """Give the module's app another policy for one test: `set_policy(rate_limit_messages=1)`."""
-    from bots.chat.policy import Policy
-    from bots.settings import PolicySettings
-
-    relaxed = bot.service.policy
-
-    def change(**settings: Any) -> None:
-        bot.service.policy = Policy(PolicySettings(**settings))
-
-    yield change
-    bot.service.policy = relaxed

@@ -1,4 +1,5 @@
-"""Abuse: instructions hidden in a document stay data, and one user's flood leaves others served.
+"""Abuse: instructions hidden in a document stay data (a flood from one user on Discord and Slack
+is in tests/test_platform_contract.py).
 
 Prompt injection is tested for what holds whatever the model does: the hostile text reaches the
 model only inside its document block in the user turn, it cannot close that block, and it cannot
@@ -8,7 +9,6 @@ by `bots bench injection` (its detectors are tested here on fixed strings).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -35,23 +35,17 @@ from bots.bench.injection import (
     write_project,
 )
 from bots.chat.model import Incoming
-from bots.chat.policy import Policy
 from bots.chat.prompt import format_documents, system_message
 from bots.chat.reply import Reply
 from bots.engine.base import ChatMessage
 from bots.engine.llama_native import NativeModel
 from bots.engine.model_files import resolve_model_path
 from bots.knowledge.model import Hit
-from bots.settings import PolicySettings, Settings
-from tests.fakes.discord_env import StartDiscord
+from bots.settings import Settings
 from tests.fakes.engines import ScriptedEngine
-from tests.fakes.slack import CHANNEL, FakeSlack
-from tests.fakes.slack_env import Starter, answered, events_url
 
 HOSTILE = [s for s in STYLES if s.text]
 BLOCK = re.compile(r'<document source="([^"]*)"(?: section="[^"]*")?>\n(.*?)\n</document>', re.S)
-FLOOD_MESSAGES = 30
-FLOOD_LIMIT = 2
 
 
 # --------------------------------------------------------------------------- injection: structure
@@ -234,59 +228,3 @@ async def test_injection_bench_runs_the_real_model(
     assert isinstance(result, CaseResult) and result.style == style.name
     assert result.hostile_in_prompt and result.reply.strip()
     assert format_table(summarize(results)).splitlines()[2].startswith(f"| {style.name} | 1 | 1 |")
-
-
-# --------------------------------------------------------------------------- floods
-
-
-async def test_discord_flood_is_rate_limited_and_others_are_answered(
-    start_discord: StartDiscord,
-) -> None:
-    engine = ScriptedEngine("Aye.")
-    env = await start_discord(engine=engine, **{"policy.rate_limit_messages": FLOOD_LIMIT})
-    for number in range(FLOOD_MESSAGES // 2):
-        env.say("bob", "general", f"Flood {number}?")
-    other = env.say("alice", "general", "Is the sea calm today?")
-    for number in range(FLOOD_MESSAGES // 2, FLOOD_MESSAGES):
-        env.say("bob", "general", f"Flood {number}?")
-
-    _, shown = await env.answer(other)
-    await env.quiet()
-    asked = [r.messages[-1].content for r in engine.requests]
-    assert sum("Flood" in text for text in asked) == FLOOD_LIMIT
-    assert sum("sea calm" in text for text in asked) == 1
-    assert shown[0]["content"] == "Aye."
-    general = env.fake.bot_messages(env.channels["general"])
-    notices = [m for m in general if "too fast" in m["content"]]
-    assert len(notices) == 1, "the flooder is told once per wait"
-
-
-@pytest.mark.asyncio(loop_scope="module")
-async def test_slack_flood_is_rate_limited_and_others_are_answered(
-    bot: App, fake: FakeSlack, start_bot: Starter
-) -> None:
-    adapter = await start_bot(fake, "http")
-    relaxed = bot.service.policy
-    bot.service.policy = Policy(
-        PolicySettings(rate_limit_messages=FLOOD_LIMIT, rate_limit_window_s=60)
-    )
-    try:
-        flood = [
-            fake.user_message(f"pirate: flood {n}", mention=True, user="U0FLOOD01")
-            for n in range(FLOOD_MESSAGES)
-        ]
-        other = fake.user_message("pirate: is the sea calm?", mention=True, user="U0OTHER01")
-        events = [*flood[: FLOOD_MESSAGES // 2], other, *flood[FLOOD_MESSAGES // 2 :]]
-        await asyncio.gather(*(fake.post_event(events_url(adapter), e) for e in events))
-        await answered(bot, CHANNEL, other["ts"])
-        await fake.settle()
-
-        def replied(ts: str) -> bool:
-            return bool(fake.bot_messages(CHANNEL, ts))
-
-        assert sum(replied(e["ts"]) for e in flood) == FLOOD_LIMIT
-        assert replied(other["ts"])
-        (note,) = fake.ephemeral  # the flooder is told once per wait, not per message
-        assert note["user"] == "U0FLOOD01" and "too fast" in note["text"]
-    finally:
-        bot.service.policy = relaxed

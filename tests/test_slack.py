@@ -3,6 +3,10 @@ loopback fake Slack (tests/fakes/slack.py), in HTTP Events mode and in Socket Mo
 
 One app (model loaded once, the `bot` fixture in tests/conftest.py) serves the whole module; each
 test gets a fresh fake Slack and a fresh adapter, and uses its own channels or threads.
+
+What Discord must do as well (refusals, ignored payloads, feedback, stop, splitting, defused
+mentions, persona edits) is in tests/test_platform_contract.py; this module keeps what is
+Slack's own.
 """
 
 from __future__ import annotations
@@ -12,9 +16,6 @@ import itertools
 import json
 import statistics
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,12 +25,9 @@ from bots.adapters.slack.format import neutralise_markdown, to_mrkdwn
 from bots.adapters.slack.reply import PLACEHOLDER
 from bots.app import App
 from bots.chat.model import Incoming
-from bots.chat.notices import INTERRUPTED
 from bots.settings import SlackSettings
-from tests.fakes.projects import persona_md, write
 from tests.fakes.slack import (
     APP_TOKEN,
-    BOT_ID,
     BOT_TOKEN,
     BOT_USER,
     CHANNEL,
@@ -47,7 +45,6 @@ from tests.fakes.slack_env import (
     events_url,
     shown_text,
 )
-from tests.fakes.waiting import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -211,28 +208,6 @@ async def test_citations_show_sources_in_a_context_block(
     assert "".join(sections) == to_mrkdwn(turn.content)
 
 
-async def test_long_replies_are_split_into_several_messages(
-    bot: App, start_bot: Starter, slack: SlackStarts
-) -> None:
-    for streaming in (False, True):
-        server = await slack.fake(streaming=streaming)
-        adapter = await start_bot(server, "http", message_chars=60)
-        event = server.user_message("pirate: describe a storm at sea in detail", mention=True)
-        await server.post_event(events_url(adapter), event)
-        turn = await answered(bot, CHANNEL, event["ts"])
-        await server.settle()
-        parts = server.bot_messages(CHANNEL, event["ts"])
-        assert len(turn.content) > 60, "the model wrote enough to need splitting"
-        assert len(parts) >= 2
-        assert all(len(p.text) <= 60 + 8 for p in parts)
-        joined = " ".join(p.text for p in parts).split()
-        expected = (neutralise_markdown if streaming else to_mrkdwn)(turn.content).split()
-        assert joined == expected
-
-
-# ---- commands and App Home ----
-
-
 async def test_ask_is_acknowledged_within_3_seconds_and_answered_in_a_thread(
     bot: App, fake: FakeSlack, start_bot: Starter
 ) -> None:
@@ -315,83 +290,6 @@ async def test_greeting_mentions_and_broadcasts_are_neutralised(
     assert "*welcome*" in greeting.text
 
 
-async def test_bot_own_and_edited_messages_are_ignored(
-    bot: App, fake: FakeSlack, start_bot: Starter
-) -> None:
-    adapter = await start_bot(fake, "http")
-    url = events_url(adapter)
-    other_bot = fake.user_message("pirate: hi", mention=True, bot_id="B0OTHER01")
-    own = fake.user_message("pirate: hi", channel=DM, user=BOT_USER)
-    edited = {
-        "type": "message",
-        "subtype": "message_changed",
-        "channel": DM,
-        "hidden": True,
-        "ts": fake.new_ts(),
-        "event_ts": fake.new_ts(),
-        "channel_type": "im",
-        "message": {"type": "message", "user": USER, "text": "pirate: edited", "ts": "1.000001"},
-    }
-    deleted = {
-        "type": "message",
-        "subtype": "message_deleted",
-        "channel": DM,
-        "hidden": True,
-        "ts": fake.new_ts(),
-        "deleted_ts": "1.000001",
-        "channel_type": "im",
-    }
-    bot_post = fake.user_message("I am a bot", channel=DM, subtype="bot_message", bot_id=BOT_ID)
-    for event in (other_bot, own, edited, deleted, bot_post):
-        status, _, _ = await fake.post_event(url, event)
-        assert status in (200, 404)
-    await fake.settle(0.5)
-    assert not fake.calls_to("chat.postMessage") and not fake.calls_to("chat.startStream")
-
-
-async def test_persona_access_is_enforced_with_a_private_note(
-    bot: App, fake: FakeSlack, start_bot: Starter
-) -> None:
-    adapter = await start_bot(fake, "http")
-    event = fake.user_message("vault: open the vault", mention=True)
-    await fake.post_event(events_url(adapter), event)
-    (note,) = await fake.wait_for(lambda: fake.ephemeral)
-    assert note["user"] == USER and "access" in note["text"]
-    await fake.settle()
-    assert not fake.calls_to("chat.postMessage")
-
-
-async def test_per_user_rate_limit_says_so_privately(
-    bot: App, fake: FakeSlack, start_bot: Starter, set_policy: Callable[..., None]
-) -> None:
-    adapter = await start_bot(fake, "http")
-    set_policy(rate_limit_messages=1, rate_limit_window_s=60)
-    first = fake.user_message("pirate: one", mention=True, user="U0RATE001")
-    second = fake.user_message("pirate: two", mention=True, user="U0RATE001")
-    third = fake.user_message("pirate: three", mention=True, user="U0RATE001")
-    await fake.post_event(events_url(adapter), first)
-    await answered(bot, CHANNEL, first["ts"])
-    await fake.post_event(events_url(adapter), second)
-    (note,) = await fake.wait_for(lambda: fake.ephemeral)
-    assert "too fast" in note["text"] and note["thread_ts"] == second["ts"]
-    await fake.post_event(events_url(adapter), third)
-    await fake.settle()
-    assert not fake.bot_messages(CHANNEL, second["ts"])
-    assert not fake.bot_messages(CHANNEL, third["ts"])
-    assert fake.ephemeral == [note], "said once per wait, not at every message"
-
-
-async def test_place_allowlist_keeps_the_bot_out_of_other_channels(
-    bot: App, fake: FakeSlack, start_bot: Starter, set_policy: Callable[..., None]
-) -> None:
-    adapter = await start_bot(fake, "http")
-    set_policy(rate_limit_messages=1000, allow_channels=(BOUND,))
-    event = fake.user_message("pirate: hello?", mention=True)
-    await fake.post_event(events_url(adapter), event)
-    await fake.settle(0.5)
-    assert not fake.calls_to("chat.postMessage") and not fake.ephemeral
-
-
 async def test_bad_signature_and_replayed_timestamp_are_rejected_without_effect(
     bot: App, fake: FakeSlack, start_bot: Starter
 ) -> None:
@@ -424,23 +322,6 @@ async def test_url_verification_challenge_is_echoed(
     assert status == 200 and "c0ffee-challenge" in text
 
 
-async def test_busy_engine_is_said_with_a_reaction_and_a_note(
-    project: Path, settings_for: Callable[..., Any], fake: FakeSlack, slack: SlackStarts
-) -> None:
-    # A queue of size 0 refuses every request at once: the real engine's "busy" answer.
-    busy = App.create(settings_for(project, **{"model.queue_size": 0, "model.n_threads": 1}))
-    await busy.start(watch=False)
-    slack.apps.append(busy)
-    adapter = await slack.adapter(busy, fake, "http")
-    event = fake.user_message("pirate: are you there?", mention=True)
-    await fake.post_event(events_url(adapter), event)
-    (note,) = await fake.wait_for(
-        lambda: [m for m in fake.bot_messages(CHANNEL, event["ts"]) if m.text != PLACEHOLDER]
-    )
-    assert "busy" in note.text
-    assert (CHANNEL, event["ts"], "hourglass_flowing_sand") in fake.reactions
-
-
 async def test_retries_and_the_mention_message_twin_get_one_reply_even_across_a_restart(
     bot: App, fake: FakeSlack, start_bot: Starter
 ) -> None:
@@ -456,34 +337,6 @@ async def test_retries_and_the_mention_message_twin_get_one_reply_even_across_a_
     await fake.settle(0.5)
     assert len(fake.bot_messages(CHANNEL, event["ts"])) == 1
     assert len([c for c in fake.calls_to("chat.postMessage")]) == 1
-
-
-async def test_malformed_payloads_get_no_reply_and_do_not_break_the_bot(
-    bot: App, fake: FakeSlack, start_bot: Starter
-) -> None:
-    adapter = await start_bot(fake, "http")
-    url = events_url(adapter)
-    good = fake.user_message("pirate: fine", mention=True)
-    broken: list[Any] = [
-        "not an object",
-        {"type": "app_mention"},
-        {**good, "ts": fake.new_ts(), "channel": None},
-        {**good, "ts": fake.new_ts(), "text": 12345},
-        {**good, "ts": fake.new_ts(), "user": ["U0USER001"]},
-        {**good, "ts": fake.new_ts(), "thread_ts": {"ts": 1}},
-        {**good, "ts": fake.new_ts(), "text": "pirate: " + "x" * 50_000},
-        {**good, "ts": fake.new_ts(), "text": "pirate: hi\x00\x07there"},
-        {**good, "ts": "not-a-ts"},
-    ]
-    for event in broken:
-        status, _, _ = await fake.post_event(url, event)
-        assert status in (200, 404)
-    status, _, _ = await fake.post_signed(url, "{not json")
-    assert status in (200, 400, 401, 404)
-    await fake.settle(0.5)
-    assert not fake.calls_to("chat.postMessage")
-    await fake.post_event(url, good)
-    await answered(bot, CHANNEL, good["ts"])
 
 
 async def test_rate_limited_web_api_calls_are_waited_out_and_nothing_is_dropped(
@@ -514,39 +367,6 @@ async def test_missing_customize_scope_falls_back_to_the_app_name(
     assert reply.username == "" and reply.text == to_mrkdwn(turn.content)
 
 
-async def test_thumbs_reactions_on_a_reply_are_stored_as_feedback(
-    bot: App, fake: FakeSlack, start_bot: Starter
-) -> None:
-    await start_bot(fake, "socket")
-    event = fake.user_message("pirate: rate me", mention=True)
-    await fake.deliver_event(event)
-    turn = await answered(bot, CHANNEL, event["ts"])
-    reply_ts = turn.platform_message_id.split(":")[1]
-
-    def reaction(kind: str, name: str, user: str = USER) -> dict[str, Any]:
-        return {
-            "type": kind,
-            "user": user,
-            "reaction": name,
-            "item_user": BOT_USER,
-            "item": {"type": "message", "channel": CHANNEL, "ts": reply_ts},
-            "event_ts": fake.new_ts(),
-        }
-
-    def feedback() -> list[tuple[str, int]]:
-        return sorted((f.user_id, f.value) for f in bot.store.feedback() if f.turn_id == turn.id)
-
-    await fake.deliver_event(reaction("reaction_added", "+1"))
-    await fake.deliver_event(reaction("reaction_added", "thumbsdown::skin-tone-2", "U0OTHER01"))
-    await fake.deliver_event(reaction("reaction_added", "tada", "U0OTHER02"))
-    await until(lambda: feedback() == [("U0OTHER01", -1), (USER, 1)], 5, "feedback stored")
-    await fake.deliver_event(reaction("reaction_removed", "+1"))
-    await until(lambda: feedback() == [("U0OTHER01", -1)], 5, "feedback removed")
-
-
-# ---- connection ----
-
-
 async def test_socket_mode_reconnects_mid_reply_without_losing_or_repeating(
     bot: App, fake: FakeSlack, start_bot: Starter
 ) -> None:
@@ -575,44 +395,6 @@ async def test_socket_mode_reconnects_mid_reply_without_losing_or_repeating(
     assert len(fake.bot_messages(CHANNEL)) == 2
     assert bot.adapters["slack"] == "connected"
     assert adapter.bot_user_id == BOT_USER
-
-
-async def test_stop_cuts_an_unfinished_reply_with_a_note(
-    bot: App, fake: FakeSlack, start_bot: Starter
-) -> None:
-    adapter = await start_bot(fake, "socket", stop_grace_s=0.01)
-    event = fake.user_message("pirate: tell me everything about the seven seas", mention=True)
-    await fake.deliver_event(event)
-    await fake.wait_for(lambda: fake.calls_to("chat.update"))
-    await adapter.stop()
-    (message,) = fake.bot_messages(CHANNEL, event["ts"])
-    assert message.text.endswith("_" + INTERRUPTED + "_")
-    assert bot.adapters["slack"] == "stopped"
-
-
-async def test_persona_edited_on_disk_changes_the_next_reply(
-    bot: App, fake: FakeSlack, start_bot: Starter
-) -> None:
-    adapter = await start_bot(fake, "http")
-    path = bot.settings.personas_dir / "editor" / "persona.md"
-    write(path, persona_md("You edit texts.", name="Ed"))
-    await _until_persona(bot, "editor", "Ed")
-    first = fake.user_message("editor: fix my spelling", mention=True)
-    await fake.post_event(events_url(adapter), first)
-    await answered(bot, CHANNEL, first["ts"])
-    write(path, persona_md("You edit texts.", name="Eddie"))
-    await _until_persona(bot, "editor", "Eddie")
-    second = fake.user_message("editor: fix my grammar", mention=True)
-    await fake.post_event(events_url(adapter), second)
-    await answered(bot, CHANNEL, second["ts"])
-    assert [m.username for m in fake.bot_messages(CHANNEL)] == ["Ed", "Eddie"]
-
-
-async def _until_persona(app: App, persona_id: str, name: str) -> None:
-    def reloaded() -> bool:
-        return (p := app.registry.get(persona_id)) is not None and p.display_name == name
-
-    await until(reloaded, what=f"{persona_id} reloaded")
 
 
 async def test_incomplete_credentials_are_refused_with_the_setting_named(bot: App) -> None:
