@@ -15,16 +15,16 @@ not a wrong cache, and greedy replies still agree.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bots.engine import batched
 from bots.engine.base import (
     ChatMessage,
     EngineBusy,
@@ -34,11 +34,9 @@ from bots.engine.base import (
     Piece,
     Usage,
 )
-from bots.engine.batched import BatchedEngine
-from bots.engine.factory import make_engine as make_engine_from
-from bots.engine.llama_native import gpu_offload_supported
-from bots.engine.model_files import default_model_path
-from bots.engine.prefix_cache import (
+from bots.engine.batched import BatchedEngine, kv
+from bots.engine.batched.kv import KVCache
+from bots.engine.batched.prefix_cache import (
     Arena,
     Entry,
     Parked,
@@ -46,6 +44,10 @@ from bots.engine.prefix_cache import (
     common_prefix,
     may_take_over,
 )
+from bots.engine.batched.text import TextStream
+from bots.engine.factory import make_engine as make_engine_from
+from bots.engine.llama_native import Batch, NativeContext, NativeModel, gpu_offload_supported
+from bots.engine.model_files import default_model_path
 from bots.engine.quantize import is_q8_0, prepared_model_path
 from bots.settings import SettingsError, load_settings
 
@@ -256,7 +258,7 @@ async def test_idle_sequences_leave_the_kv_cache_and_come_back_the_same(
     await reference.close()
 
     # Every idle sequence is moved to the RAM park as soon as its reply ends.
-    monkeypatch.setattr(batched, "HOT_IDLE_TOKENS", 0)
+    monkeypatch.setattr(kv, "HOT_IDLE_TOKENS", 0)
     engine = await make_engine()
     assert (await collect(engine, request(conversation)))[0] == first
     await collect(engine, request(chat(PIRATE, "Hello!"), max_tokens=4))
@@ -303,24 +305,25 @@ async def test_a_parked_conversation_without_its_prefix_is_evaluated_again(make_
     first, _ = await collect(engine, request(conversation))
     await collect(engine, request(chat(PIRATE, "Hello!"), max_tokens=4))
     await wait_for_detail(engine, "cached: 0 persona prefixes, 0 conversations")
-    worker = engine._worker
-    assert worker is not None
+    scheduler = engine._scheduler
+    assert scheduler is not None
+    table = scheduler.kv.table
     gardener = usage_tokens(engine, chat(GARDENER))[
-        : worker.table.persona_prefix_length(usage_tokens(engine, conversation))
+        : table.persona_prefix_length(usage_tokens(engine, conversation))
     ]
-    prefix = worker.table.parked_prefix(gardener)
+    prefix = table.parked_prefix(gardener)
     assert prefix is not None
     orphan = next(p for p in parked(engine) if p.kind == "conversation" and p.base)
-    worker.table.unpark(prefix)  # as when other personas' prefixes push it out of the park
+    table.unpark(prefix)  # as when other personas' prefixes push it out of the park
     text, last = await collect(engine, request(chat(GARDENER, "What is compost?", first, "Hm?")))
     assert text and usage(last).cached_tokens == 0
     assert orphan not in parked(engine), "a conversation that lost its prefix leaves the park"
 
 
 def parked(engine: BatchedEngine) -> list[Parked]:
-    worker = engine._worker
-    assert worker is not None
-    return list(worker.table._parked)
+    scheduler = engine._scheduler
+    assert scheduler is not None
+    return list(scheduler.kv.table._parked)
 
 
 async def test_cancelling_one_stream_leaves_the_others_intact(make_engine) -> None:
@@ -608,3 +611,121 @@ def test_flash_attention_is_a_setting(tmp_path: Path) -> None:
     environ = {"BOTS_MODEL_FLASH_ATTN": "off", "BOTS_MODEL_ISOLATE": "false"}
     engine = make_engine_from(load_settings(tmp_path, environ=environ))
     assert isinstance(engine, BatchedEngine) and engine._flash_attn == "off"
+
+
+# -- text.py: tokens' bytes to the text a reply shows -----------------------------------------
+
+
+def test_text_stream_holds_a_split_character_until_it_is_whole() -> None:
+    text = TextStream()
+    assert [text.push(b) for b in (b"caf", b"\xc3", b"\xa9!")] == ["caf", "", "\u00e9!"]
+    assert text.flush() == "" and not text.stopped
+
+
+def test_text_stream_stops_at_a_stop_string_that_spans_tokens() -> None:
+    text = TextStream(("</answer>",))
+    shown = [text.push(b) for b in (b"Yes </", b"ans", b"wer> and more")]
+    assert shown == ["Yes ", "", ""] and text.stopped
+
+
+def test_text_stream_shows_what_it_held_once_it_is_no_stop_string() -> None:
+    text = TextStream(("END",))
+    assert text.push(b"the E") == "the "
+    assert text.push(b"nd") == "End", "case matters: not the stop string"
+    assert text.push(b" EN") == " "
+    assert text.flush() == "EN", "held text is shown at the end of the reply"
+
+
+def test_text_stream_flushes_an_unfinished_character_as_a_replacement() -> None:
+    text = TextStream()
+    assert text.push(b"ok \xe2\x82") == "ok "
+    assert text.flush() == "\ufffd"
+
+
+# -- kv.py: sequences of a real (small) llama context -----------------------------------------
+
+KV_TEST_CELLS = 512
+
+
+@pytest.fixture(scope="module")
+def native_model() -> Iterator[NativeModel]:
+    model = NativeModel(default_model_path())
+    yield model
+    model.close()
+
+
+@pytest.fixture
+def kv_cache(native_model: NativeModel) -> Iterator[KVCache]:
+    ctx = NativeContext(
+        native_model, kv_cells=KV_TEST_CELLS, n_seq_max=3, n_threads=1, n_batch=512, n_ubatch=512
+    )
+    yield KVCache(ctx, SequenceTable(3, park_budget_bytes=16 * 2**20))
+    ctx.close()
+
+
+def decoded(cache: KVCache, seq_id: int, tokens: np.ndarray, start: int) -> None:
+    """Decode `tokens[start:]` into `seq_id` (which holds `tokens[:start]`)."""
+    batch = Batch(KV_TEST_CELLS)
+    batch.add(tokens[start:], start, seq_id, logits_last=True)
+    assert cache.ctx.decode(batch) == 0
+    cache.grew(seq_id, tokens)
+
+
+def cells(cache: KVCache, seq_id: int) -> bytes:
+    """The sequence's KV cells as llama.cpp saves them."""
+    buf = (ctypes.c_uint8 * cache.ctx.seq_state_size(seq_id))()
+    cache.ctx.save_seq(seq_id, buf)
+    return bytes(buf)
+
+
+def test_kv_cache_gives_a_follow_up_the_same_sequence(
+    kv_cache: KVCache, native_model: NativeModel
+) -> None:
+    turn = native_model.tokenize("The gardener asked what compost is made of, and why.")
+    assigned = kv_cache.assign(turn, last_turn_start=0, reuse=True)
+    assert assigned is not None and assigned[1] == 0, "nothing cached yet"
+    seq_id = assigned[0]
+    decoded(kv_cache, seq_id, turn, 0)
+    kv_cache.release(seq_id, turn)
+
+    follow_up = np.concatenate([turn, native_model.tokenize(" And worms?")])
+    assert kv_cache.assign(follow_up, last_turn_start=len(turn), reuse=True) == (seq_id, len(turn))
+    assert kv_cache.ctx.seq_pos_max(seq_id) == len(turn) - 1
+    fresh = kv_cache.assign(follow_up, last_turn_start=0, reuse=False)
+    assert fresh is not None and fresh[0] != seq_id and fresh[1] == 0, "no reuse: from nothing"
+
+
+def test_kv_cache_parks_an_idle_sequence_and_restores_it_bit_for_bit(
+    kv_cache: KVCache, native_model: NativeModel
+) -> None:
+    tokens = native_model.tokenize(
+        "A lighthouse keeper writes down the weather every morning, then the wind, the waves "
+        "and the ships he saw pass in the night."
+    )
+    assert len(tokens) >= kv.MIN_PARK_TOKENS
+    seq_id, _ = kv_cache.assign(tokens, last_turn_start=0, reuse=True) or (-1, 0)
+    decoded(kv_cache, seq_id, tokens, 0)
+    before = cells(kv_cache, seq_id)
+    assert not kv_cache.evict_one(), "a busy sequence is never evicted"
+    kv_cache.release(seq_id, tokens)
+
+    kv_cache.cool_down()  # HOT_IDLE_TOKENS = 0: every idle sequence leaves the cache
+    assert list(kv_cache.table.entries) == [] and kv_cache.table.parked_count == 1
+    assert kv_cache.ctx.seq_pos_max(seq_id) == -1
+
+    longer = np.concatenate([tokens, native_model.tokenize(" Then he")])
+    assigned = kv_cache.assign(longer, last_turn_start=len(tokens), reuse=True)
+    assert assigned is not None and assigned[1] == len(tokens), "restored from the park"
+    assert cells(kv_cache, assigned[0]) == before
+    assert kv_cache.table.parked_count == 0, "its next turn: the parked copy is of no more use"
+
+
+def test_kv_cache_has_no_sequence_while_every_one_is_busy(
+    kv_cache: KVCache, native_model: NativeModel
+) -> None:
+    for i in range(3):
+        tokens = native_model.tokenize(f"Conversation number {i} about something else.")
+        assert kv_cache.assign(tokens, last_turn_start=0, reuse=True) is not None
+    assert (
+        kv_cache.assign(native_model.tokenize("One more."), last_turn_start=0, reuse=True) is None
+    )

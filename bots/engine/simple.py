@@ -33,7 +33,9 @@ STOP_JOB = None
 
 
 @dataclass
-class _Job:
+class _Generation:
+    """One request between `stream` and the `Llama` thread, which posts its pieces back."""
+
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[Piece | BaseException]
@@ -61,7 +63,7 @@ class SimpleEngine:
         self._n_threads = n_threads or os.cpu_count() or 1
         self._n_gpu_layers = n_gpu_layers
         self._queue_size = queue_size
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: queue.Queue[_Generation | None] = queue.Queue()
         self._pending = 0
         self._active = 0
         self._lock = threading.Lock()
@@ -135,7 +137,7 @@ class SimpleEngine:
             if self._pending >= self._queue_size:
                 raise EngineBusy()
             self._pending += 1
-        job = _Job(request, asyncio.get_running_loop(), asyncio.Queue())
+        job = _Generation(request, asyncio.get_running_loop(), asyncio.Queue())
         self._jobs.put(job)
         try:
             while True:
@@ -170,7 +172,7 @@ class SimpleEngine:
             if last is not None:
                 job.emit(last)
 
-    def _generate(self, job: _Job) -> Piece | BaseException:
+    def _generate(self, job: _Generation) -> Piece | BaseException:
         """Stream pieces to the job; return the final piece or the error to send last."""
         req = job.request
         started = time.perf_counter()

@@ -1,0 +1,331 @@
+"""The batched engine's slot loop: admit, plan, decode, finish; on the engine thread only.
+
+Each admitted request holds a `Slot` (llama.cpp's server word) whose `state` says where it is,
+as that server's `slot_state` does: STARTED (prompt tokenized, sequence assigned), PROCESSING_PROMPT
+(some chunks decoded), DONE_PROMPT (the whole prompt decoded: its logits give the first token),
+GENERATING (a sampled token waits for the next step), IDLE again once it ended. Each step is one
+`llama_decode` holding the next token of every GENERATING slot plus prompt chunks of the others,
+`BATCH_TOKENS` in all.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from bots.engine.base import ChatMessage, EngineError, EngineTimeout, Piece, Usage
+from bots.engine.batched.kv import KVCache, held_tokens
+from bots.engine.batched.prefix_cache import common_prefix
+from bots.engine.batched.task import Task
+from bots.engine.batched.text import TextStream
+from bots.engine.llama_native import Batch, NativeModel, Sampler, Sampling, TokenArray
+
+log = logging.getLogger(__name__)
+
+# Tokens per llama_decode call (n_batch = n_ubatch), streams and prompt chunks together, as
+# vLLM's per-step token budget: a long new prompt pauses the streams for one 512-token chunk per
+# step (0.7 s on 2 cores with Q8_0). Smaller chunks cost llama.cpp a thread synchronisation per
+# graph node each: 128-token chunks made 4 concurrent streams 7% slower, 48 five times slower.
+BATCH_TOKENS = 512
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class SlotState(enum.Enum):
+    """Where a slot is, as llama.cpp's server `slot_state` names it."""
+
+    IDLE = "idle"  # not serving a request (ended, or never admitted)
+    STARTED = "started"
+    PROCESSING_PROMPT = "processing prompt"
+    DONE_PROMPT = "done prompt"
+    GENERATING = "generating"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One admitted request on the engine thread: its prompt, sequence, sampler and text."""
+
+    task: Task
+    admitted: float
+    text: TextStream
+    state: SlotState = SlotState.IDLE
+    tokens: TokenArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    # Prompt tokens of the persona (system message), and where the last user message starts.
+    prefix_len: int = 0
+    last_turn_start: int = 0
+    want_prefix_entry: bool = False
+    seq_id: int = -1
+    n_past: int = 0  # positions decoded into the sequence
+    cached: int = 0  # of which came from the cache
+    max_new: int = 0
+    # Sampled reply tokens; the last one is not decoded yet while GENERATING.
+    generated: list[int] = field(default_factory=list)
+    sampler: Sampler | None = None
+    first_token_at: float | None = None
+    batch_index: int = -1  # where this step's logits are
+    chunk_end: int = 0  # the prompt position this step's chunk reaches
+
+    @property
+    def prompt_done(self) -> bool:
+        return self.n_past >= len(self.tokens)
+
+
+class Scheduler:
+    """The slot loop's state and steps; every method runs on the engine thread."""
+
+    def __init__(self, model: NativeModel, kv: KVCache, *, context_size: int) -> None:
+        self.model = model
+        self.kv = kv
+        self.ctx = kv.ctx
+        self.context_size = context_size
+        self.batch = Batch(BATCH_TOKENS)
+        # Slots admitted and not yet ended; read by status() from other threads.
+        self.running = 0
+
+    def describe(self) -> str:
+        layers = self.model.gpu_layers
+        where = "CPU" if not layers else f"GPU ({'all' if layers < 0 else layers} layers)"
+        return f"{where}; {self.kv.describe()}"
+
+    def close(self) -> None:
+        self.ctx.close()
+        self.model.close()
+
+    # -- admission: prompt, prefix match, sequence id --------------------------------------
+
+    def admit(self, task: Task) -> Slot | None:
+        """A slot for the task; None when it ended already (an error sent, or cancelled)."""
+        if task.cancelled.is_set():
+            return None
+        slot = Slot(task, admitted=time.monotonic(), text=TextStream(task.request.stop))
+        try:
+            self._prepare_prompt(slot)
+        except Exception as exc:  # a template or tokenizer error belongs to this request only
+            task.emit(EngineError(f"cannot build the prompt: {exc}"))
+            return None
+        if len(slot.tokens) >= self.context_size:
+            task.emit(
+                EngineError(
+                    f"the prompt has {len(slot.tokens)} tokens; the context holds "
+                    f"{self.context_size} (model.n_ctx)"
+                )
+            )
+            return None
+        req = task.request
+        slot.max_new = min(req.max_tokens, self.context_size - len(slot.tokens))
+        if not req.reuse_cache and self.running == 0:
+            self.kv.empty()
+        assigned = self.kv.assign(
+            slot.tokens, last_turn_start=slot.last_turn_start, reuse=req.reuse_cache
+        )
+        if assigned is None:
+            task.emit(EngineError("no free sequence in the KV cache; try again"))
+            return None
+        slot.seq_id, shared = assigned
+        slot.n_past = slot.cached = shared
+        # A fresh request is evaluated in the same chunks every time: no split at the prefix.
+        slot.want_prefix_entry = (
+            req.reuse_cache
+            and shared < slot.prefix_len < len(slot.tokens)
+            and not self.kv.table.has_prefix(slot.tokens[: slot.prefix_len])
+        )
+        slot.sampler = Sampler(
+            self.model,
+            Sampling(req.temperature, req.top_p, req.top_k, req.repeat_penalty, req.seed),
+        )
+        slot.sampler.accept_prompt(slot.tokens)
+        slot.state = SlotState.STARTED
+        self.running += 1
+        return slot
+
+    def _prepare_prompt(self, slot: Slot) -> None:
+        messages = slot.task.request.messages
+        slot.tokens = self._tokens(messages, generation_prompt=True)
+        system = messages[:1] if messages and messages[0].role == "system" else ()
+        slot.prefix_len = (
+            common_prefix(slot.tokens, self._tokens(system, generation_prompt=False))
+            if system
+            else 0
+        )
+        history = messages[:-1]
+        slot.last_turn_start = (
+            common_prefix(slot.tokens, self._tokens(history, generation_prompt=False))
+            if len(history) > len(system)
+            else slot.prefix_len
+        )
+
+    def _tokens(self, messages: tuple[ChatMessage, ...], *, generation_prompt: bool) -> TokenArray:
+        return self.model.tokenize_chat(messages, generation_prompt=generation_prompt)
+
+    # -- one step: a batch of decode tokens and prompt chunks ------------------------------
+
+    def step(self, active: list[Slot]) -> list[Slot]:
+        """Run one llama_decode for all active slots; return the slots still running."""
+        now = time.monotonic()
+        running: list[Slot] = []
+        for slot in active:
+            task = slot.task
+            if task.cancelled.is_set():
+                self._finish(slot, "cancelled", notify=False)
+            elif now > task.deadline:
+                task.emit(
+                    EngineTimeout(
+                        f"no complete reply within the request's {task.request.timeout_s:g}s "
+                        "timeout"
+                    )
+                )
+                self._finish(slot, "cancelled", notify=False)
+            else:
+                running.append(slot)
+        if not running:
+            return running
+        try:
+            planned = self._decode(running)
+        except Exception as exc:  # a llama.cpp failure ends the slots in this batch, not the engine
+            log.exception("decode failed")
+            for slot in running:
+                slot.task.emit(EngineError(f"the model failed: {exc}"))
+                self._drop(slot)
+            return []
+        for slot in planned:
+            self._after_decode(slot)
+        return [slot for slot in running if slot.state is not SlotState.IDLE]
+
+    def _plan(self, slots: list[Slot], *, prompts: bool) -> list[Slot]:
+        batch = self.batch
+        batch.clear()
+        planned: list[Slot] = []
+        for slot in slots:
+            if slot.state is SlotState.GENERATING:
+                slot.batch_index = batch.add_token(slot.generated[-1], slot.n_past, slot.seq_id)
+                planned.append(slot)
+        if not prompts:
+            return planned
+        budget = batch.free
+        for slot in slots:
+            if slot.state is SlotState.GENERATING or slot.prompt_done or budget <= 0:
+                continue
+            end = min(len(slot.tokens), slot.n_past + budget)
+            slot.chunk_end = end
+            slot.batch_index = batch.add(
+                slot.tokens[slot.n_past : end],
+                slot.n_past,
+                slot.seq_id,
+                logits_last=end == len(slot.tokens),
+            )
+            budget -= end - slot.n_past
+            planned.append(slot)
+        return planned
+
+    def _decode(self, slots: list[Slot]) -> list[Slot]:
+        """Decode one batch, making room in the KV cache when it is full.
+
+        Room comes from evicting idle sequences first, then from deferring prompt chunks to a
+        later step (streams go on; the prompt waits for a stream to end), and last from ending
+        the newest request with an error so that the others can finish.
+        """
+        prompts = True
+        while slots:
+            planned = self._plan(slots, prompts=prompts)
+            if planned:
+                rc = self.ctx.decode(self.batch)
+                if rc == 0:
+                    return planned
+                if rc != 1:
+                    raise EngineError(f"llama_decode returned {rc}")
+                if self.kv.evict_one():
+                    continue
+                streams = any(s.state is SlotState.GENERATING for s in planned)
+                if (
+                    prompts
+                    and streams
+                    and any(s.state is not SlotState.GENERATING for s in planned)
+                ):
+                    prompts = False
+                    continue
+            victim = max(planned or slots, key=lambda s: s.admitted)
+            victim.task.emit(EngineError("the KV cache is full (model.kv_cells); try again later"))
+            self._drop(victim)
+            slots = [s for s in slots if s is not victim]
+            prompts = True
+        return []
+
+    def _after_decode(self, slot: Slot) -> None:
+        if slot.state is SlotState.GENERATING:
+            slot.n_past += 1
+        else:
+            slot.n_past = slot.chunk_end
+            self.kv.grew(slot.seq_id, slot.tokens[: slot.n_past])
+            if slot.want_prefix_entry and slot.n_past >= slot.prefix_len:
+                slot.want_prefix_entry = False
+                self.kv.add_prefix(slot.seq_id, slot.prefix_len, slot.tokens)
+            if not slot.prompt_done:
+                slot.state = SlotState.PROCESSING_PROMPT
+                return
+            slot.state = SlotState.DONE_PROMPT
+        assert slot.sampler is not None
+        token = slot.sampler.sample(self.ctx, slot.batch_index)
+        self._on_token(slot, token)
+
+    # -- tokens to text ---------------------------------------------------------------------
+
+    def _on_token(self, slot: Slot, token: int) -> None:
+        if slot.first_token_at is None:
+            slot.first_token_at = time.monotonic()
+        if self.model.is_end_of_generation(token):
+            self._finish(slot, "stop")
+            return
+        slot.generated.append(token)
+        slot.state = SlotState.GENERATING
+        text = slot.text.push(self.model.piece(token))
+        if text:
+            slot.task.emit(Piece(text))
+        if slot.text.stopped:
+            self._finish(slot, "stop", flush=False)
+        elif len(slot.generated) >= slot.max_new:
+            self._finish(slot, "length")
+
+    def _finish(
+        self, slot: Slot, reason: FinishReason, *, notify: bool = True, flush: bool = True
+    ) -> None:
+        # Retire first, so that whoever reads the final piece sees the engine without this slot.
+        completion = len(slot.generated)
+        self._retire(slot)
+        if not notify:
+            return
+        task = slot.task
+        tail = slot.text.flush() if flush else ""
+        if tail:
+            task.emit(Piece(tail))
+        end = time.monotonic()
+        usage = Usage(
+            prompt_tokens=len(slot.tokens),
+            cached_tokens=slot.cached,
+            completion_tokens=completion,
+            queue_ms=(slot.admitted - task.submitted) * 1000,
+            ttft_ms=((slot.first_token_at or end) - slot.admitted) * 1000,
+            total_ms=(end - slot.admitted) * 1000,
+        )
+        task.emit(Piece("", finish_reason=reason, usage=usage))
+
+    def _retire(self, slot: Slot) -> None:
+        """Keep the slot's sequence as an idle cache entry: what its KV cells hold."""
+        self._end(slot)
+        self.kv.release(slot.seq_id, held_tokens(slot.tokens, slot.generated, slot.n_past))
+
+    def _drop(self, slot: Slot) -> None:
+        """End a slot and forget its sequence entirely (after an error)."""
+        self._end(slot)
+        self.kv.drop(slot.seq_id)
+
+    def _end(self, slot: Slot) -> None:
+        if slot.sampler is not None:
+            slot.sampler.close()
+            slot.sampler = None
+            self.running -= 1
+        slot.state = SlotState.IDLE
