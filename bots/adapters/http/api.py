@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 
 from bots.adapters.http.errors import http_error
 from bots.adapters.http.limits import CLIENT_LIMITS_KEY, ClientLimits
-from bots.adapters.web import mount_workbench
+from bots.adapters.web.routes import mount_workbench
 from bots.app import App
 from bots.chat.model import ChatRefused, Incoming
 from bots.chat.reply import Reply

@@ -28,9 +28,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+import bots.adapters.web.views as views
 from bots.adapters.http.errors import http_error
 from bots.adapters.http.limits import CLIENT_LIMITS_KEY
-from bots.adapters.web import views
 from bots.adapters.web.auth import authorized, host_allowed, set_session, token_matches
 from bots.adapters.web.workbench import WORKBENCH_KEY, Workbench
 from bots.app import App

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bots.adapters.web import views
+import bots.adapters.web.views as views
 from bots.adapters.web.events import EventHub, ServerEvent, json_event
 from bots.app import App
 from bots.evals.model import Flip
