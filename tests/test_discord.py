@@ -80,8 +80,11 @@ async def test_channel_binding_answers_without_mention(start_discord: StartDisco
     assert turn.persona_id == "librarian"
     assert shown[0]["author"]["username"] == "Libby"
     assert "-# Sources: vacation.md" in shown[-1]["content"]  # citations: true
-    await env.quiet()
-    assert env.turns_after(unbound["id"]) == [] and env.fake.replies_to(unbound["id"]) == []
+    # A mention after the unaddressed message, in its channel: once it is answered, the
+    # unaddressed one would have been too.
+    _, later = await env.answer(env.say("alice", "quiet", "And now?"))
+    assert env.turns_after(unbound["id"]) == []
+    assert env.fake.bot_messages(env.channels["quiet"]) == later
 
 
 async def test_named_persona_and_reply_chain_continue_one_conversation(
@@ -352,7 +355,7 @@ async def test_gateway_drop_and_resume_mid_reply_loses_nothing(
     await env.answer(during)
     assert env.bot.resumes == 1 and env.bot.identifies == 1
     assert "".join(m["content"] for m in shown).split() == LONG_REPLY[:1500].split()
-    await env.quiet()
+    # `during` came after the replayed events: its answer means the replay was handled.
     answers_to_first = [t for t in env.turns_after(first["id"]) if t.role == "assistant"]
     assert len(answers_to_first) == 1, "the replayed message was answered once"
 
@@ -432,8 +435,9 @@ async def test_edit_or_delete_before_the_reply_starts_cancels_it(
         env.fake.delete_user_message(asked["id"])
     await env.fake.wait_for(lambda: engine.cancelled)
     gate.set()
-    await env.quiet()
-    assert env.sent_messages() == [], "nothing was posted for a withdrawn question"
+    _, shown = await env.answer(env.say("alice", "general", "And this one?"))
+    assert shown[0]["content"] == "Too late."
+    assert len(env.sent_messages()) == 1, "nothing was posted for the withdrawn question"
 
 
 # --------------------------------------------------------------------------- concurrency, reload
@@ -470,8 +474,8 @@ async def test_a_persona_with_its_own_bot_answers_as_itself(start_discord: Start
         assert not shown[0]["content"].startswith("**"), "the bot is the persona: no name prefix"
     turn, shown = answers[3]
     assert turn.persona_id == "pirate" and shown[0]["author"]["username"] == "Pete"
-    await env.quiet()
-    assert len(engine.requests) == 4, "each message answered once, by one bot"
+    await env.answer(env.say("bob", "general", "And vacation days?", to=libby))
+    assert len(engine.requests) == 5, "each message answered once, by one bot"
     assert libby.commands == [] and env.bot.commands, "commands belong to the main bot"
 
 

@@ -17,6 +17,7 @@ from bots.app import App
 from bots.evals.watch import EvalEvent, EvalMonitor
 from bots.settings import Settings
 from tests.fakes.projects import HANDBOOK, persona_md, write
+from tests.fakes.waiting import until
 
 WAIT_S = 60.0
 CITES_VACATION = (
@@ -130,6 +131,11 @@ async def test_library_document_edit_reruns_and_flips(watched_app: App, project:
 async def test_noop_save_does_not_run_again(watched_app: App, project: Path) -> None:
     write(project / "personas" / "librarian" / "evals.yaml", CITES_VACATION)
     monitor, recorder = await monitor_for(watched_app)
+    loop = asyncio.get_running_loop()
+    reported: set[str] = set()
+    watched_app.add_file_listener(
+        lambda paths: loop.call_soon_threadsafe(reported.update, {p.name for p in paths})
+    )
     try:
         monitor.request("librarian", force=True)
         await recorder.next_run()
@@ -137,7 +143,9 @@ async def test_noop_save_does_not_run_again(watched_app: App, project: Path) -> 
         source.write_text(source.read_text())  # saved, unchanged
         vacation = project / "knowledge" / "handbook" / "vacation.md"
         vacation.write_text(HANDBOOK["vacation.md"].replace("        ", ""))
-        await asyncio.sleep(1.0)  # the watcher's debounce and the (skipped) run
+        # The watcher tells file listeners after the monitor (added first): once it has told
+        # ours about both saves, the monitor has had its request; then wait for that run.
+        await until(lambda: {"persona.md", "vacation.md"} <= reported, what="saves reported")
         await monitor.wait_idle()
         assert recorder.started() == 1
         # An evals.yaml edit is an input: it runs.

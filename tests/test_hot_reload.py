@@ -99,11 +99,17 @@ async def test_atomic_save_with_temp_file_and_rename(app: App, project: Path) ->
     assert app.registry.get("pirate") is not None
 
 
+async def saved_and_seen(app: App, project: Path) -> None:
+    """Add a persona and wait until it is loaded: the watcher has handled every earlier save."""
+    write(project / "personas" / "lookout" / "persona.md", persona_md("You keep watch."))
+    await until(lambda: app.registry.get("lookout") is not None, what="a later save loaded")
+
+
 async def test_noop_save_does_not_reload(app: App, project: Path) -> None:
     path = project / "personas" / "pirate" / "persona.md"
     before = app.registry.state("pirate")
     path.write_bytes(path.read_bytes())
-    await asyncio.sleep(0.6)
+    await saved_and_seen(app, project)
     after = app.registry.state("pirate")
     assert after is before
 
@@ -130,7 +136,7 @@ async def test_slow_write_is_never_loaded_half_written(app: App, project: Path) 
     app.registry.add_listener(
         lambda e: (
             seen.append(e.state.persona.instructions)  # type: ignore[union-attr]
-            if e.state and e.state.persona
+            if e.persona_id == "pirate" and e.state and e.state.persona
             else None
         )
     )
@@ -140,5 +146,5 @@ async def test_slow_write_is_never_loaded_half_written(app: App, project: Path) 
             out.flush()
             await asyncio.sleep(0.15)
     await until(lambda: "slow pirate" in app.registry.get("pirate").instructions)  # type: ignore[union-attr]
-    await asyncio.sleep(0.3)
+    await saved_and_seen(app, project)
     assert all(text == full.split("---\n", 2)[2].strip() for text in seen), seen

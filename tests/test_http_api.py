@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from tests.fakes.projects import persona_md
+from tests.fakes.waiting import until_now
 from tests.serve_process import running_server
 
 
@@ -92,13 +93,13 @@ def test_status_shows_a_reload_error_and_health(server: str, project: Path) -> N
     assert httpx.get(server + "/healthz", timeout=10).json()["ok"] is True
     path = project / "personas" / "pirate" / "persona.md"
     path.write_text("---\nname: Pete\nunknown_key: 1\n---\nArr.\n")
-    deadline = time.monotonic() + 10
-    while True:
+
+    def pirate_with_errors() -> tuple[dict[str, Any], dict[str, Any]] | None:
         status = httpx.get(server + "/status", timeout=10).json()
         pirate = next(p for p in status["personas"] if p["id"] == "pirate")
-        if pirate["errors"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+        return (status, pirate) if pirate["errors"] else None
+
+    status, pirate = until_now(pirate_with_errors, what="the reload error shown")
     assert pirate["loaded"] is True
     [error] = pirate["errors"]
     assert (error["path"], error["line"], error["key"]) == (str(path), 3, "unknown_key")
@@ -107,7 +108,11 @@ def test_status_shows_a_reload_error_and_health(server: str, project: Path) -> N
     librarian = next(p for p in status["personas"] if p["id"] == "librarian")
     assert librarian["index"] == {"documents": 3, "chunks": 3}
     path.write_text(persona_md("Arr, fixed.", name="Pete"))
-    deadline = time.monotonic() + 10
-    while any(p["errors"] for p in httpx.get(server + "/status", timeout=10).json()["personas"]):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    until_now(
+        lambda: (
+            not any(
+                p["errors"] for p in httpx.get(server + "/status", timeout=10).json()["personas"]
+            )
+        ),
+        what="the reload error cleared",
+    )

@@ -12,6 +12,7 @@ import httpx
 
 from bots.serve import SHUTDOWN_STEP_S
 from tests.fakes.projects import persona_md, write
+from tests.fakes.waiting import until_now
 from tests.serve_process import ONE_THREAD, ServerProcess, StreamReader, start_server
 
 STORY = "Tell me a very long story about a ship, a storm and a lost treasure."
@@ -51,7 +52,10 @@ def test_sigterm_finishes_the_reply_under_way_and_refuses_new_work(tmp_path: Pat
     reader.start()
     assert reader.first.wait(60)
     server.proc.send_signal(15)
-    time.sleep(0.3)
+    until_now(
+        lambda: httpx.get(server.url + "/healthz", timeout=30).status_code == 503,
+        what="the server shutting down",
+    )
     refused = httpx.post(
         server.url + "/v1/chat/completions", json=body("Hi", 8, user="bo"), timeout=30
     )

@@ -9,7 +9,6 @@ library (bound to the librarian), cove (bound to the pirate) and quiet, and the 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,10 +94,6 @@ class DiscordEnv:
         later = [str(p) for p, first in parts.items() if str(first) == first_id]
         ids = [first_id, *sorted(later, key=int)]
         return [self.fake.messages[i] for i in ids]
-
-    async def quiet(self, seconds: float = 0.6) -> None:
-        """Let in-flight events settle (used before asserting that nothing was sent)."""
-        await asyncio.sleep(seconds)
 
     def sent_messages(self) -> list[Call]:
         """Every REST call that created a visible message."""

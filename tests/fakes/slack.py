@@ -384,14 +384,6 @@ class FakeSlack:
 
         return await asyncio.wait_for(until(), timeout)
 
-    async def settle(self, quiet_s: float = 0.3) -> None:
-        """Wait until no call has arrived for `quiet_s` (the bot has nothing more to say)."""
-        while True:
-            count = len(self.calls)
-            await asyncio.sleep(quiet_s)
-            if len(self.calls) == count:
-                return
-
     # ---- people writing ----
 
     def user_message(

@@ -40,7 +40,8 @@ Starter = Callable[..., Awaitable[SlackAdapter]]
 
 def write_slack_project(root: Path) -> None:
     """The handbook and the personas of the Slack module: librarian (strict, citations), pirate
-    (the default), deckhand (bound to BOUND), steady (greedy) and vault (ALLOWED_USER only, a
+    (the default), deckhand (bound to BOUND), steady (greedy), lookout (two tokens: the quick
+    answer a test waits for after messages that must get none) and vault (ALLOWED_USER only, a
     greeting full of mentions)."""
     write_handbook(root)
     personas = {
@@ -63,6 +64,11 @@ def write_slack_project(root: Path) -> None:
         ),
         "steady": persona_md(
             "You are a calm sailor. Answer briefly.", name="Steady", model="{temperature: 0.0}"
+        ),
+        "lookout": persona_md(
+            "You are a lookout. Answer in one word.",
+            name="Lookout",
+            model="{temperature: 0.0, max_tokens: 2}",
         ),
         "vault": persona_md(
             "You guard the vault.",

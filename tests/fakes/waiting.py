@@ -25,3 +25,12 @@ async def until(condition: Callable[[], T], timeout: float = WAIT_S, what: str =
         assert time.monotonic() < deadline, f"{what or 'condition'} not met in {timeout}s"
         await asyncio.sleep(POLL_S)
     return value
+
+
+def until_now(condition: Callable[[], T], timeout: float = WAIT_S, what: str = "") -> T:
+    """`until` for tests without an event loop (they poll a server in another process)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what or 'condition'} not met in {timeout}s"
+        time.sleep(POLL_S * 5)
+    return value
