@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from bots.settings import Settings, load_settings
-from tests.fakes.projects import persona_md, write, write_handbook
+from tests.fakes.projects import write_project
 
 if TYPE_CHECKING:
     from bots.app import App
@@ -38,22 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A project folder with a strict handbook persona, a chatty persona and one shared library."""
-    write_handbook(tmp_path)
-    write(
-        tmp_path / "personas" / "librarian" / "persona.md",
-        persona_md(
-            "You are the librarian. Answer only from the documents.",
-            name="Libby",
-            knowledge="[handbook]",
-            grounding="strict",
-            citations="true",
-        ),
-    )
-    write(
-        tmp_path / "personas" / "pirate" / "persona.md",
-        persona_md("You are a pirate. Always answer like a pirate.", name="Pete"),
-    )
-    return tmp_path
+    return write_project(tmp_path)
 
 
 @pytest.fixture

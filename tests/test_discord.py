@@ -199,7 +199,7 @@ async def test_ask_command_streams_into_the_interaction_response(
 
 
 async def test_persona_list_and_info(start_discord: StartDiscord) -> None:
-    env = await start_discord()
+    env = await start_discord(engine=ScriptedEngine())  # no reply is written here
     env.fake.slash(
         env.bot,
         env.users["bob"],
@@ -245,7 +245,7 @@ async def test_persona_list_and_info(start_discord: StartDiscord) -> None:
 
 
 async def test_ask_autocomplete_offers_personas_and_starters(start_discord: StartDiscord) -> None:
-    env = await start_discord()
+    env = await start_discord(engine=ScriptedEngine())  # no reply is written here
     env.fake.slash(
         env.bot,
         env.users["bob"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -14,8 +14,21 @@ import pytest
 from bots.app import App
 from bots.chat.model import ChatRefused, Incoming
 from bots.settings import Settings
+from tests.fakes.engines import ScriptedEngine
 from tests.fakes.projects import persona_md, write
 from tests.fakes.waiting import until
+
+
+@pytest.fixture
+async def app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[App]:
+    """The project's app with the real watcher. Its engine is scripted: what a reload changes is
+    the persona and the prompt built from it, whatever a model would then write."""
+    application = App.create(settings_for(project), engine=ScriptedEngine("Noted."))
+    await application.start()
+    try:
+        yield application
+    finally:
+        await application.close()
 
 
 async def system_prompt(app: App, persona_id: str, text: str = "Hello") -> str:

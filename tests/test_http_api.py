@@ -10,14 +10,21 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes.projects import persona_md
+from tests.fakes.projects import write_project
 from tests.fakes.waiting import until_now
 from tests.serve_process import running_server
 
 
-@pytest.fixture
-def server(project: Path) -> Iterator[str]:
-    with running_server(project) as url:
+@pytest.fixture(scope="module")
+def api_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_project(tmp_path_factory.mktemp("api-project"))
+
+
+@pytest.fixture(scope="module")
+def server(api_project: Path) -> Iterator[str]:
+    """One `bots serve` for the module (starting one takes seconds); each test leaves the
+    project as it found it."""
+    with running_server(api_project) as url:
         yield url
 
 
@@ -89,9 +96,10 @@ def test_conversation_with_user_field_is_remembered(server: str) -> None:
     assert second["usage"]["prompt_tokens"] > 30  # type: ignore[index]
 
 
-def test_status_shows_a_reload_error_and_health(server: str, project: Path) -> None:
+def test_status_shows_a_reload_error_and_health(server: str, api_project: Path) -> None:
     assert httpx.get(server + "/healthz", timeout=10).json()["ok"] is True
-    path = project / "personas" / "pirate" / "persona.md"
+    path = api_project / "personas" / "pirate" / "persona.md"
+    original = path.read_text()
     path.write_text("---\nname: Pete\nunknown_key: 1\n---\nArr.\n")
 
     def pirate_with_errors() -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -107,7 +115,7 @@ def test_status_shows_a_reload_error_and_health(server: str, project: Path) -> N
     assert status["indexes"]["knowledge/handbook"]["documents"] == 3
     librarian = next(p for p in status["personas"] if p["id"] == "librarian")
     assert librarian["index"] == {"documents": 3, "chunks": 3}
-    path.write_text(persona_md("Arr, fixed.", name="Pete"))
+    path.write_text(original)  # the fix
     until_now(
         lambda: (
             not any(

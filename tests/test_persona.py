@@ -12,7 +12,7 @@ from bots.persona.loader import LEASES, load_persona
 from bots.persona.model import PersonaInvalid
 from bots.persona.registry import PersonaRegistry
 from bots.persona.scaffold import ScaffoldError, new_persona
-from tests.conftest import persona_md, write
+from tests.fakes.projects import persona_md, write
 
 LIBRARIES = ("handbook",)
 

@@ -16,7 +16,7 @@ from bots.chat.model import Incoming
 from bots.persona import watcher
 from bots.persona.loader import LEASES
 from bots.persona.registry import ReloadEvent
-from tests.conftest import persona_md, write
+from tests.fakes.projects import persona_md, write
 from tests.fakes.waiting import until
 
 SECRET = "TOP-SECRET-OUTSIDE-THE-ROOT"

@@ -41,3 +41,24 @@ def write_handbook(root: Path) -> None:
     """The handbook library (vacation, expenses, security) under root/knowledge/handbook."""
     for name, text in HANDBOOK.items():
         write(root / "knowledge" / "handbook" / name, text)
+
+
+def write_project(root: Path) -> Path:
+    """A strict handbook persona (the librarian, citations on), a chatty one (the pirate) and
+    the handbook library they share."""
+    write_handbook(root)
+    write(
+        root / "personas" / "librarian" / "persona.md",
+        persona_md(
+            "You are the librarian. Answer only from the documents.",
+            name="Libby",
+            knowledge="[handbook]",
+            grounding="strict",
+            citations="true",
+        ),
+    )
+    write(
+        root / "personas" / "pirate" / "persona.md",
+        persona_md("You are a pirate. Always answer like a pirate.", name="Pete"),
+    )
+    return root
