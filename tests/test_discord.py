@@ -38,6 +38,7 @@ from tests.fakes.discord_env import (
     StartDiscord,
 )
 from tests.fakes.engines import ScriptedEngine, TimedEngine
+from tests.fakes.projects import persona_md, write
 
 CODE = "```python\n" + "\n".join(f"print('line {i}')" for i in range(120)) + "\n```"
 LONG_REPLY = (
@@ -305,6 +306,28 @@ async def test_plain_messages_without_manage_webhooks(start_discord: StartDiscor
     assert shown[0]["content"].startswith("**Pete:** ")
     assert shown[0]["message_reference"]["message_id"] == asked["id"]
     assert not env.fake.calls_to("POST", r"/webhooks")
+
+
+async def test_greeting_mass_mentions_are_defused(
+    start_discord: StartDiscord, project: Path
+) -> None:
+    env = await start_discord(engine=ScriptedEngine("unused"))
+    write(
+        project / "personas" / "pirate" / "persona.md",
+        persona_md("You are a pirate.", name="Pete", greeting='"Ahoy @everyone and @here!"'),
+    )
+    env.app.registry.reload("pirate")  # or the watcher did: either way it is the new file now
+    assert env.app.registry.personas() and env.app.service.persona("pirate").greeting
+    greeted = env.say("alice", "general", "pirate:")
+    (greeting,) = await env.fake.wait_for(
+        lambda: [
+            m
+            for m in env.fake.messages.values()
+            if m.get("message_reference", {}).get("message_id") == greeted["id"]
+        ]
+    )
+    assert "@everyone" not in greeting["content"] and "@here" not in greeting["content"]
+    assert greeting["content"].startswith("Ahoy @\u200beveryone")
 
 
 async def test_small_text_attachments_are_read_others_ignored(start_discord: StartDiscord) -> None:

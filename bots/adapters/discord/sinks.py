@@ -115,6 +115,9 @@ class ChannelSink:
 
     async def send(self, text: str) -> str:
         first = not self._messages
+        # Notices and greetings come here without the renderer's defusing (a second pass
+        # changes nothing).
+        text = defuse_mentions(text)
         content = self.prefix + text if first else text
         # One nonce for every retry: Discord returns the first message instead of a duplicate.
         nonce = secrets.token_hex(NONCE_BYTES)
