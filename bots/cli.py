@@ -44,12 +44,12 @@ def default_persona(settings: Settings, registry_ids: list[str]) -> str:
 def chat(ctx: click.Context, persona: str | None) -> None:
     """Chat in the terminal (streams; /persona NAME, /reset, /sources, /quit)."""
     from bots.adapters.terminal import TerminalChat
-    from bots.app import App
+    from bots.runtime import Runtime
 
     settings = settings_of(ctx)
 
     async def run() -> None:
-        app = App.create(settings)
+        app = Runtime.create(settings)
         await app.start()
         try:
             chosen = persona or default_persona(settings, [p.id for p in app.registry.personas()])
@@ -83,15 +83,15 @@ def ask(
     max_tokens: int | None,
 ) -> None:
     """Ask one question and print the answer (streamed unless --json)."""
-    from bots.app import App
     from bots.chat.model import ChatRefused, Incoming
     from bots.engine.base import EngineError
+    from bots.runtime import Runtime
 
     settings = settings_of(ctx)
 
     async def run() -> int:
         started = time.perf_counter()
-        app = App.create(settings)
+        app = Runtime.create(settings)
         await app.start(watch=False)
         ready = time.perf_counter()
         try:
@@ -187,9 +187,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool
 
     Exits 0 after SIGTERM/SIGINT, non-zero when the model cannot be loaded or brought back.
     """
-    from bots.app import App
     from bots.engine.base import EngineError
     from bots.engine.model_files import ModelNotFound
+    from bots.runtime import Runtime
     from bots.serve import serve as run_server
 
     settings = settings_of(
@@ -201,7 +201,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool
         secrets=settings.secrets(),
     )
     try:
-        exit_status = asyncio.run(run_server(App.create(settings)))
+        exit_status = asyncio.run(run_server(Runtime.create(settings)))
     except (EngineError, ModelNotFound) as exc:
         raise click.ClickException(f"the model could not be started: {exc}") from exc
     sys.exit(exit_status)

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from bots.adapters.base import Adapter
 from bots.adapters.http.api import create_http_app
-from bots.app import App
 from bots.engine.process.supervisor import SupervisedEngine
+from bots.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ SHUTDOWN_HARD_LIMIT_S = 30.0
 IDLE_POLL_S = 0.05
 
 
-def configured_adapters(app: App) -> list[Adapter]:
+def configured_adapters(app: Runtime) -> list[Adapter]:
     """Adapters whose tokens are set (env, .env or bots.toml)."""
     adapters: list[Adapter] = []
     if app.settings.discord.token:
@@ -42,10 +42,10 @@ def configured_adapters(app: App) -> list[Adapter]:
     return adapters
 
 
-AdapterFactory = Callable[[App], list[Adapter]]
+AdapterFactory = Callable[[Runtime], list[Adapter]]
 
 
-async def serve(app: App, *, ready: Callable[[int], None] | None = None) -> int:
+async def serve(app: Runtime, *, ready: Callable[[int], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT, then stop gracefully; the exit status.
 
     0 after a signal; EXIT_ENGINE_FAILED when the model cannot be brought back, so that a
@@ -75,7 +75,7 @@ async def serve(app: App, *, ready: Callable[[int], None] | None = None) -> int:
     return exit_status
 
 
-async def _until_stopped(app: App) -> int:
+async def _until_stopped(app: Runtime) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,7 +96,7 @@ async def _until_stopped(app: App) -> int:
     return 0
 
 
-async def shutdown(app: App, adapters: list[Adapter], runner: web.AppRunner) -> None:
+async def shutdown(app: Runtime, adapters: list[Adapter], runner: web.AppRunner) -> None:
     """Stop taking work, let replies finish within the grace period, cut off the rest, flush.
 
     New messages are refused at once (adapters tell the user, HTTP answers 503); replies under
@@ -128,7 +128,7 @@ async def shutdown(app: App, adapters: list[Adapter], runner: web.AppRunner) -> 
         guard.cancel()
 
 
-async def _wait_idle(app: App, limit_s: float) -> None:
+async def _wait_idle(app: Runtime, limit_s: float) -> None:
     deadline = asyncio.get_running_loop().time() + limit_s
     while app.service.in_flight > 0 and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(IDLE_POLL_S)

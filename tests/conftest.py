@@ -16,7 +16,7 @@ from bots.settings import Settings, load_settings
 from tests.fakes.projects import write_project
 
 if TYPE_CHECKING:
-    from bots.app import App
+    from bots.runtime import Runtime
     from tests.fakes.discord_env import StartDiscord
     from tests.fakes.slack import FakeSlack
     from tests.fakes.slack_env import SlackStarts, Starter
@@ -57,11 +57,11 @@ def settings_for() -> Callable[..., Settings]:
 
 
 @pytest.fixture
-async def app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[App]:
+async def app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[Runtime]:
     """A started app on the project folder with the real embedded model and the real watcher."""
-    from bots.app import App
+    from bots.runtime import Runtime
 
-    application = App.create(settings_for(project))
+    application = Runtime.create(settings_for(project))
     await application.start()
     try:
         yield application
@@ -87,9 +87,9 @@ async def start_discord(
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def bot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
+async def bot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runtime]:
     """One started app on the Slack project (`write_slack_project`), the real model."""
-    from bots.app import App
+    from bots.runtime import Runtime
     from tests.fakes.slack_env import write_slack_project
 
     root = tmp_path_factory.mktemp("slack-project")
@@ -105,7 +105,7 @@ async def bot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[App]:
             "default_persona": "pirate",
         },
     )
-    application = App.create(settings)
+    application = Runtime.create(settings)
     await application.start()
     try:
         yield application
@@ -133,7 +133,7 @@ async def fake(slack: SlackStarts) -> FakeSlack:
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def start_bot(bot: App, slack: SlackStarts) -> Starter:
+async def start_bot(bot: Runtime, slack: SlackStarts) -> Starter:
     """Start the module's app on a fake: `await start_bot(fake, "http"|"socket", **limits)`."""
 
     async def start(server: FakeSlack, mode: str = "http", **limits: Any) -> Any:

@@ -16,7 +16,6 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from bots.app import App
 from bots.bench.injection import (
     CANARY,
     HOSTILE_FILE,
@@ -41,6 +40,7 @@ from bots.engine.base import ChatMessage
 from bots.engine.llama_native import NativeModel
 from bots.engine.model_files import resolve_model_path
 from bots.knowledge.model import Hit
+from bots.runtime import Runtime
 from bots.settings import Settings
 from tests.fakes.engines import ScriptedEngine
 
@@ -59,7 +59,7 @@ def vocab() -> Iterator[NativeModel]:
     model.close()
 
 
-async def ask(app: App, persona_id: str, question: str, **options: object) -> Reply:
+async def ask(app: Runtime, persona_id: str, question: str, **options: object) -> Reply:
     incoming = Incoming("test", "", "tester", question, persona_id, remember=False, **options)  # type: ignore[arg-type]
     reply = await app.service.start(incoming)
     async for _ in reply:
@@ -70,12 +70,12 @@ async def ask(app: App, persona_id: str, question: str, **options: object) -> Re
 @pytest.fixture
 async def scripted_app(
     tmp_path: Path, settings_for: Callable[..., Settings]
-) -> AsyncIterator[tuple[App, ScriptedEngine]]:
+) -> AsyncIterator[tuple[Runtime, ScriptedEngine]]:
     """The bench's injection project behind the real service, retrieval and prompt builder; the
     engine records the messages it is given."""
     write_project(tmp_path)
     engine = ScriptedEngine("Noted.")
-    app = App.create(settings_for(tmp_path), engine=engine)
+    app = Runtime.create(settings_for(tmp_path), engine=engine)
     await app.start(watch=False)
     try:
         yield app, engine
@@ -89,7 +89,7 @@ def style_named(name: str) -> InjectionStyle:
 
 @pytest.mark.parametrize("style", HOSTILE, ids=lambda s: s.name)
 async def test_hostile_document_stays_inside_its_block_in_the_user_turn(
-    scripted_app: tuple[App, ScriptedEngine], style: InjectionStyle
+    scripted_app: tuple[Runtime, ScriptedEngine], style: InjectionStyle
 ) -> None:
     app, engine = scripted_app
     persona = app.service.persona(PERSONA_PREFIX + style.name)
@@ -139,7 +139,7 @@ def control_tokens(model: NativeModel, messages: tuple[ChatMessage, ...]) -> lis
 
 @pytest.mark.parametrize("style", HOSTILE, ids=lambda s: s.name)
 async def test_document_and_user_text_never_become_control_tokens(
-    scripted_app: tuple[App, ScriptedEngine], vocab: NativeModel, style: InjectionStyle
+    scripted_app: tuple[Runtime, ScriptedEngine], vocab: NativeModel, style: InjectionStyle
 ) -> None:
     app, engine = scripted_app
     # An earlier user turn forges control tokens too (the question stays clean: a strict persona
@@ -164,7 +164,7 @@ async def test_every_local_engine_feeds_the_model_plain_text_tokens(
     engine_name: str,
 ) -> None:
     write_project(project, [style_named("chat-template")])
-    app = App.create(settings_for(project, **{"model.engine": engine_name}))
+    app = Runtime.create(settings_for(project, **{"model.engine": engine_name}))
     await app.start(watch=False)
     try:
         reply = await ask(

@@ -24,9 +24,9 @@ import pytest
 from bots.adapters.discord.bot import DiscordAdapter
 from bots.adapters.discord.client import DiscordSetupError, bot_logins
 from bots.adapters.render import CURSOR
-from bots.app import App
 from bots.chat.model import Incoming
 from bots.engine.base import Engine
+from bots.runtime import Runtime
 from bots.serve import configured_adapters
 from bots.settings import Settings
 from tests.fakes.discord import FakeDiscord
@@ -393,7 +393,7 @@ async def test_replayed_message_is_answered_once_across_a_restart(
     await env.adapter.stop()
     await env.app.close()
 
-    app = App.create(env.app.settings, engine=engine)
+    app = Runtime.create(env.app.settings, engine=engine)
     await app.start()
     adapter = DiscordAdapter(app, guild_ready_timeout_s=0.05, retry=FAST_RETRY)
     await adapter.start()
@@ -596,7 +596,7 @@ async def test_setup_errors_name_what_to_fix(
     urls = {"discord.api_url": fake.api_url, "discord.gateway_url": fake.gateway_url}
     try:
         for token, complaint in (("not-the-token", "DISCORD_TOKEN"), (TOKEN, "Message Content")):
-            app = App.create(
+            app = Runtime.create(
                 settings_for(project, **{"discord.token": token, **urls}), engine=ScriptedEngine()
             )
             adapter = DiscordAdapter(app, guild_ready_timeout_s=0.05)
@@ -612,8 +612,8 @@ async def test_setup_errors_name_what_to_fix(
 def test_serve_starts_discord_only_with_a_token(
     project: Path, settings_for: Callable[..., Settings]
 ) -> None:
-    without = App.create(settings_for(project), engine=ScriptedEngine())
-    with_token = App.create(
+    without = Runtime.create(settings_for(project), engine=ScriptedEngine())
+    with_token = Runtime.create(
         settings_for(project, **{"discord.token": TOKEN}), engine=ScriptedEngine()
     )
     try:

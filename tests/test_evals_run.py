@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bots.app import App
 from bots.evals.runner import run_persona
+from bots.runtime import Runtime
 from bots.settings import Settings
 from tests.cli_runner import run_cli
 from tests.fakes.projects import persona_md, write
@@ -39,9 +39,9 @@ EVERY_CHECK = """\
 
 
 @pytest.fixture
-async def idle_app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[App]:
+async def idle_app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[Runtime]:
     """The project's app without the model: enough for retrieval-only runs."""
-    application = App.create(settings_for(project))
+    application = Runtime.create(settings_for(project))
     await application.start(watch=False, load_model=False)
     try:
         yield application
@@ -53,7 +53,7 @@ def cli(project: Path, *args: str) -> tuple[int, str]:
     return run_cli(project, *args, env={"BOTS_MODEL_MAX_TOKENS": "48"})
 
 
-async def test_every_check_type_against_the_real_model(app: App, project: Path) -> None:
+async def test_every_check_type_against_the_real_model(app: Runtime, project: Path) -> None:
     write(project / "personas" / "librarian" / "evals.yaml", EVERY_CHECK)
     run = await run_persona(app, "librarian")
     assert run.errors == ()
@@ -83,7 +83,7 @@ async def test_every_check_type_against_the_real_model(app: App, project: Path) 
 
 
 async def test_retrieval_only_judges_citations_and_declines_without_generating(
-    idle_app: App, project: Path
+    idle_app: Runtime, project: Path
 ) -> None:
     write(
         project / "personas" / "librarian" / "evals.yaml",
@@ -108,7 +108,7 @@ async def test_retrieval_only_judges_citations_and_declines_without_generating(
     assert "only a `grounding: strict` persona declines; pirate is open" in pirate.results[0].reason
 
 
-async def test_broken_evals_file_never_breaks_the_persona(app: App, project: Path) -> None:
+async def test_broken_evals_file_never_breaks_the_persona(app: Runtime, project: Path) -> None:
     folder = project / "personas" / "librarian"
     write(folder / "evals.yaml", "- ask: Who won the 1998 football world cup?\n  declines: maybe\n")
     app.registry.reload("librarian")
@@ -126,7 +126,7 @@ async def test_broken_evals_file_never_breaks_the_persona(app: App, project: Pat
 
 
 async def test_broken_persona_fails_the_run_and_judges_the_last_good_version(
-    idle_app: App, project: Path
+    idle_app: Runtime, project: Path
 ) -> None:
     folder = project / "personas" / "librarian"
     write(folder / "evals.yaml", "- ask: Who won the 1998 football world cup?\n  declines: true\n")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bots.app import App
 from bots.evals.watch import EvalEvent, EvalMonitor
+from bots.runtime import Runtime
 from bots.settings import Settings
 from tests.fakes.projects import HANDBOOK, persona_md, write
 from tests.fakes.waiting import until
@@ -74,9 +74,11 @@ def test_watch_prints_the_flips_of_each_save(project: Path) -> None:
 
 
 @pytest.fixture
-async def watched_app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[App]:
+async def watched_app(
+    project: Path, settings_for: Callable[..., Settings]
+) -> AsyncIterator[Runtime]:
     """The project's app with the real watcher but no model (retrieval-only runs)."""
-    application = App.create(settings_for(project))
+    application = Runtime.create(settings_for(project))
     await application.start(watch=True, load_model=False)
     try:
         yield application
@@ -103,7 +105,7 @@ class Recorder:
         return sum(1 for e in self.events if e.kind == "started")
 
 
-async def monitor_for(app: App) -> tuple[EvalMonitor, Recorder]:
+async def monitor_for(app: Runtime) -> tuple[EvalMonitor, Recorder]:
     monitor = EvalMonitor(app, retrieval_only=True, personas=["librarian"])
     recorder = Recorder()
     monitor.add_listener(recorder)
@@ -111,7 +113,7 @@ async def monitor_for(app: App) -> tuple[EvalMonitor, Recorder]:
     return monitor, recorder
 
 
-async def test_library_document_edit_reruns_and_flips(watched_app: App, project: Path) -> None:
+async def test_library_document_edit_reruns_and_flips(watched_app: Runtime, project: Path) -> None:
     write(project / "personas" / "librarian" / "evals.yaml", CITES_VACATION)
     monitor, recorder = await monitor_for(watched_app)
     try:
@@ -128,7 +130,7 @@ async def test_library_document_edit_reruns_and_flips(watched_app: App, project:
         await monitor.close()
 
 
-async def test_noop_save_does_not_run_again(watched_app: App, project: Path) -> None:
+async def test_noop_save_does_not_run_again(watched_app: Runtime, project: Path) -> None:
     write(project / "personas" / "librarian" / "evals.yaml", CITES_VACATION)
     monitor, recorder = await monitor_for(watched_app)
     loop = asyncio.get_running_loop()
@@ -159,7 +161,7 @@ async def test_noop_save_does_not_run_again(watched_app: App, project: Path) -> 
 
 
 async def test_requests_during_a_run_coalesce_into_one_more_run(
-    watched_app: App, project: Path
+    watched_app: Runtime, project: Path
 ) -> None:
     write(project / "personas" / "librarian" / "evals.yaml", CITES_VACATION)
     monitor, recorder = await monitor_for(watched_app)

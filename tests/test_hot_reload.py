@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bots.app import App
 from bots.chat.model import ChatRefused, Incoming
+from bots.runtime import Runtime
 from bots.settings import Settings
 from tests.fakes.engines import ScriptedEngine
 from tests.fakes.projects import persona_md, write
@@ -20,10 +20,10 @@ from tests.fakes.waiting import until
 
 
 @pytest.fixture
-async def app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[App]:
+async def app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[Runtime]:
     """The project's app with the real watcher. Its engine is scripted: what a reload changes is
     the persona and the prompt built from it, whatever a model would then write."""
-    application = App.create(settings_for(project), engine=ScriptedEngine("Noted."))
+    application = Runtime.create(settings_for(project), engine=ScriptedEngine("Noted."))
     await application.start()
     try:
         yield application
@@ -31,7 +31,7 @@ async def app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIter
         await application.close()
 
 
-async def system_prompt(app: App, persona_id: str, text: str = "Hello") -> str:
+async def system_prompt(app: Runtime, persona_id: str, text: str = "Hello") -> str:
     reply = await app.service.start(
         Incoming("test", "t", "u", text, persona_id, remember=False, max_tokens=4, temperature=0.0)
     )
@@ -41,7 +41,7 @@ async def system_prompt(app: App, persona_id: str, text: str = "Hello") -> str:
     return reply.prompt.messages[0].content
 
 
-async def test_edit_is_live_on_the_next_reply(app: App, project: Path) -> None:
+async def test_edit_is_live_on_the_next_reply(app: Runtime, project: Path) -> None:
     path = project / "personas" / "pirate" / "persona.md"
     assert "pirate" in await system_prompt(app, "pirate")
     write(path, persona_md("You are a gentle poet. Answer in rhyme.", name="Pete"))
@@ -54,7 +54,7 @@ async def test_message_to_a_folder_deleted_before_the_watcher_saw_it_is_refused(
 ) -> None:
     # No watcher: the registry still serves the snapshot of a folder that is gone, the window
     # a real watcher leaves open between the delete and its debounced reload.
-    app = App.create(settings_for(project))
+    app = Runtime.create(settings_for(project))
     await app.start(watch=False, load_model=False)
     try:
         assert app.registry.get("pirate") is not None
@@ -68,7 +68,7 @@ async def test_message_to_a_folder_deleted_before_the_watcher_saw_it_is_refused(
 
 
 async def test_broken_edit_keeps_last_good_persona_and_fix_clears_error(
-    app: App, project: Path
+    app: Runtime, project: Path
 ) -> None:
     path = project / "personas" / "pirate" / "persona.md"
     good_hash = app.registry.get("pirate").content_hash  # type: ignore[union-attr]
@@ -84,7 +84,7 @@ async def test_broken_edit_keeps_last_good_persona_and_fix_clears_error(
 
 
 async def test_unknown_library_is_reported_then_cleared_when_it_appears(
-    app: App, project: Path
+    app: Runtime, project: Path
 ) -> None:
     path = project / "personas" / "pirate" / "persona.md"
     path.write_text(persona_md("Pirate with a map.", knowledge="[maps]"))
@@ -94,7 +94,9 @@ async def test_unknown_library_is_reported_then_cleared_when_it_appears(
     assert app.registry.get("pirate").knowledge == ("maps",)  # type: ignore[union-attr]
 
 
-async def test_new_folder_appears_and_deleted_folder_disappears(app: App, project: Path) -> None:
+async def test_new_folder_appears_and_deleted_folder_disappears(
+    app: Runtime, project: Path
+) -> None:
     write(project / "personas" / "tutor" / "persona.md", persona_md("You are a tutor."))
     await until(lambda: app.registry.get("tutor") is not None)
     for child in (project / "personas" / "tutor").iterdir():
@@ -103,7 +105,7 @@ async def test_new_folder_appears_and_deleted_folder_disappears(app: App, projec
     await until(lambda: app.registry.get("tutor") is None)
 
 
-async def test_atomic_save_with_temp_file_and_rename(app: App, project: Path) -> None:
+async def test_atomic_save_with_temp_file_and_rename(app: Runtime, project: Path) -> None:
     folder = project / "personas" / "pirate"
     temp = folder / ".persona.md.tmp123"
     temp.write_text(persona_md("You are an atomic pirate.", name="Pete"))
@@ -112,13 +114,13 @@ async def test_atomic_save_with_temp_file_and_rename(app: App, project: Path) ->
     assert app.registry.get("pirate") is not None
 
 
-async def saved_and_seen(app: App, project: Path) -> None:
+async def saved_and_seen(app: Runtime, project: Path) -> None:
     """Add a persona and wait until it is loaded: the watcher has handled every earlier save."""
     write(project / "personas" / "lookout" / "persona.md", persona_md("You keep watch."))
     await until(lambda: app.registry.get("lookout") is not None, what="a later save loaded")
 
 
-async def test_noop_save_does_not_reload(app: App, project: Path) -> None:
+async def test_noop_save_does_not_reload(app: Runtime, project: Path) -> None:
     path = project / "personas" / "pirate" / "persona.md"
     before = app.registry.state("pirate")
     path.write_bytes(path.read_bytes())
@@ -127,7 +129,7 @@ async def test_noop_save_does_not_reload(app: App, project: Path) -> None:
     assert after is before
 
 
-async def test_document_edit_reaches_retrieval(app: App, project: Path) -> None:
+async def test_document_edit_reaches_retrieval(app: Runtime, project: Path) -> None:
     librarian = app.registry.get("librarian")
     assert librarian is not None
     write(
@@ -142,7 +144,7 @@ async def test_document_edit_reaches_retrieval(app: App, project: Path) -> None:
     await until(found)
 
 
-async def test_slow_write_is_never_loaded_half_written(app: App, project: Path) -> None:
+async def test_slow_write_is_never_loaded_half_written(app: Runtime, project: Path) -> None:
     path = project / "personas" / "pirate" / "persona.md"
     full = persona_md("You are a slow pirate. " + "Arr! " * 40, name="Pete")
     seen: list[str] = []

@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from bots.adapters.http.api import create_http_app
-from bots.app import App
+from bots.runtime import Runtime
 from bots.settings import ServerSettings, Settings, SettingsError, load_settings
 from tests.fakes.engines import ScriptedEngine
 from tests.fakes.waiting import until
@@ -62,7 +62,7 @@ class Server:
 @pytest.fixture
 async def serve(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[Serve]:
     runners: list[web.AppRunner] = []
-    apps: list[App] = []
+    apps: list[Runtime] = []
     gates: list[asyncio.Event] = []
 
     @asynccontextmanager
@@ -70,7 +70,7 @@ async def serve(project: Path, settings_for: Callable[..., Settings]) -> AsyncIt
         gate = asyncio.Event()
         gates.append(gate)
         engine = ScriptedEngine(REPLY, gate=gate)
-        app = App.create(settings_for(project, **overrides), engine=engine)
+        app = Runtime.create(settings_for(project, **overrides), engine=engine)
         apps.append(app)
         await app.start(watch=False)
         runner = web.AppRunner(create_http_app(app))

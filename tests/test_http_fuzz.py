@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bots.adapters.http.api import create_http_app
-from bots.app import App
+from bots.runtime import Runtime
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
@@ -47,7 +47,7 @@ BODY = st.one_of(
 
 
 @pytest.fixture
-async def client(app: App) -> AsyncIterator[TestClient[Any, Any]]:
+async def client(app: Runtime) -> AsyncIterator[TestClient[Any, Any]]:
     async with TestClient(TestServer(create_http_app(app))) as test_client:
         yield test_client
 

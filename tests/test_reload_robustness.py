@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bots.app import App
 from bots.chat.model import Incoming
 from bots.persona import watcher
 from bots.persona.loader import LEASES
 from bots.persona.registry import ReloadEvent
+from bots.runtime import Runtime
 from tests.fakes.projects import persona_md, write
 from tests.fakes.waiting import until
 
@@ -30,7 +30,7 @@ def body(text: str) -> str:
     return text.split("---\n", 2)[2].strip()
 
 
-def record(app: App) -> list[str]:
+def record(app: Runtime) -> list[str]:
     seen: list[str] = []
 
     def listener(event: ReloadEvent) -> None:
@@ -41,7 +41,7 @@ def record(app: App) -> list[str]:
     return seen
 
 
-async def settle(app: App, expected: str) -> None:
+async def settle(app: Runtime, expected: str) -> None:
     await until(
         lambda: (
             app.registry.get("pirate") is not None
@@ -50,7 +50,7 @@ async def settle(app: App, expected: str) -> None:
     )  # type: ignore[union-attr]
 
 
-async def test_vim_style_save_backup_rename_then_write(app: App, project: Path) -> None:
+async def test_vim_style_save_backup_rename_then_write(app: Runtime, project: Path) -> None:
     folder = project / "personas" / "pirate"
     seen = record(app)
     for n in range(1, 4):
@@ -65,7 +65,7 @@ async def test_vim_style_save_backup_rename_then_write(app: App, project: Path) 
     assert set(seen) <= {body(version(n)) for n in range(1, 4)}
 
 
-async def test_gedit_style_save_temp_then_move(app: App, project: Path) -> None:
+async def test_gedit_style_save_temp_then_move(app: Runtime, project: Path) -> None:
     folder = project / "personas" / "pirate"
     seen = record(app)
     for n in range(1, 4):
@@ -77,7 +77,7 @@ async def test_gedit_style_save_temp_then_move(app: App, project: Path) -> None:
     assert app.registry.errors() == []
 
 
-async def test_kubernetes_configmap_symlink_swap(app: App, project: Path) -> None:
+async def test_kubernetes_configmap_symlink_swap(app: Runtime, project: Path) -> None:
     folder = project / "personas" / "k8s"
     folder.mkdir()
 
@@ -104,7 +104,7 @@ async def test_kubernetes_configmap_symlink_swap(app: App, project: Path) -> Non
     assert app.registry.errors() == []
 
 
-async def test_symlinks_out_of_the_roots_never_reach_a_prompt(app: App, project: Path) -> None:
+async def test_symlinks_out_of_the_roots_never_reach_a_prompt(app: Runtime, project: Path) -> None:
     outside = project / "outside"
     write(outside / "secret.md", f"# Vacation days secret\nvacation days {SECRET}\n")
     write(outside / "persona.md", persona_md(f"You are {SECRET}."))
@@ -136,7 +136,7 @@ async def test_symlinks_out_of_the_roots_never_reach_a_prompt(app: App, project:
 
 @pytest.mark.skipif(not LEASES, reason="only Linux tells whether a file is open for writing")
 async def test_writer_stalled_mid_save_is_never_loaded_half_written(
-    app: App, project: Path, monkeypatch: pytest.MonkeyPatch
+    app: Runtime, project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The watcher waits for the writer's close event only so long, and its view of open writers
     # lags the file system (the torture run below hit that): when it reloads the open file
@@ -157,7 +157,7 @@ async def test_writer_stalled_mid_save_is_never_loaded_half_written(
     assert "the limit is" in app.registry.errors()[0].message
 
 
-async def test_torture_random_mutations_while_requests_run(app: App, project: Path) -> None:
+async def test_torture_random_mutations_while_requests_run(app: Runtime, project: Path) -> None:
     rng = random.Random(7)
     folder = project / "personas" / "pirate"
     path = folder / "persona.md"

@@ -24,8 +24,8 @@ from bots.adapters.render import CURSOR
 from bots.adapters.slack.app import SlackAdapter, SlackConfigError
 from bots.adapters.slack.format import neutralise_markdown, to_mrkdwn
 from bots.adapters.slack.reply import PLACEHOLDER
-from bots.app import App
 from bots.chat.model import Incoming
+from bots.runtime import Runtime
 from bots.settings import SlackSettings
 from tests.fakes.slack import (
     APP_TOKEN,
@@ -50,7 +50,7 @@ from tests.fakes.slack_env import (
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-async def answer_lookout(bot: App, fake: FakeSlack, url: str = "") -> str:
+async def answer_lookout(bot: Runtime, fake: FakeSlack, url: str = "") -> str:
     """Mention the lookout (a two-token persona) in CHANNEL, over HTTP at `url` or else Socket
     Mode, and wait for its answer; the thread's ts. Sent after messages that must get no reply:
     once it is answered, they would have been."""
@@ -72,7 +72,7 @@ def _texts(args: dict[str, Any]) -> list[str]:
 
 
 async def test_app_mention_gets_a_threaded_reply_edited_as_it_streams(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     event = fake.user_message("pirate: tell me about your ship", mention=True)
@@ -93,7 +93,7 @@ async def test_app_mention_gets_a_threaded_reply_edited_as_it_streams(
 
 
 async def test_streaming_api_is_used_where_slack_offers_it(
-    bot: App, start_bot: Starter, slack: SlackStarts
+    bot: Runtime, start_bot: Starter, slack: SlackStarts
 ) -> None:
     server = await slack.fake(streaming=True)
     await start_bot(server, "socket")
@@ -115,7 +115,7 @@ async def test_streaming_api_is_used_where_slack_offers_it(
 
 
 async def test_streaming_refused_falls_back_to_edits(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     adapter.streaming = True  # the fake answers chat.startStream with unknown_method
@@ -128,7 +128,7 @@ async def test_streaming_refused_falls_back_to_edits(
 
 
 async def test_expired_stream_goes_on_with_edits_in_the_same_message(
-    bot: App, start_bot: Starter, slack: SlackStarts
+    bot: Runtime, start_bot: Starter, slack: SlackStarts
 ) -> None:
     server = await slack.fake(streaming=True, stream_expires_after=1)
     adapter = await start_bot(server, "http")
@@ -143,7 +143,7 @@ async def test_expired_stream_goes_on_with_edits_in_the_same_message(
 
 
 async def test_direct_message_is_answered_without_a_mention(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     await start_bot(fake, "socket")
     event = fake.user_message("what is the sea like?", channel=DM)
@@ -154,7 +154,7 @@ async def test_direct_message_is_answered_without_a_mention(
 
 
 async def test_bound_channel_answers_every_message_and_other_channels_only_mentions(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     unbound = fake.user_message("just chatting with colleagues")
@@ -170,7 +170,7 @@ async def test_bound_channel_answers_every_message_and_other_channels_only_menti
 
 
 async def test_thread_continues_with_history_from_the_store(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     first = fake.user_message("librarian: how many vacation days do I get?", mention=True)
@@ -191,7 +191,7 @@ async def test_thread_continues_with_history_from_the_store(
 
 
 async def test_mention_inside_a_people_thread_reads_the_thread_once(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     root = fake.user_message("who has the keys to the boat?", user="U0OTHER01")
@@ -209,7 +209,7 @@ async def test_mention_inside_a_people_thread_reads_the_thread_once(
 
 
 async def test_citations_show_sources_in_a_context_block(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     event = fake.user_message("librarian: how many vacation days do I get per year?", mention=True)
@@ -224,7 +224,7 @@ async def test_citations_show_sources_in_a_context_block(
 
 
 async def test_ask_is_acknowledged_within_3_seconds_and_answered_in_a_thread(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     fields = fake.command("/ask", "pirate where is the treasure?")
@@ -239,7 +239,7 @@ async def test_ask_is_acknowledged_within_3_seconds_and_answered_in_a_thread(
 
 
 async def test_ask_where_the_bot_is_not_a_member_is_answered_privately(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     fake.outside.add("C0OUTSIDE")
@@ -253,7 +253,7 @@ async def test_ask_where_the_bot_is_not_a_member_is_answered_privately(
 
 
 async def test_ask_over_socket_mode_and_persona_commands(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     await start_bot(fake, "socket")
     listing = await fake.deliver(fake.command("/persona", "list"), "slash_commands")
@@ -271,7 +271,7 @@ async def test_ask_over_socket_mode_and_persona_commands(
 
 
 async def test_app_home_lists_personas_with_descriptions_and_starters(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     await start_bot(fake, "socket")
     event = {
@@ -294,7 +294,7 @@ async def test_app_home_lists_personas_with_descriptions_and_starters(
 
 
 async def test_greeting_mentions_and_broadcasts_are_neutralised(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     event = fake.user_message("vault:", mention=True, user=ALLOWED_USER)
@@ -306,7 +306,7 @@ async def test_greeting_mentions_and_broadcasts_are_neutralised(
 
 
 async def test_bad_signature_and_replayed_timestamp_are_rejected_without_effect(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     url = events_url(adapter)
@@ -328,7 +328,7 @@ async def test_bad_signature_and_replayed_timestamp_are_rejected_without_effect(
 
 
 async def test_url_verification_challenge_is_echoed(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     body = {
@@ -341,7 +341,7 @@ async def test_url_verification_challenge_is_echoed(
 
 
 async def test_retries_and_the_mention_message_twin_get_one_reply_even_across_a_restart(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     event = fake.user_message("pirate: how are you?", mention=True)
@@ -358,7 +358,7 @@ async def test_retries_and_the_mention_message_twin_get_one_reply_even_across_a_
 
 
 async def test_rate_limited_web_api_calls_are_waited_out_and_nothing_is_dropped(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "http")
     fake.rate_limit("chat.update", times=2, retry_after_s=1)
@@ -373,7 +373,7 @@ async def test_rate_limited_web_api_calls_are_waited_out_and_nothing_is_dropped(
 
 
 async def test_missing_customize_scope_falls_back_to_the_app_name(
-    bot: App, start_bot: Starter, slack: SlackStarts
+    bot: Runtime, start_bot: Starter, slack: SlackStarts
 ) -> None:
     server = await slack.fake(customize=False)
     adapter = await start_bot(server, "http")
@@ -385,7 +385,7 @@ async def test_missing_customize_scope_falls_back_to_the_app_name(
 
 
 async def test_socket_mode_reconnects_mid_reply_without_losing_or_repeating(
-    bot: App, fake: FakeSlack, start_bot: Starter
+    bot: Runtime, fake: FakeSlack, start_bot: Starter
 ) -> None:
     adapter = await start_bot(fake, "socket")
     first = fake.user_message("pirate: tell me a long tale", mention=True)
@@ -415,7 +415,7 @@ async def test_socket_mode_reconnects_mid_reply_without_losing_or_repeating(
     assert adapter.bot_user_id == BOT_USER
 
 
-async def test_incomplete_credentials_are_refused_with_the_setting_named(bot: App) -> None:
+async def test_incomplete_credentials_are_refused_with_the_setting_named(bot: Runtime) -> None:
     with pytest.raises(SlackConfigError, match="SLACK_APP_TOKEN"):
         SlackAdapter(bot, settings=SlackSettings(bot_token=BOT_TOKEN))
     with pytest.raises(SlackConfigError, match="SLACK_BOT_TOKEN"):
@@ -426,7 +426,7 @@ async def test_incomplete_credentials_are_refused_with_the_setting_named(bot: Ap
 
 
 async def test_latency_compared_with_a_direct_answer(
-    bot: App, start_bot: Starter, slack: SlackStarts, capsys: pytest.CaptureFixture[str]
+    bot: Runtime, start_bot: Starter, slack: SlackStarts, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Event -> first visible text and -> final text in Slack, against `bots ask` (the service
     directly) on the same request in the same run, interleaved. The persona decodes greedily, so

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bots.adapters.http.api import create_http_app
-from bots.app import App
+from bots.runtime import Runtime
 from bots.settings import Settings
 from tests.fakes.projects import persona_md, write
 
@@ -27,15 +27,15 @@ OFF_TOPIC = "Who won the 1998 football world cup?"
 EVENT_WAIT_S = 30.0
 
 
-async def client_for(app: App) -> Client:
+async def client_for(app: Runtime) -> Client:
     client = TestClient(TestServer(create_http_app(app), host="127.0.0.1"))
     await client.start_server()
     return client
 
 
 @pytest.fixture
-async def idle_app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[App]:
-    application = App.create(settings_for(project))
+async def idle_app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIterator[Runtime]:
+    application = Runtime.create(settings_for(project))
     await application.start(watch=True, load_model=False)
     try:
         yield application
@@ -45,7 +45,7 @@ async def idle_app(project: Path, settings_for: Callable[..., Settings]) -> Asyn
 
 @pytest.fixture
 async def client(
-    idle_app: App,
+    idle_app: Runtime,
 ) -> AsyncIterator[Client]:
     test_client = await client_for(idle_app)
     try:
@@ -95,7 +95,7 @@ async def test_page_lists_personas_and_shows_the_chosen_one(client: Client, proj
 async def test_api_token_is_asked_for_and_gates_every_route(
     project: Path, settings_for: Callable[..., Settings]
 ) -> None:
-    app = App.create(settings_for(project, **{"server.api_token": TOKEN}))
+    app = Runtime.create(settings_for(project, **{"server.api_token": TOKEN}))
     await app.start(watch=False, load_model=False)
     client = await client_for(app)
     try:
@@ -149,7 +149,7 @@ async def test_state_changes_reach_the_page_as_events(client: Client, project: P
         assert '<strong>Pete</strong> <code>pirate</code></a> <span class="badge ok">' in fixed
 
 
-async def test_chat_streams_sources_text_and_stores_the_turn(app: App) -> None:
+async def test_chat_streams_sources_text_and_stores_the_turn(app: Runtime) -> None:
     client = await client_for(app)
     try:
         await chat_and_reset(client, app)
@@ -157,7 +157,7 @@ async def test_chat_streams_sources_text_and_stores_the_turn(app: App) -> None:
         await client.close()
 
 
-async def chat_and_reset(client: Client, app: App) -> None:
+async def chat_and_reset(client: Client, app: Runtime) -> None:
     await client.get("/")  # the page gives the browser its conversation cookie
     response = await client.post("/workbench/personas/librarian/chat", json={"text": OFF_TOPIC})
     assert response.status == 200 and response.headers["Content-Type"] == "application/x-ndjson"
@@ -199,7 +199,9 @@ async def test_persona_tab_shows_instructions_and_documents(client: Client) -> N
     assert "library handbook" in html and "grounding" in html
 
 
-async def test_evals_run_when_first_shown_and_results_are_pushed(app: App, project: Path) -> None:
+async def test_evals_run_when_first_shown_and_results_are_pushed(
+    app: Runtime, project: Path
+) -> None:
     evals = f"- ask: {OFF_TOPIC}\n  declines: true\n"
     write(project / "personas" / "librarian" / "evals.yaml", evals)
     client = await client_for(app)

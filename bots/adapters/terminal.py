@@ -8,11 +8,11 @@ import logging
 import sys
 from typing import TextIO
 
-from bots.app import App
 from bots.chat import notices
 from bots.chat.model import ChatRefused, Incoming
 from bots.chat.reply import Reply
 from bots.engine.base import EngineError
+from bots.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ HELP = "/persona NAME switch persona · /reset forget this chat · /sources last
 class TerminalChat:
     """A read-eval-print loop over the chat service; history is kept in the store per persona."""
 
-    def __init__(self, app: App, persona_id: str, out: TextIO = sys.stdout) -> None:
+    def __init__(self, app: Runtime, persona_id: str, out: TextIO = sys.stdout) -> None:
         self.app = app
         self.persona_id = persona_id
         self.out = out

@@ -6,11 +6,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from bots.app import App
 from bots.chat.model import Incoming
 from bots.chat.reply import Reply
 from bots.engine.local import served_model_path
 from bots.engine.model_files import resolve_model_path, without_extra_buffers
+from bots.runtime import Runtime
 from bots.settings import Settings
 
 MAX_TOKENS = 128
@@ -27,7 +27,7 @@ class AskRun:
 
 
 async def answer(
-    app: App, persona_id: str, question: str, *, max_tokens: int, seed: int | None = None
+    app: Runtime, persona_id: str, question: str, *, max_tokens: int, seed: int | None = None
 ) -> Reply:
     """One greedy, unremembered reply through the whole bots pipeline, read to the end."""
     incoming = Incoming(
@@ -49,7 +49,7 @@ async def answer(
 
 async def bench_ask(settings: Settings, persona_id: str, question: str) -> tuple[AskRun, AskRun]:
     """Time the question through the bots pipeline, then the same messages through raw `Llama`."""
-    app = App.create(settings)
+    app = Runtime.create(settings)
     await app.start(watch=False)
     try:
         reply = await answer(app, persona_id, question, max_tokens=MAX_TOKENS)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bots.app import App
 from bots.bench.ask import answer
+from bots.runtime import Runtime
 from bots.settings import Settings
 
 CANARY = "MARMALADE"
@@ -230,7 +230,7 @@ async def run_injection_bench(
     with tempfile.TemporaryDirectory(prefix="bots-injection-") as tmp:
         root = Path(tmp)
         write_project(root, styles)
-        app = App.create(
+        app = Runtime.create(
             dataclasses.replace(
                 settings,
                 root=root,

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bots.app import App
+from bots.runtime import Runtime
 from bots.settings import load_settings
 
 EDITS = 50
@@ -26,7 +26,7 @@ async def measure_reload(edits: int = EDITS) -> dict[str, float]:
         (root / "knowledge").mkdir()
         path = folder / "persona.md"
         path.write_text(PERSONA.format(n=0))
-        app = App.create(load_settings(root, environ={}))
+        app = Runtime.create(load_settings(root, environ={}))
         await app.start(load_model=False)
         latencies = []
         try:

@@ -8,7 +8,6 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
-from bots.app import App
 from bots.chat.model import Feedback
 from bots.chat.store import ConversationStore
 from bots.evals.feedback import AppendResult, append_feedback_cases, feedback_rows
@@ -18,6 +17,7 @@ from bots.evals.runner import run_persona
 from bots.evals.watch import EvalEvent, EvalMonitor
 from bots.persona.loader import valid_persona_id
 from bots.persona.model import PERSONA_FILE
+from bots.runtime import Runtime
 from bots.settings import Settings
 
 Echo = Callable[[str], None]
@@ -39,7 +39,7 @@ async def run_evals(
 ) -> int:
     """Run the cases of the named personas (all, when none is named); return the exit status."""
     started = time.perf_counter()
-    app = App.create(settings)
+    app = Runtime.create(settings)
     # Judging from retrieval alone never needs the model: skip loading it.
     await app.start(watch=False, load_model=not retrieval_only)
     try:
@@ -70,7 +70,7 @@ async def watch_evals(
 ) -> None:
     """Run one persona's cases, then again after every save, printing what flipped; until a
     SIGINT or SIGTERM."""
-    app = App.create(settings)
+    app = Runtime.create(settings)
     await app.start(watch=True, load_model=not retrieval_only)
     if app.registry.state(persona_id) is None:
         await app.close()

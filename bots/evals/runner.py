@@ -13,7 +13,6 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from bots.app import App
 from bots.chat.model import ChatRefused, Incoming
 from bots.chat.service import ChatService
 from bots.engine.base import ChatMessage, EngineError
@@ -21,6 +20,7 @@ from bots.evals.loader import load_evals
 from bots.evals.model import CaseResult, Checks, EvalCase, EvalError, EvalSuite, PersonaRun, Status
 from bots.knowledge.library import KnowledgeError
 from bots.persona.model import Persona
+from bots.runtime import Runtime
 
 EVAL_PLATFORM = "eval"
 EVAL_USER = "eval"
@@ -54,7 +54,7 @@ class RunPlan:
     retrieval_only: bool
 
 
-async def plan_run(app: App, persona_id: str, *, retrieval_only: bool = False) -> RunPlan:
+async def plan_run(app: Runtime, persona_id: str, *, retrieval_only: bool = False) -> RunPlan:
     """Read the persona's `evals.yaml` and fingerprint the inputs, without running anything."""
     state = app.registry.state(persona_id)
     persona = state.persona if state else None
@@ -74,7 +74,7 @@ async def plan_run(app: App, persona_id: str, *, retrieval_only: bool = False) -
     return RunPlan(persona_id, persona, suite, problems + suite.errors, inputs, retrieval_only)
 
 
-async def execute(app: App, plan: RunPlan) -> PersonaRun:
+async def execute(app: Runtime, plan: RunPlan) -> PersonaRun:
     """Run every valid case of the plan, one after another."""
     started_at = time.time()
     started = time.perf_counter()
@@ -97,7 +97,7 @@ async def execute(app: App, plan: RunPlan) -> PersonaRun:
     )
 
 
-async def run_persona(app: App, persona_id: str, *, retrieval_only: bool = False) -> PersonaRun:
+async def run_persona(app: Runtime, persona_id: str, *, retrieval_only: bool = False) -> PersonaRun:
     """Run every valid case of the persona's `evals.yaml` against its current files."""
     return await execute(app, await plan_run(app, persona_id, retrieval_only=retrieval_only))
 
@@ -224,7 +224,7 @@ def _excerpt(text: str) -> str:
     return flat if len(flat) <= ANSWER_EXCERPT_CHARS else flat[: ANSWER_EXCERPT_CHARS - 1] + "…"
 
 
-def fingerprint(app: App, persona: Persona, suite: EvalSuite, retrieval_only: bool) -> str:
+def fingerprint(app: Runtime, persona: Persona, suite: EvalSuite, retrieval_only: bool) -> str:
     """A hash of everything a run depends on: the persona, its cases and its documents' text.
 
     Deterministic runs of equal inputs give equal results, so a save that changed nothing (or

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bots.app import App
 from bots.evals.model import Flip, PersonaRun, flips
 from bots.evals.runner import RunPlan, execute, plan_run
 from bots.persona.registry import ReloadEvent
+from bots.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class EvalMonitor:
 
     def __init__(
         self,
-        app: App,
+        app: Runtime,
         *,
         retrieval_only: bool = False,
         personas: Collection[str] | None = None,

@@ -24,7 +24,7 @@ from bots.chat.reply import ReplyRecord
 from bots.persona.registry import ReloadEvent
 
 if TYPE_CHECKING:
-    from bots.app import App
+    from bots.runtime import Runtime
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Seconds: from a fast cached reply on a GPU to a long one on a small CPU.
@@ -81,7 +81,7 @@ class Metrics:
             registry=self.registry,
         )
 
-    def attach(self, app: App) -> None:
+    def attach(self, app: Runtime) -> None:
         """Count the app's replies and reloads from now on; read its state at each scrape."""
         app.service.listeners.append(self.observe_reply)
         app.registry.add_listener(self.observe_reload)
@@ -111,7 +111,7 @@ class Metrics:
 class _AppCollector(Collector):
     """Gauges read from the app at scrape time: engine queue, health, indexes, personas."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Runtime) -> None:
         self._app = app
 
     def collect(self) -> Iterator[Metric]:

@@ -16,10 +16,10 @@ from typing import Any
 
 from bots.adapters.discord.bot import DiscordAdapter
 from bots.adapters.discord.sinks import RetryPolicy
-from bots.app import App
 from bots.chat.model import Turn
 from bots.engine.base import Engine
 from bots.engine.factory import make_engine
+from bots.runtime import Runtime
 from bots.settings import Settings
 from tests.fakes.discord import BotAccount, Call, FakeDiscord
 from tests.fakes.engines import ScriptedEngine
@@ -38,7 +38,7 @@ class DiscordEnv:
 
     fake: FakeDiscord
     bot: BotAccount
-    app: App
+    app: Runtime
     adapter: DiscordAdapter
     channels: dict[str, str]
     users: dict[str, dict[str, Any]]
@@ -121,7 +121,7 @@ def check_no_pings(calls: list[Call]) -> None:
         assert not mentions.get("replied_user", False), call
 
 
-def start_adapter(app: App, **options: Any) -> DiscordAdapter:
+def start_adapter(app: Runtime, **options: Any) -> DiscordAdapter:
     """The real adapter, tuned for loopback (no 2 s guild wait, fast retries)."""
     return DiscordAdapter(
         app, guild_ready_timeout_s=GUILD_READY_TIMEOUT_S, **{"retry": FAST_RETRY, **options}
@@ -180,7 +180,7 @@ class DiscordWorlds:
                 **{k: v(channels) if callable(v) else v for k, v in overrides.items()},
             },
         )
-        app = App.create(
+        app = Runtime.create(
             settings, engine=wrap_engine(make_engine(settings)) if wrap_engine else engine
         )
         await app.start()

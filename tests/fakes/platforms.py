@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bots.adapters.slack.reply import PLACEHOLDER
-from bots.app import App
 from bots.chat.model import Turn
+from bots.runtime import Runtime
 from bots.settings import Settings
 from tests.fakes.discord_env import DiscordEnv, StartDiscord
 from tests.fakes.engines import ScriptedEngine
@@ -72,7 +72,7 @@ class Driver(Protocol):
 
     name: str  # the variant: "discord", "slack" or "slack-streaming"
     platform: str  # "discord" or "slack": as the store and `app.adapters` name it
-    app: App
+    app: Runtime
     engine: ScriptedEngine
     message_chars: int  # the most characters one message shows
     code_fence: str  # how a Python code block opens as shown
@@ -163,7 +163,7 @@ class DiscordDriver:
     posed: set[str] = field(default_factory=set)  # messages this driver wrote as the bot
 
     @property
-    def app(self) -> App:
+    def app(self) -> Runtime:
         return self.env.app
 
     def user_id(self, user: str) -> str:
@@ -297,7 +297,7 @@ SLACK_LIVE = re.compile(r"<[!@#][^>]*>|@(?:channel|here|everyone)\b", re.IGNOREC
 @dataclass
 class SlackDriver:
     fake: FakeSlack
-    app: App
+    app: Runtime
     engine: ScriptedEngine
     url: str
     adapter: Any
@@ -453,7 +453,7 @@ async def start_slack_driver(
 ) -> SlackDriver:
     write_slack_personas(project)
     values = {k: v(SLACK_CHANNELS) if callable(v) else v for k, v in overrides.items()}
-    app = App.create(settings_for(project, default_persona="pirate", **values), engine=engine)
+    app = Runtime.create(settings_for(project, default_persona="pirate", **values), engine=engine)
     await app.start()
     starts.apps.append(app)
     fake = await starts.fake(streaming=streaming)

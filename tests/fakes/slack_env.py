@@ -16,8 +16,8 @@ from typing import Any
 
 from bots.adapters.slack.app import SlackAdapter
 from bots.adapters.slack.reply import SlackLimits
-from bots.app import App
 from bots.chat.model import Turn
+from bots.runtime import Runtime
 from bots.settings import SlackSettings
 from tests.fakes.projects import persona_md, write, write_handbook
 from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, FakeSlack
@@ -106,7 +106,7 @@ class SlackStarts:
     def __init__(self) -> None:
         self.fakes: list[FakeSlack] = []
         self.adapters: list[SlackAdapter] = []
-        self.apps: list[App] = []
+        self.apps: list[Runtime] = []
 
     async def fake(self, **options: Any) -> FakeSlack:
         """A started fake Slack (`streaming=`, `customize=`, `stream_expires_after=`)."""
@@ -116,7 +116,7 @@ class SlackStarts:
         return server
 
     async def adapter(
-        self, app: App, server: FakeSlack, mode: str = "http", **limits: Any
+        self, app: Runtime, server: FakeSlack, mode: str = "http", **limits: Any
     ) -> SlackAdapter:
         """The real adapter for `app` against `server`, connected (`limits` change FAST)."""
         adapter = SlackAdapter(
@@ -142,7 +142,7 @@ def events_url(adapter: SlackAdapter) -> str:
 
 
 async def answered(
-    app: App, channel: str, root_ts: str, count: int = 1, timeout: float = MODEL_TIMEOUT_S
+    app: Runtime, channel: str, root_ts: str, count: int = 1, timeout: float = MODEL_TIMEOUT_S
 ) -> Turn:
     """Wait until the thread's `count`-th reply is complete and shown; return its turn."""
     store = app.store

@@ -45,11 +45,11 @@ from bots.adapters.discord.showing import PersonaDisplay, channel_as
 from bots.adapters.discord.sinks import ChannelSink, PersonaWebhooks, RetryPolicy
 from bots.adapters.discord.view import DiscordSurface, SinkMaker
 from bots.adapters.render import MessageSink
-from bots.app import App
 from bots.chat import notices
 from bots.chat.model import Incoming
 from bots.chat.router import route
 from bots.persona.model import Persona
+from bots.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class DiscordAdapter:
 
     def __init__(
         self,
-        app: App,
+        app: Runtime,
         *,
         guild_ready_timeout_s: float = GUILD_READY_TIMEOUT_S,
         retry: RetryPolicy | None = None,

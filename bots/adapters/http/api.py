@@ -24,17 +24,17 @@ from aiohttp.typedefs import Middleware
 from bots.adapters.http.errors import http_error
 from bots.adapters.http.limits import CLIENT_LIMITS_KEY, ClientLimits
 from bots.adapters.web.routes import mount_workbench
-from bots.app import App
 from bots.chat.model import ChatRefused, Incoming
 from bots.chat.reply import Reply
 from bots.engine.base import ChatMessage, EngineError, EngineTimeout
 from bots.observability.health import HealthProbe
 from bots.observability.metrics import CONTENT_TYPE, Metrics
+from bots.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-APP_KEY = web.AppKey("bots_app", App)
+APP_KEY = web.AppKey("bots_app", Runtime)
 METRICS_KEY = web.AppKey("bots_metrics", Metrics)
 HEALTH_KEY = web.AppKey("bots_health", HealthProbe)
 OPEN_PATHS = ("/healthz",)
@@ -52,7 +52,7 @@ def error(
     )
 
 
-def create_http_app(app: App) -> web.Application:
+def create_http_app(app: Runtime) -> web.Application:
     """The aiohttp application for `bots serve` (adapters may add routes to it)."""
     server = app.settings.server
     web_app = web.Application(
@@ -144,7 +144,7 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(status_body(request.app[APP_KEY]))
 
 
-def status_body(app: App) -> dict[str, Any]:
+def status_body(app: Runtime) -> dict[str, Any]:
     """Personas (load time, hash, last reload, errors, index sizes), engine queue, adapters."""
     indexes = app.knowledge.stats()
     personas = []
@@ -267,7 +267,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _complete(
     request: web.Request,
-    app: App,
+    app: Runtime,
     model: str,
     messages: list[ChatMessage],
     options: dict[str, Any],

@@ -30,8 +30,8 @@ from bots.adapters.slack.messages import PLATFORM, SlackMessages
 from bots.adapters.slack.reply import EditPacer, Identity, Poster, SlackLimits, error_code
 from bots.adapters.slack.surface import SlackPlace, Streaming
 from bots.adapters.slack.views import home_view
-from bots.app import App
 from bots.persona.model import Persona
+from bots.runtime import Runtime
 from bots.settings import SlackSettings
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,11 @@ class SlackAdapter:
     name = PLATFORM
 
     def __init__(
-        self, app: App, *, settings: SlackSettings | None = None, limits: SlackLimits | None = None
+        self,
+        app: Runtime,
+        *,
+        settings: SlackSettings | None = None,
+        limits: SlackLimits | None = None,
     ) -> None:
         settings = settings or app.settings.slack
         check_settings(settings)

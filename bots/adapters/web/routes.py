@@ -33,11 +33,11 @@ from bots.adapters.http.errors import http_error
 from bots.adapters.http.limits import CLIENT_LIMITS_KEY
 from bots.adapters.web.auth import authorized, host_allowed, set_session, token_matches
 from bots.adapters.web.workbench import WORKBENCH_KEY, Workbench
-from bots.app import App
 from bots.chat.model import ChatRefused, Incoming
 from bots.engine.base import EngineError
 from bots.knowledge.library import KnowledgeError
 from bots.persona.model import Persona
+from bots.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ MAX_HITS = 50
 HISTORY_SHOWN = 50  # turns of the current chat shown when the page loads
 
 
-def mount_workbench(web_app: web.Application, app: App) -> Workbench:
+def mount_workbench(web_app: web.Application, app: Runtime) -> Workbench:
     """Add the workbench to the `bots serve` HTTP app (same host, port and API token, and the
     per-client limits `create_http_app` keeps under CLIENT_LIMITS_KEY)."""
     workbench = Workbench(app)
@@ -79,7 +79,7 @@ def mount_workbench(web_app: web.Application, app: App) -> Workbench:
     return workbench
 
 
-def _guard(app: App) -> Middleware:
+def _guard(app: Runtime) -> Middleware:
     server = app.settings.server
 
     @web.middleware
@@ -255,7 +255,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def _answer(
-    request: web.Request, app: App, persona: Persona, text: str
+    request: web.Request, app: Runtime, persona: Persona, text: str
 ) -> web.StreamResponse:
     chat_id = _chat_id(request)
     incoming = Incoming(
@@ -302,7 +302,7 @@ async def reset(request: web.Request) -> web.Response:
     return web.json_response({"persona": persona.id, "forgotten": forgotten})
 
 
-def _shelves(app: App, persona: Persona) -> list[views.Shelf]:
+def _shelves(app: Runtime, persona: Persona) -> list[views.Shelf]:
     """The persona's documents, per index (blocks while an index is first built)."""
     shelves = []
     sources = [("this folder", None), *((f"library {n}", n) for n in persona.knowledge)]

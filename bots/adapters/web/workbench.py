@@ -15,16 +15,16 @@ from aiohttp import web
 
 import bots.adapters.web.views as views
 from bots.adapters.web.events import EventHub, ServerEvent, json_event
-from bots.app import App
 from bots.evals.model import Flip
 from bots.evals.watch import EvalEvent, EvalMonitor
 from bots.persona.registry import ReloadEvent
+from bots.runtime import Runtime
 
 
 class Workbench:
     """The workbench's state in one server: open pages, eval runs, the last flips."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Runtime) -> None:
         self.app = app
         self.hub = EventHub()
         self.monitor = EvalMonitor(app)

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class App:
+class Runtime:
     """Everything a running bot holds; adapters receive it and use `service`."""
 
     settings: Settings
@@ -39,7 +39,7 @@ class App:
     _model_loaded: bool = False
 
     @classmethod
-    def create(cls, settings: Settings, engine: Engine | None = None) -> App:
+    def create(cls, settings: Settings, engine: Engine | None = None) -> Runtime:
         """Build the parts (no model loaded, no thread started yet)."""
         knowledge = KnowledgeBase(settings.personas_dir, settings.knowledge_dir, settings.index_dir)
         registry = PersonaRegistry(settings.personas_dir, knowledge.library_names)
