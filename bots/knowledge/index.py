@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from bots.knowledge import hygiene
 from bots.knowledge.cache import ChunkCache, StoredDocument
 from bots.knowledge.chunking import chunk_document
 from bots.knowledge.lexical import LexicalIndex, Vocabulary, tokenize
-from bots.knowledge.model import Chunk, Hit, IndexStats, RefreshResult
+from bots.knowledge.model import Chunk, Exclusion, Hit, IndexStats, RefreshResult
 from bots.knowledge.readers import DocumentError, read_document
 from bots.knowledge.scan import MAX_DOCUMENT_BYTES, Candidate, scan
 
@@ -30,6 +31,7 @@ class _Entry:
     error: str | None
     chunks: tuple[Chunk, ...]
     term_ids: tuple[list[int], ...]
+    fingerprint: str  # of its words, to find pages that repeat another (see hygiene)
 
 
 @dataclass
@@ -124,7 +126,9 @@ class KnowledgeIndex:
         skipped.extend(f"{e.rel}: {e.error}" for e in entries.values() if e.error)
         self._entries = entries
         rebuild = first or bool(changes.stored or removed)
-        stats = self._publish(entries, rebuild=rebuild, skipped=skipped, started=started)
+        stats = self._publish(
+            entries, rebuild=rebuild, skipped=skipped, excluded=found.excluded, started=started
+        )
         result = RefreshResult(
             added=changes.added,
             updated=changes.updated,
@@ -174,10 +178,24 @@ class KnowledgeIndex:
         return self._entry(stored)
 
     def _publish(
-        self, by_path: dict[str, _Entry], *, rebuild: bool, skipped: list[str], started: float
+        self,
+        by_path: dict[str, _Entry],
+        *,
+        rebuild: bool,
+        skipped: list[str],
+        excluded: tuple[Exclusion, ...],
+        started: float,
     ) -> IndexStats:
-        """Swap in a new snapshot; the BM25 matrix is rebuilt only when some chunk changed."""
-        entries = [by_path[rel] for rel in sorted(by_path)]
+        """Swap in a new snapshot; the BM25 matrix is rebuilt only when some chunk changed.
+
+        A page with the same text as another is left out of the snapshot, not of the cache:
+        when the other one changes or goes, it is back without being read again.
+        """
+        same_as = hygiene.duplicates({rel: e.fingerprint for rel, e in by_path.items()})
+        entries = [by_path[rel] for rel in sorted(by_path) if rel not in same_as]
+        excluded += tuple(
+            Exclusion(rel, hygiene.DUPLICATE, kept) for rel, kept in sorted(same_as.items())
+        )
         previous = self._snapshot
         chunks, lexical = previous.chunks, previous.lexical
         if rebuild:
@@ -197,6 +215,7 @@ class KnowledgeIndex:
             skipped=tuple(sorted(skipped)),
             bytes=sum(entry.size for entry in entries if not entry.error),
             last_refresh_ms=(time.perf_counter() - started) * 1000,
+            excluded=excluded,
         )
         self._snapshot = _Snapshot(chunks, lexical, stats)
         return stats
@@ -213,6 +232,7 @@ class KnowledgeIndex:
             error=stored.error,
             chunks=stored.chunks,
             term_ids=tuple(self._vocabulary.ids(terms.split()) for terms in stored.terms),
+            fingerprint=hygiene.fingerprint(stored.chunks),
         )
 
     def _read_bytes(self, candidate: Candidate, skipped: list[str]) -> bytes | None:

@@ -60,14 +60,28 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Exclusion:
+    """A file or folder ("name/") that is not content, and why (one of the `hygiene` reasons)."""
+
+    rel: str
+    reason: str
+    detail: str = ""  # for a duplicate: the path of the page kept
+
+
+@dataclass(frozen=True)
 class IndexStats:
-    """What one index holds; `skipped` names each file left out and why."""
+    """What one index holds.
+
+    `skipped` names each file that should have been indexed but could not, and why (a problem to
+    fix); `excluded` lists what was left out on purpose as not content (see `hygiene`).
+    """
 
     documents: int
     chunks: int
     skipped: tuple[str, ...]
     bytes: int = 0  # total size of the indexed documents
     last_refresh_ms: float = 0.0
+    excluded: tuple[Exclusion, ...] = ()
 
 
 @dataclass(frozen=True)

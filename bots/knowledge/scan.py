@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bots.knowledge import hygiene
+from bots.knowledge.model import Exclusion
+from bots.knowledge.overrides import load_overrides
 from bots.knowledge.readers import is_supported
 
 _MIB = 1024 * 1024
@@ -14,10 +17,6 @@ MAX_DOCUMENT_BYTES = 20 * _MIB
 # scratch files editors write beside the file being saved (Vim probes with "4913").
 IGNORED_NAMES = frozenset({"persona.md", "evals.yaml", "4913"})
 _IGNORED_SUFFIXES = (".swp", ".swx", ".swo", "~", ".tmp")
-# Sphinx's HTML output carries every page a second time as `_sources/<page>.rst.txt`; a folder
-# holding `objects.inv` is such an output, and its `_sources` would double every hit.
-_SPHINX_MARKER = "objects.inv"
-_SPHINX_SOURCES = "_sources"
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,12 @@ class Candidate:
 
 @dataclass(frozen=True)
 class ScanResult:
-    """The files to index, sorted by path, and the files left out for a reason worth telling."""
+    """The files to index, sorted by path; the files that could not be (problems); and what was
+    left out as not content, by the site-build rules or `knowledge.yaml`."""
 
     candidates: tuple[Candidate, ...]
     skipped: tuple[str, ...]
+    excluded: tuple[Exclusion, ...] = ()
 
 
 def is_ignored_name(name: str) -> bool:
@@ -52,24 +53,27 @@ def scan(root: Path) -> ScanResult:
     """List the knowledge files under `root`.
 
     Hidden files, editor temporaries, persona.md, evals.yaml and unsupported types are left out
-    silently. Reported as skipped: files over MAX_DOCUMENT_BYTES, and symbolic links that lead
-    outside `root` (refused and never opened). A link to a folder inside `root` is not followed:
-    that folder is indexed under its own path already.
+    silently. Reported as skipped: files over MAX_DOCUMENT_BYTES, symbolic links that lead
+    outside `root` (refused and never opened), and problems in `root/knowledge.yaml`. Reported as
+    excluded: what `hygiene` finds is not content, and what `knowledge.yaml` leaves out. A link to
+    a folder inside `root` is not followed: that folder is indexed under its own path already.
     """
     candidates: list[Candidate] = []
-    skipped: list[str] = []
+    excluded: list[Exclusion] = []
     if not root.is_dir():
         return ScanResult((), ())
+    overrides, skipped = load_overrides(root)
     real_root = root.resolve()
-    pending = [(root, "")]
+    # (folder, its path with a trailing "/", inside a site build, why its files are not content)
+    pending: list[tuple[Path, str, bool, str | None]] = [(root, "", False, None)]
     while pending:
-        folder, prefix = pending.pop()
+        folder, prefix, in_build, inherited = pending.pop()
         try:
             entries = list(os.scandir(folder))
         except OSError as error:
             skipped.append(f"{prefix or '.'}: cannot list the folder: {error.strerror}")
             continue
-        sphinx_output = any(entry.name == _SPHINX_MARKER for entry in entries)
+        in_build = in_build or hygiene.marks_build(entry.name for entry in entries)
         for entry in entries:
             rel = prefix + entry.name
             if is_ignored_name(entry.name):
@@ -86,12 +90,23 @@ def scan(root: Path) -> ScanResult:
                 if entry.is_dir():
                     if entry.is_symlink():
                         continue
-                    if sphinx_output and entry.name == _SPHINX_SOURCES:
-                        skipped.append(f"{rel}/: Sphinx page sources, the same text as the pages")
-                        continue
-                    pending.append((Path(entry.path), rel + "/"))
+                    rule = hygiene.folder_reason(entry.name, in_build) or inherited
+                    reason = overrides.verdict(rel + "/", rule)
+                    if reason == hygiene.EXCLUDED or (
+                        reason and not overrides.may_include_below(rel + "/")
+                    ):
+                        excluded.append(Exclusion(rel + "/", reason))
+                    else:
+                        # Walked for the files `include` names; the others keep the folder's rule.
+                        pending.append((Path(entry.path), rel + "/", in_build, reason))
                     continue
                 if not entry.is_file() or not is_supported(entry.name):
+                    continue
+                reason = overrides.verdict(
+                    rel, hygiene.file_reason(entry.name, in_build) or inherited
+                )
+                if reason:
+                    excluded.append(Exclusion(rel, reason))
                     continue
                 stat = entry.stat()
             except OSError as error:
@@ -106,4 +121,5 @@ def scan(root: Path) -> ScanResult:
             candidates.append(Candidate(rel, Path(entry.path), stat.st_size, stat.st_mtime_ns))
     candidates.sort(key=lambda c: c.rel)
     skipped.sort()
-    return ScanResult(tuple(candidates), tuple(skipped))
+    excluded.sort(key=lambda e: e.rel)
+    return ScanResult(tuple(candidates), tuple(skipped), tuple(excluded))

@@ -1,0 +1,87 @@
+"""`knowledge.yaml` in a knowledge folder: what to index beyond, or leave out despite, the rules.
+
+    include: ["_static/glossary.json"]   # indexed even where the site-build rules leave it out
+    exclude: ["whatsnew/*", "*.pdf"]     # never indexed
+
+Globs match the path relative to the folder with `fnmatch` (`*` also crosses `/`); a folder's path
+ends with `/`, so `whatsnew/*` leaves out the whole folder. `exclude` wins over `include`. A broken
+file is reported (file, line, key) and the folder is indexed with the rules alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bots.knowledge.hygiene import EXCLUDED
+
+SETTINGS_FILE = "knowledge.yaml"
+_KEYS = ("include", "exclude")
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """The `include` and `exclude` globs of one folder (none: the rules alone decide)."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def verdict(self, rel: str, reason: str | None) -> str | None:
+        """Why `rel` is left out, given the rules' `reason` (None: it is indexed)."""
+        if any(fnmatchcase(rel, pattern) for pattern in self.exclude):
+            return EXCLUDED
+        if reason and any(fnmatchcase(rel, pattern) for pattern in self.include):
+            return None
+        return reason
+
+    def may_include_below(self, folder: str) -> bool:
+        """Whether some `include` glob could match a path under `folder` (which ends with "/")."""
+        for pattern in self.include:
+            literal = pattern[: m.start()] if (m := _WILDCARD.search(pattern)) else pattern
+            if literal.startswith(folder) or folder.startswith(literal):
+                return True
+        return False
+
+
+def load_overrides(root: Path) -> tuple[Overrides, list[str]]:
+    """The overrides of the folder `root`, and its problems as "file:line: key: message"."""
+    path = root / SETTINGS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Overrides(), []
+    except (OSError, UnicodeDecodeError) as error:
+        return Overrides(), [f"{path}: cannot read: {error}"]
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.context_mark or error.problem_mark
+        line = mark.line + 1 if mark else 1
+        return Overrides(), [f"{path}:{line}: bad YAML: {error.problem or error}"]
+    except yaml.YAMLError as error:
+        return Overrides(), [f"{path}: bad YAML: {error}"]
+    if data is None:
+        return Overrides(), []
+    if not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
+        return Overrides(), [f"{path}:1: expected a mapping with the keys include, exclude"]
+    lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
+    problems: list[str] = []
+    globs: dict[str, tuple[str, ...]] = {}
+    for key, value in data.items():
+        where = f"{path}:{lines.get(key, 1)}: {key}"
+        if key not in _KEYS:
+            problems.append(f"{where}: unknown key (known: {', '.join(_KEYS)})")
+        elif not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            problems.append(f"{where}: must be a list of globs such as ['whatsnew/*']")
+        else:
+            globs[key] = tuple(value)
+    if problems:
+        return Overrides(), problems
+    return Overrides(globs.get("include", ()), globs.get("exclude", ())), []
