@@ -20,7 +20,7 @@ from bots.knowledge.model import Chunk
 log = logging.getLogger(__name__)
 
 # Bump when readers, chunking or tokenizing change what a document turns into.
-CACHE_FORMAT = "2"
+CACHE_FORMAT = "3"
 CACHE_FILE_NAME = "chunks.sqlite3"
 _BUSY_TIMEOUT_S = 10.0
 

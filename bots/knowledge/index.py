@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bots.knowledge import hygiene
+from bots.knowledge import hygiene, ranking
 from bots.knowledge.cache import ChunkCache, StoredDocument
 from bots.knowledge.chunking import chunk_document
 from bots.knowledge.lexical import LexicalIndex, Vocabulary, tokenize
@@ -90,6 +90,10 @@ class KnowledgeIndex:
     def search(self, query: str, k: int = 4) -> list[Hit]:
         """The `k` chunks that best match `query`, best first (see GROUNDING_MIN_SCORE)."""
         snapshot = self._snapshot
+        found = snapshot.lexical.search(tokenize(query), k * ranking.CANDIDATES_PER_HIT)
+        best = ranking.diversify(
+            found, k, document=lambda pair: snapshot.chunks[pair[0]].path, score=lambda p: p[1]
+        )
         return [
             Hit(
                 path=f"{self.library}/{chunk.path}" if self.library else chunk.path,
@@ -99,7 +103,7 @@ class KnowledgeIndex:
                 score=score,
                 library=self.library,
             )
-            for number, score in snapshot.lexical.search(tokenize(query), k)
+            for number, score in best
             for chunk in (snapshot.chunks[number],)
         ]
 
@@ -206,7 +210,11 @@ class KnowledgeIndex:
                 if ids  # a chunk of stopwords only can never match
             ]
             chunks = tuple(chunk for chunk, _ in pairs)
-            lexical = LexicalIndex([ids for _, ids in pairs], self._vocabulary)
+            lexical = LexicalIndex(
+                [ids for _, ids in pairs],
+                self._vocabulary,
+                [ranking.document_weight(chunk.path, chunk.title) for chunk in chunks],
+            )
         for reason in sorted(set(skipped) - set(previous.stats.skipped)):
             log.warning("knowledge %s: skipped %s", self.root, reason)
         stats = IndexStats(
@@ -272,9 +280,7 @@ class KnowledgeIndex:
                 terms=(),
             )
         chunks = tuple(chunk_document(candidate.rel, document))
-        terms = tuple(
-            " ".join(tokenize(f"{chunk.title}\n{chunk.heading}\n{chunk.text}")) for chunk in chunks
-        )
+        terms = tuple(" ".join(ranking.chunk_terms(chunk)) for chunk in chunks)
         return StoredDocument(
             rel=candidate.rel,
             size=candidate.size,

@@ -1,4 +1,5 @@
-"""Lexical retrieval: English tokens (stemmed, stopwords dropped) scored with BM25 by `bm25s`."""
+"""Lexical retrieval: English tokens (stemmed, stopwords dropped) and the identifiers, flags and
+operators of technical text, scored with BM25 by `bm25s`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ BM25_B = 0.75
 
 # Letters and digits; "_" and "." split too, so `follow_symlinks` and `os.stat` match the words.
 _WORD = re.compile(r"[^\W_]+")
+# Besides their words, whole: command-line flags (`--verbose`, `-m`), dotted names (`os.path.join`,
+# also indexed as `os.path`), snake_case names, and runs of operator characters (kept if listed
+# in _OPERATORS: "://" of a URL or the "-" of a dash is no operator). Not stemmed, never stopwords.
+_COMPOUND = re.compile(
+    r"(?<![\w.-])(--?[^\W\d_][\w-]*|[^\W\d][\w]*(?:\.[^\W\d]\w*)+|\w*_\w+)|([-+*/%@<>=!:&|^~]+)"
+)
+_OPERATORS = frozenset(
+    {"//", "**", ":=", "->", "==", "!=", "<=", ">=", "<<", ">>", "+=", "-=", "*=", "/=", "//=",
+     "%=", "**=", "@=", "&=", "|=", "^=", ">>=", "<<=", "@", "%", "~", "|", "&", "^"}
+)  # fmt: skip
 # NLTK's English list (bm25s ships it) and the fillers of spoken questions. Lucene's shorter list
 # keeps "how", "do", "I", "my": in a small folder such words are unseen, weigh as much as the
 # rarest term, and drag the score of a well-answered question under any useful threshold.
@@ -41,13 +52,29 @@ def _fold(text: str) -> str:
 
 
 def tokenize(text: str) -> list[str]:
-    """The index terms of `text`: lower-cased words without stopwords, Snowball-stemmed."""
-    words = [word for word in _WORD.findall(_fold(text)) if word not in _STOPWORDS]
+    """The index terms of `text`: lower-cased words without stopwords, Snowball-stemmed, then
+    its flags, dotted and snake_case names and operators whole (see _COMPOUND)."""
+    folded = _fold(text)
+    words = [word for word in _WORD.findall(folded) if word not in _STOPWORDS]
     stemmer: Stemmer.Stemmer | None = getattr(_local, "stemmer", None)
     if stemmer is None:
         stemmer = _local.stemmer = Stemmer.Stemmer("english")
-    stems: list[str] = stemmer.stemWords(words)
-    return stems
+    terms: list[str] = stemmer.stemWords(words)
+    for name, operator in _COMPOUND.findall(folded):
+        if operator:
+            if operator in _OPERATORS:
+                terms.append(operator)
+        elif "." in name and not name.startswith("-"):
+            parts = name.split(".")
+            terms.extend(".".join(parts[:end]) for end in range(2, len(parts) + 1))
+        else:
+            terms.append(name)
+    return terms
+
+
+def is_compound(term: str) -> bool:
+    """Whether a term is a whole flag, name or operator (its words are terms of their own)."""
+    return not term.isalnum()
 
 
 class Vocabulary:
@@ -79,9 +106,16 @@ class LexicalIndex:
     Searching is safe from any number of threads: nothing changes after construction.
     """
 
-    def __init__(self, chunk_term_ids: list[list[int]], vocabulary: Vocabulary) -> None:
+    def __init__(
+        self,
+        chunk_term_ids: list[list[int]],
+        vocabulary: Vocabulary,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         self._vocabulary = vocabulary.snapshot()
         self._chunks = len(chunk_term_ids)
+        # Per chunk, what its score is multiplied by (see ranking.document_weight).
+        self._weights = None if weights is None else np.asarray(weights, dtype=np.float32)
         self._bm25: bm25s.BM25 | None = None
         self._document_frequency = np.zeros(0, dtype=np.int64)
         if self._chunks:
@@ -105,20 +139,28 @@ class LexicalIndex:
         each distinct query term once would score: sum of idf(t) / (1 + k1). A query term the
         index has never seen counts in that sum with the idf of a term in no chunk, the highest
         there is, so a question about something absent from the documents scores low even
-        when a common word of it matches. Scores so normalised mean the same across indexes of
+        when a common word of it matches; an unseen compound term (`os.path`, `//`) does not
+        count, its words do. The score is then multiplied by the chunk's weight. Scores so
+        normalised mean the same across indexes of
         different sizes and can be compared, merged and held against a fixed threshold.
         """
         terms = list(dict.fromkeys(query_terms))
         if self._bm25 is None or not terms or k <= 0:
             return []
-        known = [self._vocabulary[t] for t in terms if t in self._vocabulary]
-        frequencies = [int(self._document_frequency[i]) for i in known]
-        unseen = len(terms) - len(known) + frequencies.count(0)
+        known = [t for t in terms if t in self._vocabulary]
+        ids = [self._vocabulary[t] for t in known]
+        frequencies = [int(self._document_frequency[i]) for i in ids]
+        unseen = sum(1 for t in terms if t not in self._vocabulary and not is_compound(t))
+        unseen += sum(
+            1 for t, f in zip(known, frequencies, strict=True) if not f and not is_compound(t)
+        )
         weight = sum(self._idf(f) for f in frequencies if f) + unseen * self._idf(0)
-        present = [i for i, f in zip(known, frequencies, strict=True) if f]
+        present = [i for i, f in zip(ids, frequencies, strict=True) if f]
         if not present:
             return []
         scores = self._bm25.get_scores_from_ids(present) * ((1 + BM25_K1) / weight)
+        if self._weights is not None:
+            scores = scores * self._weights
         top = min(k, self._chunks)
         best = np.argpartition(-scores, top - 1)[:top]
         best = best[np.argsort(-scores[best], kind="stable")]

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from bots.knowledge import ranking
 from bots.knowledge.index import KnowledgeIndex
 from bots.knowledge.model import Hit, IndexStats, Retriever
 from bots.knowledge.scan import is_ignored_name
@@ -39,10 +40,10 @@ class MergedRetriever:
         self.indexes = tuple(indexes)
 
     def search(self, query: str, k: int = 4) -> list[Hit]:
-        """The `k` best hits over all indexes, best first."""
+        """The `k` best hits over all indexes, best first, a few per document (`ranking`)."""
         hits = [hit for index in self.indexes for hit in index.search(query, k)]
         hits.sort(key=lambda hit: hit.score, reverse=True)
-        return hits[:k]
+        return ranking.diversify(hits, k, document=lambda h: h.path, score=lambda h: h.score)
 
 
 class KnowledgeBase:
