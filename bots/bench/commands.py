@@ -115,3 +115,36 @@ def bench_build_server(ctx: click.Context) -> None:
     from bots.bench.llama_server import main as server_main
 
     sys.exit(server_main(ctx.args))
+
+
+@bench.command("retrieval")
+@click.option(
+    "--docs",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=Path("/usr/share/doc/python3.11/html"),
+    show_default=True,
+    help="the documentation folder the questions are about (apt-get install python3.11-doc)",
+)
+@click.option(
+    "--questions",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="a YAML list of {q, kind, pages}; default: the shipped Python docs questions",
+)
+@click.option("--misses", is_flag=True, help="list the questions whose page missed the sources")
+def bench_retrieval(docs: Path, questions: Path | None, misses: bool) -> None:
+    """hit@k, MRR, index time and query latency against plain whole-page BM25, same run."""
+    from bots.bench.retrieval import (
+        QUESTIONS_FILE,
+        format_table,
+        load_questions,
+        run_retrieval_bench,
+    )
+
+    asked = load_questions(questions or QUESTIONS_FILE)
+    scores = run_retrieval_bench(docs, asked)
+    click.echo(format_table(scores, len(asked)))
+    if misses:
+        for score in scores:
+            click.echo(f"\n{score.name}: {len(score.misses)} missed")
+            for miss in score.misses:
+                click.echo(f"  {miss}")
