@@ -193,7 +193,7 @@ def test_check_counts_what_was_left_out_per_reason_without_calling_it_a_problem(
     problems, summary = run_checks(settings)
     assert problems == []
     note, totals = summary.splitlines()
-    assert note.startswith("python: left out 7 path(s) as not content: 4 generated page")
+    assert note.startswith(f"python: left out 7 path(s) as not content: 4 {hygiene.GENERATED}: ")
     assert "genindex-A.html, genindex.html, py-modindex.html, ..." in note
     assert f"1 {hygiene.SOURCES}: _sources/" in note
     assert totals.endswith("2 documents: 0 problem(s)")

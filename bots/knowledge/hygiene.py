@@ -16,11 +16,12 @@ from collections.abc import Iterable
 
 from bots.knowledge.model import Chunk
 
-GENERATED = "generated page (an index, search or module-index page of a site build)"
-ASSET = "site asset (scripts, styles or search data of a site build, not a page)"
-SOURCES = "page sources (Sphinx's copy of each page's text)"
-DUPLICATE = "the same text as another page"
-EXCLUDED = "left out by knowledge.yaml"
+# Reasons, worded to follow a count in `bots check`: "32 generated index or search pages".
+GENERATED = "generated index or search pages"
+ASSET = "site assets (scripts, styles, search data)"
+SOURCES = "page sources (Sphinx's copy of each page)"
+DUPLICATE = "pages with the same text as another"
+EXCLUDED = "excluded by knowledge.yaml"
 
 # Folders only generators write: Sphinx's assets, page sources and images.
 _GENERATOR_FOLDERS = {"_static": ASSET, "_sources": SOURCES, "_images": ASSET}
