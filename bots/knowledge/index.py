@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bots.knowledge import hygiene, ranking
+import bots.knowledge.hygiene as hygiene
+import bots.knowledge.ranking as ranking
 from bots.knowledge.cache import ChunkCache, StoredDocument
 from bots.knowledge.chunking import chunk_document
 from bots.knowledge.lexical import LexicalIndex, Vocabulary, tokenize

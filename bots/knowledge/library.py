@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from bots.knowledge import ranking
+import bots.knowledge.ranking as ranking
 from bots.knowledge.index import KnowledgeIndex
 from bots.knowledge.model import Hit, IndexStats, Retriever
 from bots.knowledge.scan import is_ignored_name

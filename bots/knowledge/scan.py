@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bots.knowledge import hygiene
+import bots.knowledge.hygiene as hygiene
 from bots.knowledge.model import Exclusion
 from bots.knowledge.overrides import load_overrides
 from bots.knowledge.readers import is_supported
