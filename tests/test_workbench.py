@@ -199,6 +199,26 @@ async def test_persona_tab_shows_instructions_and_documents(client: Client) -> N
     assert "library handbook" in html and "grounding" in html
 
 
+async def test_persona_tab_lists_what_was_left_out_as_not_content_and_why(
+    project: Path, settings_for: Callable[..., Settings]
+) -> None:
+    library = project / "knowledge" / "handbook"
+    write(library / "genindex.html", "<html><body><h1>Index</h1><p>vacation, 1</p></body></html>")
+    write(library / "_static" / "searchindex.json", '{"vacation": [1]}')
+    write(library / "vacation-copy.md", (library / "vacation.md").read_text())
+    app = Runtime.create(settings_for(project))
+    await app.start(watch=False, load_model=False)
+    client = await client_for(app)
+    try:
+        html = await (await client.get("/workbench/personas/librarian/about")).text()
+    finally:
+        await client.close()
+        await app.close()
+    assert "Left out as not content: 3 path(s)" in html
+    assert "<code>genindex.html</code>" in html and "<code>_static/</code>" in html
+    assert "<code>vacation-copy.md</code>" in html and "<code>vacation.md</code>" in html
+
+
 async def test_evals_run_when_first_shown_and_results_are_pushed(
     app: Runtime, project: Path
 ) -> None:

@@ -324,5 +324,6 @@ def _shelves(app: Runtime, persona: Persona) -> list[views.Shelf]:
         documents = tuple(
             views.Document(prefix + path, title, count) for path, (title, count) in counts.items()
         )
-        shelves.append(views.Shelf(label, documents, index.stats.skipped))
+        stats = index.stats
+        shelves.append(views.Shelf(label, documents, stats.skipped, stats.excluded))
     return shelves

@@ -20,7 +20,7 @@ from typing import Any
 from bots.chat.model import Feedback, Turn
 from bots.evals.model import FAILING, CaseResult, EvalError, Flip, PersonaRun
 from bots.evals.report import latency
-from bots.knowledge.model import Hit
+from bots.knowledge.model import Exclusion, Hit
 from bots.persona.model import Persona, PersonaError
 from bots.persona.registry import PersonaState
 
@@ -50,6 +50,7 @@ class Shelf:
     label: str
     documents: tuple[Document, ...]
     skipped: tuple[str, ...]
+    excluded: tuple[Exclusion, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -281,8 +282,24 @@ def about(persona: Persona, shelves: Sequence[Shelf], root: Path) -> str:
         )
         skipped = "".join(f'<li class="skipped">{h(s)}</li>' for s in shelf.skipped)
         parts.append(f'<h4>{h(shelf.label)}</h4><ul class="documents">{docs}{skipped}</ul>')
+        if shelf.excluded:
+            parts.append(excluded_list(shelf.excluded))
     parts.append('<p class="note">Read-only: edit the files in your editor; this page follows.</p>')
     return "".join(parts)
+
+
+def excluded_list(excluded: tuple[Exclusion, ...]) -> str:
+    """What an index left out as not content, each path with its reason (folded away)."""
+    items = "".join(
+        f"<li><code>{h(e.rel)}</code> {h(e.reason)}"
+        + (f" (the same text as <code>{h(e.detail)}</code>)" if e.detail else "")
+        + "</li>"
+        for e in excluded
+    )
+    return (
+        f'<details class="excluded"><summary>Left out as not content: {len(excluded)} '
+        f"path(s)</summary><ul>{items}</ul></details>"
+    )
 
 
 def evals(view: EvalView, root: Path) -> str:
