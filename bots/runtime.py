@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    """Everything a running bot holds; adapters receive it and use `service`."""
+    """Everything a running bot holds. A platform adapter receives only `service` (which knows
+    the settings and the registry) and `adapters`, where it reports its connection state."""
 
     settings: Settings
     registry: PersonaRegistry

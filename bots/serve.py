@@ -34,11 +34,11 @@ def configured_adapters(app: Runtime) -> list[Adapter]:
     if app.settings.discord.token:
         from bots.adapters.discord.bot import DiscordAdapter
 
-        adapters.append(DiscordAdapter(app))
+        adapters.append(DiscordAdapter(app.service, app.adapters))
     if app.settings.slack.bot_token:
         from bots.adapters.slack.app import SlackAdapter
 
-        adapters.append(SlackAdapter(app))
+        adapters.append(SlackAdapter(app.service, app.adapters))
     return adapters
 
 

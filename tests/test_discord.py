@@ -395,7 +395,9 @@ async def test_replayed_message_is_answered_once_across_a_restart(
 
     app = Runtime.create(env.app.settings, engine=engine)
     await app.start()
-    adapter = DiscordAdapter(app, guild_ready_timeout_s=0.05, retry=FAST_RETRY)
+    adapter = DiscordAdapter(
+        app.service, app.adapters, guild_ready_timeout_s=0.05, retry=FAST_RETRY
+    )
     await adapter.start()
     env.app, env.adapter = app, adapter
     replay = {**env.fake.messages[asked["id"]], "guild_id": env.fake.guild_id}
@@ -599,7 +601,7 @@ async def test_setup_errors_name_what_to_fix(
             app = Runtime.create(
                 settings_for(project, **{"discord.token": token, **urls}), engine=ScriptedEngine()
             )
-            adapter = DiscordAdapter(app, guild_ready_timeout_s=0.05)
+            adapter = DiscordAdapter(app.service, app.adapters, guild_ready_timeout_s=0.05)
             with pytest.raises(DiscordSetupError, match=complaint) as error:
                 await adapter.start()
             assert token not in str(error.value)

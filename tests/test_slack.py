@@ -417,9 +417,13 @@ async def test_socket_mode_reconnects_mid_reply_without_losing_or_repeating(
 
 async def test_incomplete_credentials_are_refused_with_the_setting_named(bot: Runtime) -> None:
     with pytest.raises(SlackConfigError, match="SLACK_APP_TOKEN"):
-        SlackAdapter(bot, settings=SlackSettings(bot_token=BOT_TOKEN))
+        SlackAdapter(bot.service, bot.adapters, settings=SlackSettings(bot_token=BOT_TOKEN))
     with pytest.raises(SlackConfigError, match="SLACK_BOT_TOKEN"):
-        SlackAdapter(bot, settings=SlackSettings(bot_token="xoxp-user", app_token=APP_TOKEN))
+        SlackAdapter(
+            bot.service,
+            bot.adapters,
+            settings=SlackSettings(bot_token="xoxp-user", app_token=APP_TOKEN),
+        )
 
 
 # ---- measurement ----

@@ -124,7 +124,10 @@ def check_no_pings(calls: list[Call]) -> None:
 def start_adapter(app: Runtime, **options: Any) -> DiscordAdapter:
     """The real adapter, tuned for loopback (no 2 s guild wait, fast retries)."""
     return DiscordAdapter(
-        app, guild_ready_timeout_s=GUILD_READY_TIMEOUT_S, **{"retry": FAST_RETRY, **options}
+        app.service,
+        app.adapters,
+        guild_ready_timeout_s=GUILD_READY_TIMEOUT_S,
+        **{"retry": FAST_RETRY, **options},
     )
 
 

@@ -120,7 +120,10 @@ class SlackStarts:
     ) -> SlackAdapter:
         """The real adapter for `app` against `server`, connected (`limits` change FAST)."""
         adapter = SlackAdapter(
-            app, settings=slack_settings(server, mode), limits=slack_limits(**limits)
+            app.service,
+            app.adapters,
+            settings=slack_settings(server, mode),
+            limits=slack_limits(**limits),
         )
         await adapter.start()
         self.adapters.append(adapter)

@@ -48,8 +48,8 @@ from bots.adapters.render import MessageSink
 from bots.chat import notices
 from bots.chat.model import Incoming
 from bots.chat.router import route
+from bots.chat.service import ChatService
 from bots.persona.model import Persona
-from bots.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +71,30 @@ class DiscordAdapter:
 
     def __init__(
         self,
-        app: Runtime,
+        service: ChatService,
+        connections: dict[str, str],
         *,
         guild_ready_timeout_s: float = GUILD_READY_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         stop_grace_s: float | None = None,
     ) -> None:
-        self.app = app
-        self.settings = app.settings.discord
+        self.connections = connections
+        self.settings = service.settings.discord
         self.guild_ready_timeout_s = guild_ready_timeout_s
         self.retry = retry or RetryPolicy()
         # `bots serve` waits shutdown_grace_s for stop(): finish within it, finalising included.
-        fits = app.settings.server.shutdown_grace_s - FINALISE_TIMEOUT_S - 1.0
+        fits = service.settings.server.shutdown_grace_s - FINALISE_TIMEOUT_S - 1.0
         self.stop_grace_s = (
             stop_grace_s if stop_grace_s is not None else max(0.0, min(STOP_GRACE_S, fits))
         )
-        self.service = app.service
-        self.registry = app.registry
-        self.delivery = Delivery(app.service)
+        self.service = service
+        self.registry = service.registry
+        self.delivery = Delivery(service)
         self.clients: list[PersonaClient] = []
         self.commands = SlashCommands(self)
         self.webhooks = PersonaWebhooks()
-        self.display = PersonaDisplay(self.clients, self.webhooks, app.registry, self.retry)
-        self.conversations = Conversations(app.service, self._is_ours)
+        self.display = PersonaDisplay(self.clients, self.webhooks, service.registry, self.retry)
+        self.conversations = Conversations(service, self._is_ours)
         self._gateways: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, tuple[asyncio.Task[None], str]] = {}
@@ -105,7 +106,7 @@ class DiscordAdapter:
         """Log in, sync the slash commands, connect to the gateway; return once ready."""
         logins = bot_logins(self.settings.token, self.settings.persona_tokens)
         point_client_at(self.settings.api_url, self.settings.gateway_url)
-        self.app.adapters[self.name] = "connecting"
+        self.connections[self.name] = "connecting"
         try:
             for login in logins:
                 client = PersonaClient(
@@ -142,17 +143,17 @@ class DiscordAdapter:
                 await gateway
             except Exception:
                 log.debug("a gateway connection ended with an error", exc_info=True)
-        self.app.adapters[self.name] = "stopped"
+        self.connections[self.name] = "stopped"
 
     def connection_changed(self, client: PersonaClient, state: str) -> None:
         """`/status` shows the main bot's connection; every change is logged."""
         log.info("Discord: %s %s", client.login_as.setting, state)
         if client.persona_id is None:
-            self.app.adapters[self.name] = state
+            self.connections[self.name] = state
 
     @property
     def default_persona(self) -> str:
-        return self.app.settings.default_persona
+        return self.service.settings.default_persona
 
     def accepting(self) -> bool:
         return not self._stopping

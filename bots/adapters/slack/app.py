@@ -30,8 +30,8 @@ from bots.adapters.slack.messages import PLATFORM, SlackMessages
 from bots.adapters.slack.reply import EditPacer, Identity, Poster, SlackLimits, error_code
 from bots.adapters.slack.surface import SlackPlace, Streaming
 from bots.adapters.slack.views import home_view
+from bots.chat.service import ChatService
 from bots.persona.model import Persona
-from bots.runtime import Runtime
 from bots.settings import SlackSettings
 
 log = logging.getLogger(__name__)
@@ -74,14 +74,16 @@ class SlackAdapter:
 
     def __init__(
         self,
-        app: Runtime,
+        service: ChatService,
+        connections: dict[str, str],
         *,
         settings: SlackSettings | None = None,
         limits: SlackLimits | None = None,
     ) -> None:
-        settings = settings or app.settings.slack
+        settings = settings or service.settings.slack
         check_settings(settings)
-        self.app = app
+        self.service = service
+        self.connections = connections
         self.settings = settings
         self.limits = limits or SlackLimits()
         self.socket_mode = bool(settings.app_token)
@@ -114,11 +116,11 @@ class SlackAdapter:
             self._identity,
         )
         self.messages = SlackMessages(
-            app.service,
-            app.registry,
-            Delivery(app.service),
+            service,
+            service.registry,
+            Delivery(service),
             self.place,
-            default_persona=app.settings.default_persona,
+            default_persona=service.settings.default_persona,
             accepting=lambda: self._accepting,
             tracked=self._tracked,
         )
@@ -200,7 +202,7 @@ class SlackAdapter:
             await self._runner.cleanup()
         pending = set(self._tasks)
         if pending:
-            grace = min(self.limits.stop_grace_s, self.app.settings.server.shutdown_grace_s / 2)
+            grace = min(self.limits.stop_grace_s, self.service.settings.server.shutdown_grace_s / 2)
             _, pending = await asyncio.wait(pending, timeout=grace)
             for task in pending:
                 task.cancel()
@@ -208,7 +210,7 @@ class SlackAdapter:
         self._set_state("stopped")
 
     def _set_state(self, state: str) -> None:
-        self.app.adapters[self.name] = state
+        self.connections[self.name] = state
 
     async def _on_socket_message(self, _client: Any, message: dict[str, Any], _raw: Any) -> None:
         kind = message.get("type")
@@ -271,7 +273,7 @@ class SlackAdapter:
         if event.get("tab") != "home" or not (isinstance(user, str) and USER_ID.match(user)):
             return
         try:
-            view = home_view(self.app.registry.personas())
+            view = home_view(self.service.registry.personas())
             await self.client.views_publish(user_id=user, view=view)
         except SlackApiError as exc:
             log.warning("slack: publishing the App Home failed: %s", error_code(exc))
@@ -286,6 +288,6 @@ class SlackAdapter:
         """A thumbs up/down on a bot reply is stored as feedback on that reply's turn."""
         reaction = parse_reaction(event)
         if reaction is not None:
-            await self.app.service.react(
+            await self.service.react(
                 PLATFORM, reaction.key, reaction.user, reaction.value, added=added
             )
