@@ -77,7 +77,3 @@ async def test_renderer_moves_to_new_messages_past_the_limit() -> None:
     assert len(ids) >= 5 and all(len(t) <= 100 for t in sink.messages.values())
     assert " ".join(sink.messages[i] for i in ids).split() == [f"token{i}" for i in range(60)]
 
-
-def test_a_single_part_loses_trailing_whitespace_like_every_other_part() -> None:
-    # A reply cut at max_tokens can end in a space; shown and stored text then agree.
-    assert split_message("Arr, matey \n", 2000) == ["Arr, matey"]

@@ -45,7 +45,7 @@ def split_message(text: str, limit: int) -> list[str]:
     while rest:
         rest = reopen + rest
         if len(rest) <= limit:
-            parts.append(rest.rstrip())
+            parts.append(rest)
             break
         cut = cut_point(rest, limit - FENCE_ROOM)
         head, rest = rest[:cut].rstrip(), rest[cut:].lstrip(" \n") if cut < len(rest) else ""
