@@ -131,7 +131,12 @@ def bench_build_server(ctx: click.Context) -> None:
     help="a YAML list of {q, kind, pages}; default: the shipped Python docs questions",
 )
 @click.option("--misses", is_flag=True, help="list the questions whose page missed the sources")
-def bench_retrieval(docs: Path, questions: Path | None, misses: bool) -> None:
+@click.option(
+    "--dense",
+    is_flag=True,
+    help="also measure hybrid retrieval (BM25 + embeddings; needs pip install 'bots[dense]')",
+)
+def bench_retrieval(docs: Path, questions: Path | None, misses: bool, dense: bool) -> None:
     """hit@k, MRR, index time and query latency against plain whole-page BM25, same run."""
     from bots.bench.retrieval import (
         QUESTIONS_FILE,
@@ -141,7 +146,7 @@ def bench_retrieval(docs: Path, questions: Path | None, misses: bool) -> None:
     )
 
     asked = load_questions(questions or QUESTIONS_FILE)
-    scores = run_retrieval_bench(docs, asked)
+    scores = run_retrieval_bench(docs, asked, dense=dense)
     click.echo(format_table(scores, len(asked)))
     if misses:
         for score in scores:

@@ -19,6 +19,7 @@ import bm25s
 import Stemmer
 import yaml
 
+from bots.knowledge.dense import Fusion
 from bots.knowledge.index import KnowledgeIndex
 from bots.knowledge.readers import read_document
 
@@ -83,8 +84,13 @@ def load_questions(path: Path = QUESTIONS_FILE) -> tuple[Question, ...]:
     return tuple(questions)
 
 
-def run_retrieval_bench(docs: Path, questions: Sequence[Question]) -> tuple[Score, Score]:
-    """Index `docs` cold both ways and score both on `questions`: (persona, baseline)."""
+def run_retrieval_bench(
+    docs: Path, questions: Sequence[Question], *, dense: bool = False
+) -> tuple[Score, ...]:
+    """Index `docs` cold both ways and score both on `questions`: (persona, baseline).
+
+    With `dense`, also a hybrid index (cold, in its own cache), scored with each fusion:
+    (persona, hybrid weighted, hybrid rrf, baseline)."""
     if not docs.is_dir():
         raise BenchError(f"{docs}: not a folder")
     missing = sorted({p for q in questions for p in q.pages if not (docs / p).is_file()})
@@ -102,7 +108,9 @@ def run_retrieval_bench(docs: Path, questions: Sequence[Question]) -> tuple[Scor
         def answer(query: str) -> list[str]:
             return pages(query, ANSWER_SOURCES)
 
-        ours = _score("bots (persona retrieval)", questions, pages, answer, persona_s)
+        ours = [_score("bots (persona retrieval)", questions, pages, answer, persona_s)]
+    if dense:
+        ours += _hybrid_scores(docs, questions)
     started = time.perf_counter()
     baseline = WholePageBM25(docs)
     baseline_s = time.perf_counter() - started
@@ -113,7 +121,29 @@ def run_retrieval_bench(docs: Path, questions: Sequence[Question]) -> tuple[Scor
         lambda query: baseline.search(query, ANSWER_SOURCES),
         baseline_s,
     )
-    return ours, theirs
+    return (*ours, theirs)
+
+
+def _hybrid_scores(docs: Path, questions: Sequence[Question]) -> list[Score]:
+    """The persona retrieval with dense retrieval on, once per fusion, on one cold index."""
+    with tempfile.TemporaryDirectory(prefix="bots-rbench-dense-") as cache:
+        started = time.perf_counter()
+        index = KnowledgeIndex(docs, Path(cache), dense=True)
+        index.refresh()
+        index_s = time.perf_counter() - started
+        scores = []
+        fusions: tuple[Fusion, ...] = ("weighted", "rrf")
+        for fusion in fusions:
+            index.fusion = fusion
+
+            def pages(query: str, chunks: int = _CHUNK_DEPTH) -> list[str]:
+                return list(dict.fromkeys(hit.path for hit in index.search(query, chunks)))
+
+            def answer(query: str) -> list[str]:
+                return pages(query, ANSWER_SOURCES)
+
+            scores.append(_score(f"bots hybrid ({fusion})", questions, pages, answer, index_s))
+        return scores
 
 
 class WholePageBM25:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import bots.knowledge.dense as dense_search
 import bots.knowledge.hygiene as hygiene
 import bots.knowledge.ranking as ranking
 from bots.knowledge.cache import ChunkCache, StoredDocument
@@ -53,6 +54,8 @@ class _Snapshot:
     chunks: tuple[Chunk, ...]
     lexical: LexicalIndex
     stats: IndexStats
+    vectors: dense_search.Vectors | None = None  # one row per chunk, when dense retrieval is on
+    weights: tuple[float, ...] = ()  # the chunks' document weights (`ranking.document_weight`)
 
 
 class KnowledgeIndex:
@@ -62,11 +65,26 @@ class KnowledgeIndex:
     whose content hash changed, and keeps their chunks in `cache_dir` so a new process re-reads
     nothing unchanged. `search()` may run in other threads meanwhile: it reads an immutable
     snapshot that the refresh swaps in when done. Until the first refresh the index is empty.
+
+    With `dense` (default: `dense:` in the folder's knowledge.yaml) chunks are also embedded and
+    searches fuse both rankings (see `bots.knowledge.dense`); `fusion` picks how.
     """
 
-    def __init__(self, root: Path, cache_dir: Path, *, library: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cache_dir: Path,
+        *,
+        library: str | None = None,
+        dense: bool | None = None,
+        fusion: dense_search.Fusion = "weighted",
+    ) -> None:
         self.root = root
         self.library = library
+        self.fusion = fusion
+        self._dense = dense
+        self._embeddings: dense_search.EmbeddingCache | None = None
+        self._cache_dir = cache_dir
         self._cache = ChunkCache(cache_dir, root)
         self._vocabulary = Vocabulary()
         self._entries: dict[str, _Entry] | None = None  # None: the cache is not loaded yet
@@ -91,7 +109,15 @@ class KnowledgeIndex:
     def search(self, query: str, k: int = 4) -> list[Hit]:
         """The `k` chunks that best match `query`, best first (see GROUNDING_MIN_SCORE)."""
         snapshot = self._snapshot
-        found = snapshot.lexical.search(tokenize(query), k * ranking.CANDIDATES_PER_HIT)
+        depth = k * ranking.CANDIDATES_PER_HIT
+        if snapshot.vectors is not None and len(snapshot.vectors):
+            lexical = snapshot.lexical.search(
+                tokenize(query), max(depth, dense_search.FUSION_DEPTH)
+            )
+            cosines = snapshot.vectors @ dense_search.shared_embedder().query(query)
+            found = dense_search.fuse(lexical, cosines, snapshot.weights, self.fusion)[:depth]
+        else:
+            found = snapshot.lexical.search(tokenize(query), depth)
         best = ranking.diversify(
             found, k, document=lambda pair: snapshot.chunks[pair[0]].path, score=lambda p: p[1]
         )
@@ -131,8 +157,14 @@ class KnowledgeIndex:
         skipped.extend(f"{e.rel}: {e.error}" for e in entries.values() if e.error)
         self._entries = entries
         rebuild = first or bool(changes.stored or removed)
+        wanted = found.dense if self._dense is None else self._dense
         stats = self._publish(
-            entries, rebuild=rebuild, skipped=skipped, excluded=found.excluded, started=started
+            entries,
+            rebuild=rebuild,
+            embedder=self._embedder(wanted, skipped),
+            skipped=skipped,
+            excluded=found.excluded,
+            started=started,
         )
         result = RefreshResult(
             added=changes.added,
@@ -187,6 +219,7 @@ class KnowledgeIndex:
         by_path: dict[str, _Entry],
         *,
         rebuild: bool,
+        embedder: dense_search.Embedder | None,
         skipped: list[str],
         excluded: tuple[Exclusion, ...],
         started: float,
@@ -203,7 +236,8 @@ class KnowledgeIndex:
         )
         previous = self._snapshot
         chunks, lexical = previous.chunks, previous.lexical
-        if rebuild:
+        vectors, weights = previous.vectors, previous.weights
+        if rebuild or (vectors is None) != (embedder is None):
             pairs = [
                 (chunk, ids)
                 for entry in entries
@@ -211,11 +245,9 @@ class KnowledgeIndex:
                 if ids  # a chunk of stopwords only can never match
             ]
             chunks = tuple(chunk for chunk, _ in pairs)
-            lexical = LexicalIndex(
-                [ids for _, ids in pairs],
-                self._vocabulary,
-                [ranking.document_weight(chunk.path, chunk.title) for chunk in chunks],
-            )
+            weights = tuple(ranking.document_weight(chunk.path, chunk.title) for chunk in chunks)
+            lexical = LexicalIndex([ids for _, ids in pairs], self._vocabulary, list(weights))
+            vectors = self._embed(embedder, chunks) if embedder else None
         for reason in sorted(set(skipped) - set(previous.stats.skipped)):
             log.warning("knowledge %s: skipped %s", self.root, reason)
         stats = IndexStats(
@@ -226,8 +258,34 @@ class KnowledgeIndex:
             last_refresh_ms=(time.perf_counter() - started) * 1000,
             excluded=excluded,
         )
-        self._snapshot = _Snapshot(chunks, lexical, stats)
+        self._snapshot = _Snapshot(chunks, lexical, stats, vectors, weights)
         return stats
+
+    def _embedder(self, wanted: bool, skipped: list[str]) -> dense_search.Embedder | None:
+        """The model when dense retrieval is on and installed; a skipped reason when not."""
+        if not wanted:
+            return None
+        try:
+            return dense_search.shared_embedder()
+        except dense_search.DenseUnavailable as error:
+            skipped.append(f"dense: true: {error}; searching with BM25 alone")
+            return None
+
+    def _embed(
+        self, embedder: dense_search.Embedder, chunks: tuple[Chunk, ...]
+    ) -> dense_search.Vectors:
+        if self._embeddings is None:
+            self._embeddings = dense_search.EmbeddingCache(self._cache_dir, embedder.name)
+        started = time.perf_counter()
+        vectors, embedded = self._embeddings.vectors(embedder, chunks)
+        if embedded:
+            log.info(
+                "knowledge %s: embedded %d chunks in %.1f s",
+                self.root,
+                embedded,
+                time.perf_counter() - started,
+            )
+        return vectors
 
     def _load_cache(self) -> dict[str, _Entry]:
         return {rel: self._entry(stored) for rel, stored in self._cache.load().items()}

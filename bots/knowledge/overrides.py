@@ -2,6 +2,7 @@
 
     include: ["_static/glossary.json"]   # indexed even where the site-build rules leave it out
     exclude: ["whatsnew/*", "*.pdf"]     # never indexed
+    dense: true                          # hybrid retrieval (the dense extra, see `dense`)
 
 Globs match the path relative to the folder with `fnmatch` (`*` also crosses `/`); a folder's path
 ends with `/`, so `whatsnew/*` leaves out the whole folder. `exclude` wins over `include`. A broken
@@ -21,7 +22,7 @@ import yaml
 from bots.knowledge.hygiene import EXCLUDED
 
 SETTINGS_FILE = "knowledge.yaml"
-_KEYS = ("include", "exclude")
+_KEYS = ("include", "exclude", "dense")
 _WILDCARD = re.compile(r"[*?\[]")
 
 
@@ -31,6 +32,7 @@ class Overrides:
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    dense: bool = False
 
     def verdict(self, rel: str, reason: str | None) -> str | None:
         """Why `rel` is left out, given the rules' `reason` (None: it is indexed)."""
@@ -70,18 +72,23 @@ def load_overrides(root: Path) -> tuple[Overrides, list[str]]:
     if data is None:
         return Overrides(), []
     if not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
-        return Overrides(), [f"{path}:1: expected a mapping with the keys include, exclude"]
+        return Overrides(), [f"{path}:1: expected a mapping with the keys {', '.join(_KEYS)}"]
     lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
     problems: list[str] = []
     globs: dict[str, tuple[str, ...]] = {}
+    dense = False
     for key, value in data.items():
         where = f"{path}:{lines.get(key, 1)}: {key}"
         if key not in _KEYS:
             problems.append(f"{where}: unknown key (known: {', '.join(_KEYS)})")
+        elif key == "dense":
+            if not isinstance(value, bool):
+                problems.append(f"{where}: must be true or false")
+            dense = value is True
         elif not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             problems.append(f"{where}: must be a list of globs such as ['whatsnew/*']")
         else:
             globs[key] = tuple(value)
     if problems:
         return Overrides(), problems
-    return Overrides(globs.get("include", ()), globs.get("exclude", ())), []
+    return Overrides(globs.get("include", ()), globs.get("exclude", ()), dense), []

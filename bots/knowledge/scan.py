@@ -37,6 +37,7 @@ class ScanResult:
     candidates: tuple[Candidate, ...]
     skipped: tuple[str, ...]
     excluded: tuple[Exclusion, ...] = ()
+    dense: bool = False  # `dense: true` in knowledge.yaml
 
 
 def is_ignored_name(name: str) -> bool:
@@ -122,4 +123,4 @@ def scan(root: Path) -> ScanResult:
     candidates.sort(key=lambda c: c.rel)
     skipped.sort()
     excluded.sort(key=lambda e: e.rel)
-    return ScanResult(tuple(candidates), tuple(skipped), tuple(excluded))
+    return ScanResult(tuple(candidates), tuple(skipped), tuple(excluded), overrides.dense)
