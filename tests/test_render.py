@@ -76,4 +76,3 @@ async def test_renderer_moves_to_new_messages_past_the_limit() -> None:
     ids = await renderer.finish()
     assert len(ids) >= 5 and all(len(t) <= 100 for t in sink.messages.values())
     assert " ".join(sink.messages[i] for i in ids).split() == [f"token{i}" for i in range(60)]
-
