@@ -229,13 +229,6 @@ class ChatService:
         self.in_flight += 1
         return reply
 
-    async def complete(self, incoming: Incoming) -> Reply:
-        """Start a reply and read it to the end."""
-        reply = await self.start(incoming)
-        async for _ in reply:
-            pass
-        return reply
-
     async def reset(self, platform: str, place: str) -> int:
         """Forget a conversation's history (its turns stay for feedback)."""
         conversation_id = await self.store.run(self.store.conversation_id, platform, place)
