@@ -85,6 +85,7 @@ def ask(
     """Ask one question and print the answer (streamed unless --json)."""
     from bots.chat.model import ChatRefused, Incoming
     from bots.engine.base import EngineError
+    from bots.knowledge.audience import OPERATOR
     from bots.runtime import Runtime
 
     settings = settings_of(ctx)
@@ -105,6 +106,7 @@ def ask(
                 temperature=temperature,
                 seed=seed,
                 max_tokens=max_tokens,
+                reader=OPERATOR,
             )
             reply = await app.service.start(incoming)
             async for piece in reply:

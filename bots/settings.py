@@ -35,6 +35,9 @@ ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
+SERVER_AUDIENCES = ("everyone", "operator")
+
+
 class SettingsError(ValueError):
     """A setting has a bad value; the message names the setting and where it came from."""
 
@@ -104,8 +107,15 @@ class ServerSettings:
     rate_limit_window_s: float = 60.0
     # Reverse proxies (IPs or networks) whose X-Forwarded-For names the client.
     trusted_proxies: tuple[str, ...] = ()
+    # What the HTTP API and the workbench may answer from: "everyone" (documents restricted by
+    # a knowledge.yaml audience are never used) or "operator" (every document).
+    audience: str = "everyone"
 
     def __post_init__(self) -> None:
+        if self.audience not in SERVER_AUDIENCES:
+            raise SettingsError(
+                f"server.audience: {self.audience!r} must be one of {', '.join(SERVER_AUDIENCES)}"
+            )
         for entry in self.trusted_proxies:
             try:
                 ipaddress.ip_network(entry, strict=False)

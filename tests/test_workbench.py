@@ -193,6 +193,38 @@ async def test_retrieval_inspector_ranks_chunks_with_scores(client: Client) -> N
     assert "Nothing in the documents matches" in none
 
 
+@pytest.mark.parametrize("audience", ["everyone", "operator"])
+async def test_retrieval_inspector_says_who_may_see_each_chunk_and_why_it_is_not_used(
+    project: Path, settings_for: Callable[..., Settings], audience: str
+) -> None:
+    library = project / "knowledge" / "handbook"
+    write(library / "hr" / "bands.md", "# Vacation bands\n\nSeniors get 5 more vacation days.\n")
+    write(
+        library / "knowledge.yaml", "audience:\n  - paths: ['hr/*']\n    slack_users: [U0HR0001]\n"
+    )
+    app = Runtime.create(settings_for(project, **{"server.audience": audience}))
+    await app.start(watch=False, load_model=False)
+    client = await client_for(app)
+    try:
+        html = await (
+            await client.get(
+                "/workbench/personas/librarian/retrieve", params={"q": "vacation days"}
+            )
+        ).text()
+    finally:
+        await client.close()
+        await app.close()
+
+    restricted = html[html.index("handbook/hr/bands.md") :].split("</li>")[0]
+    assert "Who may see it: slack users U0HR0001" in restricted
+    public = html[html.index("handbook/vacation.md") :].split("</li>")[0]
+    assert "Who may see it: everyone" in public
+    if audience == "everyone":
+        assert "restricted: not used here" in restricted and "5 more" not in html
+    else:
+        assert "restricted" not in restricted and "5 more" in restricted
+
+
 async def test_persona_tab_shows_instructions_and_documents(client: Client) -> None:
     html = await (await client.get("/workbench/personas/librarian/about")).text()
     assert "You are the librarian." in html and "handbook/vacation.md" in html

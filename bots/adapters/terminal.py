@@ -12,6 +12,7 @@ from bots.chat import notices
 from bots.chat.model import ChatRefused, Incoming
 from bots.chat.reply import Reply
 from bots.engine.base import EngineError
+from bots.knowledge.audience import OPERATOR
 from bots.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ class TerminalChat:
         return True
 
     async def ask(self, text: str) -> None:
-        incoming = Incoming("terminal", self.place, self.user, text, self.persona_id)
+        incoming = Incoming(
+            "terminal", self.place, self.user, text, self.persona_id, reader=OPERATOR
+        )
         try:
             reply = await self.app.service.start(incoming)
         except ChatRefused as refused:

@@ -10,6 +10,7 @@ from bots.chat.model import Incoming
 from bots.chat.reply import Reply
 from bots.engine.local import served_model_path
 from bots.engine.model_files import resolve_model_path, without_extra_buffers
+from bots.knowledge.audience import OPERATOR
 from bots.runtime import Runtime
 from bots.settings import Settings
 
@@ -40,6 +41,7 @@ async def answer(
         temperature=0.0,
         max_tokens=max_tokens,
         seed=seed,
+        reader=OPERATOR,
     )
     reply = await app.service.start(incoming)
     async for _ in reply:

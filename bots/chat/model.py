@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bots.engine.base import ChatMessage
+from bots.knowledge.audience import EVERYONE, Reader
 from bots.persona.model import Persona
 
 TurnStatus = Literal["complete", "pending", "interrupted"]
@@ -30,6 +31,9 @@ class Incoming:
     max_tokens: int | None = None
     seed: int | None = None
     fresh: bool = False  # evaluate without cached prefixes (exactly repeatable, for evals)
+    # Who can read the place the answer goes to: what documents it may use (see `audience`).
+    # The default sees public documents only; each adapter says who reads its places.
+    reader: Reader = EVERYONE
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,15 @@ class Admission:
     incoming: Incoming
     persona: Persona
 
-    def at(self, place: str, *, message_id: str = "") -> Admission:
-        """The same admitted message, answered in another place (a thread opened for it)."""
-        moved = dataclasses.replace(self.incoming, place=place, message_id=message_id)
+    def at(self, place: str, *, message_id: str = "", reader: Reader | None = None) -> Admission:
+        """The same admitted message, answered in another place (a thread opened for it, or
+        privately: then `reader` says who reads it there)."""
+        moved = dataclasses.replace(
+            self.incoming,
+            place=place,
+            message_id=message_id,
+            reader=self.incoming.reader if reader is None else reader,
+        )
         return Admission(moved, self.persona)
 
     def with_history(self, history: tuple[ChatMessage, ...]) -> Admission:

@@ -22,6 +22,7 @@ from bots.chat.prompt import build_prompt
 from bots.chat.reply import Reply, ReplyRecord, ReplyStatus, source_dict
 from bots.chat.store import ConversationStore
 from bots.engine.base import ChatMessage, Engine, EngineBusy, GenerationRequest, Piece, Usage
+from bots.knowledge.audience import EVERYONE, Access, Reader, visible
 from bots.knowledge.library import UnknownPersona
 from bots.knowledge.model import Hit, Retriever
 from bots.persona.model import Persona
@@ -38,6 +39,8 @@ class Knowledge(Protocol):
     """What the service needs of the knowledge side."""
 
     def retriever(self, persona_id: str, libraries: Sequence[str]) -> Retriever: ...
+
+    def access(self, persona_id: str, path: str) -> Access: ...
 
 
 class ChatService:
@@ -78,9 +81,12 @@ class ChatService:
             notices.unknown_persona(persona_id, others), kind="unknown_persona", status=404
         )
 
-    def retrieve(self, persona: Persona, query: str, k: int | None = None) -> list[Hit]:
+    def retrieve(
+        self, persona: Persona, query: str, k: int | None = None, reader: Reader = EVERYONE
+    ) -> list[Hit]:
+        """The persona's best hits for `query` among the documents `reader` may see."""
         retriever = self.knowledge.retriever(persona.id, persona.knowledge)
-        return retriever.search(query, k or self.settings.retrieval.top_k)
+        return retriever.search(query, k or self.settings.retrieval.top_k, reader)
 
     def admit(self, incoming: Incoming) -> Admission:
         """Check a message before any work: not shutting down, a known persona, the policy.
@@ -128,9 +134,12 @@ class ChatService:
             )
             stored = await self.store.run(self.store.history, conversation_id, HISTORY_LIMIT)
             if stored:
-                history = [ChatMessage(t.role, t.content) for t in stored]  # type: ignore[arg-type]
+                kept = self._visible_history(persona, stored, incoming.reader)
+                history = [ChatMessage(t.role, t.content) for t in kept]  # type: ignore[arg-type]
         try:
-            hits = await asyncio.to_thread(self.retrieve, persona, incoming.text)
+            hits = await asyncio.to_thread(
+                self.retrieve, persona, incoming.text, None, incoming.reader
+            )
         except UnknownPersona as exc:
             # The folder was deleted after the snapshot was chosen; the watcher has not yet
             # removed it from the registry. Same answer as a persona that never existed.
@@ -228,6 +237,25 @@ class ChatService:
         )
         self.in_flight += 1
         return reply
+
+    def _visible_history(
+        self, persona: Persona, turns: Sequence[Turn], reader: Reader
+    ) -> list[Turn]:
+        """The turns whose answers drew only on documents `reader` may see now: an exchange
+        that used one it may not (the conversation moved, the document became private) is
+        left out with its question, so a restricted answer never feeds this one."""
+        kept: list[Turn] = []
+        for turn in turns:
+            if turn.role == "assistant" and not all(
+                visible(self.knowledge.access(persona.id, source["path"]), reader)
+                for source in turn.sources
+                if "path" in source
+            ):
+                if kept and kept[-1].role == "user":
+                    kept.pop()
+                continue
+            kept.append(turn)
+        return kept
 
     async def reset(self, platform: str, place: str) -> int:
         """Forget a conversation's history (its turns stay for feedback)."""

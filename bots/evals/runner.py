@@ -18,6 +18,7 @@ from bots.chat.service import ChatService
 from bots.engine.base import ChatMessage, EngineError
 from bots.evals.loader import load_evals
 from bots.evals.model import CaseResult, Checks, EvalCase, EvalError, EvalSuite, PersonaRun, Status
+from bots.knowledge.audience import OPERATOR
 from bots.knowledge.library import KnowledgeError
 from bots.persona.model import Persona
 from bots.runtime import Runtime
@@ -139,6 +140,7 @@ async def _converse(service: ChatService, persona: Persona, turns: tuple[str, ..
             temperature=EVAL_TEMPERATURE,
             seed=EVAL_SEED,
             fresh=True,
+            reader=OPERATOR,
         )
         for attempt in range(BUSY_RETRIES + 1):
             try:

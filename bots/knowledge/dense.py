@@ -218,4 +218,5 @@ def fuse(
         for number in {*fused, *dense}:
             above = max(0.0, (float(cosines[number]) - COSINE_FLOOR) / (1 - COSINE_FLOOR))
             fused[number] = fused.get(number, 0.0) + DENSE_WEIGHT * above * weights[number]
-    return sorted(fused.items(), key=lambda pair: pair[1], reverse=True)
+    ranked = sorted(fused.items(), key=lambda pair: pair[1], reverse=True)
+    return [pair for pair in ranked if pair[1] > 0]  # below the floor and no word in common

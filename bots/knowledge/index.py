@@ -9,6 +9,10 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
+import bots.knowledge.audience as audience
 import bots.knowledge.dense as dense_search
 import bots.knowledge.hygiene as hygiene
 import bots.knowledge.ranking as ranking
@@ -17,6 +21,7 @@ from bots.knowledge.cache import ChunkCache, StoredDocument
 from bots.knowledge.chunking import chunk_document
 from bots.knowledge.lexical import LexicalIndex, Vocabulary, tokenize
 from bots.knowledge.model import Chunk, Exclusion, Hit, IndexStats, RefreshResult
+from bots.knowledge.overrides import SETTINGS_FILE
 from bots.knowledge.readers import DocumentError, read_document
 from bots.knowledge.scan import MAX_DOCUMENT_BYTES, Candidate, scan
 
@@ -57,6 +62,18 @@ class _Snapshot:
     stats: IndexStats
     vectors: dense_search.Vectors | None = None  # one row per chunk, when dense retrieval is on
     weights: tuple[float, ...] = ()  # the chunks' document weights (`ranking.document_weight`)
+    # The chunk numbers of each restriction that some document is under (none: all public).
+    restricted: dict[audience.Access, npt.NDArray[np.intp]] = field(default_factory=dict)
+    access: dict[str, audience.Access] = field(default_factory=dict)  # by path, restricted only
+
+    def hidden(self, reader: audience.Reader) -> npt.NDArray[np.intp] | None:
+        """The chunk numbers `reader` may not see; None when it may see them all."""
+        parts = [
+            numbers
+            for access, numbers in self.restricted.items()
+            if not audience.visible(access, reader)
+        ]
+        return np.concatenate(parts) if parts else None
 
 
 class KnowledgeIndex:
@@ -90,6 +107,7 @@ class KnowledgeIndex:
         self._vocabulary = Vocabulary()
         self._entries: dict[str, _Entry] | None = None  # None: the cache is not loaded yet
         self._refresh_lock = threading.Lock()
+        self._audience: tuple[audience.Rule, ...] | None = None  # the last good one
         self._snapshot = _Snapshot((), LexicalIndex([], self._vocabulary), IndexStats(0, 0, ()))
 
     @property
@@ -107,18 +125,26 @@ class KnowledgeIndex:
         """The figures of the index as of the last refresh."""
         return self._snapshot.stats
 
-    def search(self, query: str, k: int = 4) -> list[Hit]:
-        """The `k` chunks that best match `query`, best first (see GROUNDING_MIN_SCORE)."""
+    def search(
+        self, query: str, k: int = 4, reader: audience.Reader = audience.EVERYONE
+    ) -> list[Hit]:
+        """The `k` chunks that best match `query`, best first (see GROUNDING_MIN_SCORE), among
+        those `reader` may see: the others are never candidates, whatever they score."""
         snapshot = self._snapshot
         depth = k * ranking.CANDIDATES_PER_HIT
+        hidden = snapshot.hidden(reader)
         if snapshot.vectors is not None and len(snapshot.vectors):
             lexical = snapshot.lexical.search(
-                tokenize(query), max(depth, dense_search.FUSION_DEPTH)
+                tokenize(query), max(depth, dense_search.FUSION_DEPTH), hidden
             )
             cosines = snapshot.vectors @ dense_search.shared_embedder().query(query)
-            found = dense_search.fuse(lexical, cosines, snapshot.weights, self.fusion)[:depth]
+            if hidden is not None:
+                cosines[hidden] = -1.0
+            fused = dense_search.fuse(lexical, cosines, snapshot.weights, self.fusion)
+            unseen = set() if hidden is None else set(hidden.tolist())
+            found = [pair for pair in fused if pair[0] not in unseen][:depth]
         else:
-            found = snapshot.lexical.search(tokenize(query), depth)
+            found = snapshot.lexical.search(tokenize(query), depth, hidden)
         best = ranking.diversify(
             found, k, document=lambda pair: snapshot.chunks[pair[0]].path, score=lambda p: p[1]
         )
@@ -130,10 +156,15 @@ class KnowledgeIndex:
                 text=chunk.text,
                 score=score,
                 library=self.library,
+                access=snapshot.access.get(chunk.path, audience.PUBLIC),
             )
             for number, score in best
             for chunk in (snapshot.chunks[number],)
         ]
+
+    def access(self, rel: str) -> audience.Access:
+        """Who may see the document at `rel` (relative to the folder), as of the last refresh."""
+        return self._snapshot.access.get(rel, audience.PUBLIC)
 
     def refresh(self) -> RefreshResult:
         """Bring the index up to date with the folder; one refresh runs at a time."""
@@ -161,9 +192,14 @@ class KnowledgeIndex:
         skipped.extend(f"{e.rel}: {e.error}" for e in entries.values() if e.error)
         self._entries = entries
         rebuild = first or bool(changes.stored or removed)
-        wanted = found.dense if self._dense is None else self._dense
+        wanted = found.overrides.dense if self._dense is None else self._dense
+        if found.overrides.valid or self._audience is None:
+            self._audience = found.overrides.audience
+        elif self._audience:
+            skipped.append(f"{SETTINGS_FILE}: the last good audience stays until it is fixed")
         stats = self._publish(
             entries,
+            rules=self._audience,
             rebuild=rebuild,
             embedder=self._embedder(wanted, skipped),
             skipped=skipped,
@@ -222,6 +258,7 @@ class KnowledgeIndex:
         self,
         by_path: dict[str, _Entry],
         *,
+        rules: tuple[audience.Rule, ...],
         rebuild: bool,
         embedder: dense_search.Embedder | None,
         skipped: list[str],
@@ -265,7 +302,20 @@ class KnowledgeIndex:
             last_refresh_ms=(time.perf_counter() - started) * 1000,
             excluded=excluded,
         )
-        self._snapshot = _Snapshot(chunks, lexical, stats, vectors, weights)
+        access = {e.rel: a for e in entries if (a := audience.access_of(e.rel, rules))}
+        restricted: dict[audience.Access, list[int]] = {}
+        for number, chunk in enumerate(chunks):
+            if chunk.path in access:
+                restricted.setdefault(access[chunk.path], []).append(number)
+        self._snapshot = _Snapshot(
+            chunks,
+            lexical,
+            stats,
+            vectors,
+            weights,
+            {key: np.asarray(numbers, dtype=np.intp) for key, numbers in restricted.items()},
+            access,
+        )
         return stats
 
     def _embedder(self, wanted: bool, skipped: list[str]) -> dense_search.Embedder | None:

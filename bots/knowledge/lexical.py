@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import bm25s
 import numpy as np
+import numpy.typing as npt
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN_PLUS
 
@@ -132,8 +133,14 @@ class LexicalIndex:
     def __len__(self) -> int:
         return self._chunks
 
-    def search(self, query_terms: Sequence[str], k: int) -> list[tuple[int, float]]:
-        """The `k` best (chunk number, score) pairs with a score above 0, best first.
+    def search(
+        self,
+        query_terms: Sequence[str],
+        k: int,
+        hidden: npt.NDArray[np.intp] | None = None,
+    ) -> list[tuple[int, float]]:
+        """The `k` best (chunk number, score) pairs with a score above 0, best first, leaving
+        out the chunk numbers in `hidden`.
 
         The score is BM25 (Lucene variant) divided by what a chunk of average length containing
         each distinct query term once would score: sum of idf(t) / (1 + k1). A query term the
@@ -161,6 +168,8 @@ class LexicalIndex:
         scores = self._bm25.get_scores_from_ids(present) * ((1 + BM25_K1) / weight)
         if self._weights is not None:
             scores = scores * self._weights
+        if hidden is not None:
+            scores[hidden] = 0.0
         top = min(k, self._chunks)
         best = np.argpartition(-scores, top - 1)[:top]
         best = best[np.argsort(-scores[best], kind="stable")]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import bots.knowledge.ranking as ranking
+from bots.knowledge.audience import EVERYONE, PUBLIC, Access, Reader
 from bots.knowledge.index import KnowledgeIndex
 from bots.knowledge.model import Hit, IndexStats, Retriever
 from bots.knowledge.scan import is_ignored_name
@@ -39,9 +40,10 @@ class MergedRetriever:
     def __init__(self, indexes: Sequence[KnowledgeIndex]) -> None:
         self.indexes = tuple(indexes)
 
-    def search(self, query: str, k: int = 4) -> list[Hit]:
-        """The `k` best hits over all indexes, best first, a few per document (`ranking`)."""
-        hits = [hit for index in self.indexes for hit in index.search(query, k)]
+    def search(self, query: str, k: int = 4, reader: Reader = EVERYONE) -> list[Hit]:
+        """The `k` best hits over all indexes that `reader` may see, best first, a few per
+        document (`ranking`)."""
+        hits = [hit for index in self.indexes for hit in index.search(query, k, reader)]
         hits.sort(key=lambda hit: hit.score, reverse=True)
         return ranking.diversify(hits, k, document=lambda h: h.path, score=lambda h: h.score)
 
@@ -111,6 +113,18 @@ class KnowledgeBase:
                 if index is not None:
                     index.refresh()
             return
+
+    def access(self, persona_id: str, path: str) -> Access:
+        """Who may see the document a hit of `persona_id` named `path` ("<library>/<rel>" or a
+        path in the persona's folder), as of the last refresh; PUBLIC if no built index has it."""
+        library, _, rel = path.partition("/")
+        with self._lock:
+            owner = self._indexes.get(("knowledge", library)) if rel else None
+            own = self._indexes.get(("personas", persona_id))
+        for index, name in ((owner, rel), (own, path)):
+            if index is not None and (found := index.access(name)):
+                return found
+        return PUBLIC
 
     def stats(self) -> dict[str, IndexStats]:
         """The figures of every index built so far, keyed "personas/<id>" or "knowledge/<name>"."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from bots.knowledge.audience import EVERYONE, PUBLIC, Access, Reader
+
 # A hit's `score` is the chunk's BM25 score divided by what a chunk of average length holding each
 # distinct query term exactly once would score (see `lexical.LexicalIndex.search`). So 1.0 means
 # "every query term is here, once"; 0.5 roughly "half the query's weight is here"; terms the index
@@ -57,6 +59,7 @@ class Hit:
     text: str
     score: float  # see GROUNDING_MIN_SCORE for what the number means
     library: str | None  # None for the persona's own folder
+    access: Access = PUBLIC  # who may see its document (`audience`)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class RefreshResult:
 class Retriever(Protocol):
     """Finds the chunks that best answer a query; what the prompt builder calls."""
 
-    def search(self, query: str, k: int = 4) -> list[Hit]:
-        """Return at most `k` hits, best first, each scored as GROUNDING_MIN_SCORE describes."""
+    def search(self, query: str, k: int = 4, reader: Reader = EVERYONE) -> list[Hit]:
+        """Return at most `k` hits, best first, each scored as GROUNDING_MIN_SCORE describes,
+        from documents `reader` may see."""
         ...

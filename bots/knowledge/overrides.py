@@ -3,10 +3,13 @@
     include: ["_static/glossary.json"]   # indexed even where the site-build rules leave it out
     exclude: ["whatsnew/*", "*.pdf"]     # never indexed
     dense: true                          # hybrid retrieval (the dense extra, see `dense`)
+    audience: [...]                      # who may see which documents (see `audience`)
 
 Globs match the path relative to the folder with `fnmatch` (`*` also crosses `/`); a folder's path
 ends with `/`, so `whatsnew/*` leaves out the whole folder. `exclude` wins over `include`. A broken
-file is reported (file, line, key) and the folder is indexed with the rules alone.
+file is reported (file, line, key) and the folder is indexed with the rules alone; if it declares
+an `audience`, its documents are hidden from every place until it is fixed (or, in a running
+process, the last good audience stays: see `KnowledgeIndex`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from typing import Any
 
 import yaml
 
+import bots.knowledge.audience as audience
 from bots.knowledge.hygiene import EXCLUDED
 
 SETTINGS_FILE = "knowledge.yaml"
-_KEYS = ("include", "exclude", "dense")
+_KEYS = ("include", "exclude", "dense", audience.KEY)
 _WILDCARD = re.compile(r"[*?\[]")
 
 
@@ -33,6 +37,8 @@ class Overrides:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     dense: bool = False
+    audience: tuple[audience.Rule, ...] = ()
+    valid: bool = True  # False: the file has problems (these are the defaults, or fail closed)
 
     def verdict(self, rel: str, reason: str | None) -> str | None:
         """Why `rel` is left out, given the rules' `reason` (None: it is indexed)."""
@@ -66,21 +72,27 @@ def load_overrides(root: Path) -> tuple[Overrides, list[str]]:
     except yaml.MarkedYAMLError as error:
         mark = error.context_mark or error.problem_mark
         line = mark.line + 1 if mark else 1
-        return Overrides(), [f"{path}:{line}: bad YAML: {error.problem or error}"]
+        return _broken(text), [f"{path}:{line}: bad YAML: {error.problem or error}"]
     except yaml.YAMLError as error:
-        return Overrides(), [f"{path}: bad YAML: {error}"]
+        return _broken(text), [f"{path}: bad YAML: {error}"]
     if data is None:
         return Overrides(), []
     if not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
-        return Overrides(), [f"{path}:1: expected a mapping with the keys {', '.join(_KEYS)}"]
-    lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
+        problem = f"{path}:1: expected a mapping with the keys {', '.join(_KEYS)}"
+        return _broken(text), [problem]
+    nodes = {key.value: (key.start_mark.line + 1, value) for key, value in node.value}
     problems: list[str] = []
     globs: dict[str, tuple[str, ...]] = {}
     dense = False
+    rules: tuple[audience.Rule, ...] = ()
     for key, value in data.items():
-        where = f"{path}:{lines.get(key, 1)}: {key}"
+        line, value_node = nodes.get(key, (1, node))
+        where = f"{path}:{line}: {key}"
         if key not in _KEYS:
             problems.append(f"{where}: unknown key (known: {', '.join(_KEYS)})")
+        elif key == audience.KEY:
+            rules, found = audience.parse_audience(value_node, value, f"{path}:{line}")
+            problems += found
         elif key == "dense":
             if not isinstance(value, bool):
                 problems.append(f"{where}: must be true or false")
@@ -90,5 +102,10 @@ def load_overrides(root: Path) -> tuple[Overrides, list[str]]:
         else:
             globs[key] = tuple(value)
     if problems:
-        return Overrides(), problems
-    return Overrides(globs.get("include", ()), globs.get("exclude", ()), dense), []
+        return _broken(text), problems
+    return Overrides(globs.get("include", ()), globs.get("exclude", ()), dense, rules), []
+
+
+def _broken(text: str) -> Overrides:
+    """The overrides of a file with problems: the rules alone, failing closed on an audience."""
+    return Overrides(audience=audience.unreadable(text), valid=False)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import bots.knowledge.hygiene as hygiene
 from bots.knowledge.model import Exclusion
-from bots.knowledge.overrides import load_overrides
+from bots.knowledge.overrides import Overrides, load_overrides
 from bots.knowledge.readers import is_supported
 
 _MIB = 1024 * 1024
@@ -37,7 +37,7 @@ class ScanResult:
     candidates: tuple[Candidate, ...]
     skipped: tuple[str, ...]
     excluded: tuple[Exclusion, ...] = ()
-    dense: bool = False  # `dense: true` in knowledge.yaml
+    overrides: Overrides = field(default_factory=Overrides)  # what knowledge.yaml says
 
 
 def is_ignored_name(name: str) -> bool:
@@ -123,4 +123,4 @@ def scan(root: Path) -> ScanResult:
     candidates.sort(key=lambda c: c.rel)
     skipped.sort()
     excluded.sort(key=lambda e: e.rel)
-    return ScanResult(tuple(candidates), tuple(skipped), tuple(excluded), overrides.dense)
+    return ScanResult(tuple(candidates), tuple(skipped), tuple(excluded), overrides)

@@ -116,6 +116,8 @@ class FakeSlack:
         self.stream_expires_after = stream_expires_after
         # Channels the bot is not a member of: posting there fails with not_in_channel.
         self.outside: set[str] = set()
+        # Private channels and group DMs ("G..." ids are group DMs) and their members.
+        self.private: dict[str, list[str]] = {}
         self.calls: list[Call] = []
         self.messages: dict[tuple[str, str], Message] = {}
         self.ephemeral: list[dict[str, Any]] = []
@@ -318,6 +320,29 @@ class FakeSlack:
         if not thread:
             return {"ok": False, "error": "thread_not_found"}
         return {"ok": True, "messages": [m.as_api() for m in thread], "has_more": False}
+
+    def m_conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = str(args.get("channel", ""))
+        private = channel in self.private
+        mpim = private and channel.startswith("G")
+        return {
+            "ok": True,
+            "channel": {
+                "id": channel,
+                "is_channel": not private and not channel.startswith("D"),
+                "is_group": private and not mpim,
+                "is_im": channel.startswith("D"),
+                "is_mpim": mpim,
+                "is_private": private or channel.startswith("D"),
+            },
+        }
+
+    def m_conversations_members(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = str(args.get("channel", ""))
+        if channel not in self.private:
+            return {"ok": False, "error": "channel_not_found"}
+        members = [*self.private[channel], BOT_USER]
+        return {"ok": True, "members": members, "response_metadata": {"next_cursor": ""}}
 
     def m_reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
         self.reactions.append((args["channel"], args["timestamp"], args["name"]))

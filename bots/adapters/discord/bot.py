@@ -29,7 +29,7 @@ from bots.adapters.discord.client import (
     bot_logins,
     point_client_at,
 )
-from bots.adapters.discord.commands import SlashCommands, build_tree, member_roles
+from bots.adapters.discord.commands import SlashCommands, build_tree, member_roles, reader_of
 from bots.adapters.discord.context import (
     CONTROL_CHARS,
     MAX_INPUT_CHARS,
@@ -269,6 +269,7 @@ class DiscordAdapter:
             roles=member_roles(message.author),
             message_id=str(message.id),
             history=conversation.history,
+            reader=reader_of(message.author, message.guild),
         )
         surface = self.surface(
             sink, notify, channel, explicit, on_visible=lambda: self._waiting.pop(message.id, None)

@@ -31,6 +31,7 @@ from bots.adapters.discord.view import DiscordSurface, SinkMaker
 from bots.adapters.render import MessageSink
 from bots.chat import notices
 from bots.chat.model import Admission, ChatRefused, Incoming
+from bots.knowledge.audience import Reader
 from bots.persona.model import Persona
 from bots.persona.registry import PersonaRegistry
 
@@ -98,14 +99,25 @@ class SlashCommands:
         return True
 
     async def ask(
-        self, interaction: discord.Interaction, question: str, persona: str | None, thread: bool
+        self,
+        interaction: discord.Interaction,
+        question: str,
+        persona: str | None,
+        thread: bool,
+        private: bool = False,
     ) -> None:
-        """`/ask`: answer streamed into the command's response, or in a new thread."""
+        """`/ask`: answer streamed into the command's response (only the asker sees it when
+        `private`), or in a new thread."""
         # A tracked task, so that stopping the adapter finishes or closes off this reply too.
-        await self.runner.spawn(self._ask(interaction, question, persona, thread))
+        await self.runner.spawn(self._ask(interaction, question, persona, thread, private))
 
     async def _ask(
-        self, interaction: discord.Interaction, question: str, persona: str | None, thread: bool
+        self,
+        interaction: discord.Interaction,
+        question: str,
+        persona: str | None,
+        thread: bool,
+        private: bool,
     ) -> None:
         channel = interaction.channel
         if channel is None or not self.runner.place_allowed(channel, interaction.guild):
@@ -123,15 +135,18 @@ class SlashCommands:
                 await ephemeral(interaction, notices.NO_PERSONAS)
                 return
             persona_id = chosen
-        if isinstance(channel, discord.Thread):
-            place = f"thread:{channel.id}"
-        elif interaction.guild is None:
+        if interaction.guild is None:
             place = f"dm:{channel.id}"
+        elif private:
+            place = f"ask:{interaction.id}"  # its own conversation: no one else's history
+        elif isinstance(channel, discord.Thread):
+            place = f"thread:{channel.id}"
         else:
             place = f"ask:{interaction.id}"
         roles = member_roles(interaction.user)
+        reader = reader_of(interaction.user, None if private else interaction.guild)
         incoming = Incoming(
-            PLATFORM, place, str(interaction.user.id), text, persona_id, roles=roles
+            PLATFORM, place, str(interaction.user.id), text, persona_id, roles=roles, reader=reader
         )
         try:
             # Admitted before the interaction is answered, so that a refusal is private.
@@ -139,14 +154,16 @@ class SlashCommands:
         except ChatRefused as refused:
             await ephemeral(interaction, refused.user_message)
             return
-        if thread and isinstance(channel, discord.TextChannel):
+        if thread and not private and isinstance(channel, discord.TextChannel):
             await self._ask_in_thread(interaction, channel, admission)
             return
-        await interaction.response.defer(thinking=True)
+        await interaction.response.defer(thinking=True, ephemeral=private)
         prefix = f"**{admission.persona.display_name}:** "
 
         async def sink(_: Persona) -> tuple[MessageSink, int]:
-            shown = InteractionSink(interaction, self.runner.retry, prefix=prefix)
+            shown = InteractionSink(
+                interaction, self.runner.retry, prefix=prefix, ephemeral=private
+            )
             return shown, MESSAGE_LIMIT - len(prefix)
 
         async def notify(text: str) -> None:
@@ -313,14 +330,16 @@ def build_tree(client: discord.Client, commands: SlashCommands) -> PersonaComman
         question="What you want to know",
         persona="Who answers (default: this channel's persona, or the default one)",
         thread="Open a thread for a longer exchange",
+        private="Answer so only you see it (it may then use documents restricted to you)",
     )
     async def ask(
         interaction: discord.Interaction,
         question: app_commands.Range[str, 1, QUESTION_MAX],
         persona: str | None = None,
         thread: bool = False,
+        private: bool = False,
     ) -> None:
-        await commands.ask(interaction, question, persona, thread)
+        await commands.ask(interaction, question, persona, thread, private)
 
     @ask.autocomplete("persona")
     async def ask_persona(interaction: discord.Interaction, current: str) -> Choices:
@@ -346,6 +365,15 @@ async def ephemeral(interaction: discord.Interaction, text: str) -> None:
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
     else:
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+def reader_of(user: discord.User | discord.Member, guild: discord.Guild | None) -> Reader:
+    """Who reads an answer to `user`: the user alone (with their roles) outside a guild or in a
+    private answer (`guild` None), else everyone who can read the guild channel (Discord's
+    permission overwrites are not read: unsure means everyone)."""
+    if guild is None:
+        return Reader.alone(PLATFORM, str(user.id), member_roles(user))
+    return Reader(PLATFORM)
 
 
 def member_roles(user: discord.User | discord.Member) -> tuple[str, ...]:

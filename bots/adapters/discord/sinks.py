@@ -207,11 +207,17 @@ class InteractionSink:
     """An `/ask` answer: the deferred response is the first message, follow-ups the rest."""
 
     def __init__(
-        self, interaction: discord.Interaction, retry: RetryPolicy, *, prefix: str = ""
+        self,
+        interaction: discord.Interaction,
+        retry: RetryPolicy,
+        *,
+        prefix: str = "",
+        ephemeral: bool = False,
     ) -> None:
         self.interaction = interaction
         self.retry = retry
         self.prefix = prefix
+        self.ephemeral = ephemeral  # follow-ups only the asker sees, like the deferred response
         self._original: str | None = None
 
     async def send(self, text: str) -> str:
@@ -226,7 +232,9 @@ class InteractionSink:
             self._original = str(message.id)
             return self._original
         followup = await deliver(
-            lambda: self.interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS),
+            lambda: self.interaction.followup.send(
+                text, wait=True, allowed_mentions=NO_MENTIONS, ephemeral=self.ephemeral
+            ),
             "interaction follow-up",
             self.retry,
         )

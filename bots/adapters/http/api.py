@@ -27,6 +27,7 @@ from bots.adapters.web.routes import mount_workbench
 from bots.chat.model import ChatRefused, Incoming
 from bots.chat.reply import Reply
 from bots.engine.base import ChatMessage, EngineError, EngineTimeout
+from bots.knowledge.audience import server_reader
 from bots.observability.health import HealthProbe
 from bots.observability.metrics import CONTENT_TYPE, Metrics
 from bots.runtime import Runtime
@@ -286,6 +287,7 @@ async def _complete(
         temperature=options.get("temperature"),
         max_tokens=options.get("max_tokens"),
         seed=options.get("seed"),
+        reader=server_reader(app.settings.server.audience),
     )
     try:
         reply = await app.service.start(incoming)

@@ -22,6 +22,7 @@ from bots.adapters.slack.views import persona_info, persona_list
 from bots.chat import notices
 from bots.chat.model import ChatRefused, Incoming
 from bots.chat.router import route
+from bots.knowledge.audience import Reader
 from bots.persona.model import Persona
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,14 @@ class SlackCommands:
         if persona is None or not question:
             await respond(text=notices.NO_PERSONAS if persona is None and question else ASK_USAGE)
             return
+        # The answer goes in a thread of the channel: whoever reads the channel reads it.
+        reader = await self.messages.audience.reader(
+            channel, user, bot_user=self.messages.bot_user_id
+        )
         try:
-            admission = self.delivery.admit(Incoming(PLATFORM, "", user, question, persona.id))
+            admission = self.delivery.admit(
+                Incoming(PLATFORM, "", user, question, persona.id, reader=reader)
+            )
         except ChatRefused as refused:
             await respond(text=escape(refused.user_message))
             return
@@ -79,7 +86,9 @@ class SlackCommands:
             except SlackApiError as exc:
                 # Not a member of the channel: answer privately through the command's response_url.
                 log.info("slack: /ask in %s answered privately (%s)", channel, error_code(exc))
-                private = admission.at(f"{channel}:/ask:{user}")
+                private = admission.at(
+                    f"{channel}:/ask:{user}", reader=Reader.alone(PLATFORM, user)
+                )
                 await self.delivery.deliver(private, RespondSurface(respond))
                 return
             thread = f"{channel}:{root}"

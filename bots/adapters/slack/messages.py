@@ -26,6 +26,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 
 from bots.adapters.delivery import Delivery
+from bots.adapters.slack.audience import SlackAudience
 from bots.adapters.slack.events import SlackMessage, parse_message
 from bots.adapters.slack.format import from_mrkdwn, to_mrkdwn
 from bots.adapters.slack.reply import error_code
@@ -73,6 +74,7 @@ class SlackMessages:
         self.tracked = tracked
         self.bot_user_id = ""
         self.team_id = ""
+        self.audience = SlackAudience(place.client)
         self._threads: dict[str, None] = {}
         self._replies_at = -place.limits.replies_interval_s
 
@@ -169,8 +171,20 @@ class SlackMessages:
         surface = SlackSurface(
             self.place, message.channel, message.root_ts, message.ts, message.user, recipient
         )
+        reader = await self.audience.reader(
+            message.channel,
+            message.user,
+            channel_type=message.channel_type,
+            bot_user=self.bot_user_id,
+        )
         incoming = Incoming(
-            PLATFORM, place, message.user, chosen.text, persona.id, message_id=message.key
+            PLATFORM,
+            place,
+            message.user,
+            chosen.text,
+            persona.id,
+            message_id=message.key,
+            reader=reader,
         )
         try:
             admission = self.delivery.admit(incoming)

@@ -28,6 +28,7 @@ from bots.adapters.slack.reply import (
     StreamView,
     UpdateView,
     error_code,
+    final_blocks,
 )
 from bots.adapters.slack.views import sources_block
 from bots.knowledge.model import Hit
@@ -208,7 +209,12 @@ class RespondView:
         self.text += piece
 
     async def finish(self, sources: Sequence[Hit]) -> None:
-        await self.respond(text=to_mrkdwn(self.text))
+        text = to_mrkdwn(self.text)
+        block = sources_block(sources)
+        if block is None:
+            await self.respond(text=text)
+            return
+        await self.respond(text=text, blocks=final_blocks(text, [block]))
 
     async def abort(self, note: str) -> None:
         await self.respond(text=escape(note))

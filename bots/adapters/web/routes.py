@@ -35,6 +35,7 @@ from bots.adapters.web.auth import authorized, host_allowed, set_session, token_
 from bots.adapters.web.workbench import WORKBENCH_KEY, Workbench
 from bots.chat.model import ChatRefused, Incoming
 from bots.engine.base import EngineError
+from bots.knowledge.audience import OPERATOR, server_reader
 from bots.knowledge.library import KnowledgeError
 from bots.persona.model import Persona
 from bots.runtime import Runtime
@@ -221,11 +222,14 @@ async def retrieve(request: web.Request) -> web.Response:
     strict = persona.grounding == "strict"
     # The floor `ChatService.start` applies: below it a chunk never reaches the prompt.
     floor = retrieval.min_score if strict else retrieval.min_score_open
+    # Every chunk is ranked, so the view can say which ones this workbench may not use.
+    search = app.service.retrieve
     try:
-        hits = await asyncio.to_thread(app.service.retrieve, persona, query, k) if query else []
+        hits = await asyncio.to_thread(search, persona, query, k, OPERATOR) if query else []
     except KnowledgeError as exc:
         return _html(f'<p class="error">{views.h(exc)}</p>')
-    return _html(views.retrieval(query, hits, floor, strict))
+    reader = server_reader(app.settings.server.audience)
+    return _html(views.retrieval(query, hits, floor, strict, reader))
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -264,6 +268,7 @@ async def _answer(
         user_id=f"web:{chat_id or 'anonymous'}",
         text=text,
         persona_id=persona.id,
+        reader=server_reader(app.settings.server.audience),
     )
     try:
         reply = await app.service.start(incoming)

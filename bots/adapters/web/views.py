@@ -20,6 +20,7 @@ from typing import Any
 from bots.chat.model import Feedback, Turn
 from bots.evals.model import FAILING, CaseResult, EvalError, Flip, PersonaRun
 from bots.evals.report import latency
+from bots.knowledge.audience import Reader, describe, visible
 from bots.knowledge.model import Exclusion, Hit
 from bots.persona.model import Persona, PersonaError
 from bots.persona.registry import PersonaState
@@ -231,8 +232,10 @@ def snippet(text: str) -> str:
     return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1] + "…"
 
 
-def retrieval(query: str, hits: Sequence[Hit], floor: float, strict: bool) -> str:
-    """The ranked chunks for a query, marking those below the score the service uses."""
+def retrieval(query: str, hits: Sequence[Hit], floor: float, strict: bool, reader: Reader) -> str:
+    """The ranked chunks for a query: for each, who may see its document and whether a reply
+    here would use it (not below the score the service uses, and visible to `reader`, who the
+    workbench answers as). A chunk `reader` may not see is named, its text not shown."""
     if not query.strip():
         return '<p class="empty">Type a question to see what the persona would read.</p>'
     if not hits:
@@ -240,18 +243,28 @@ def retrieval(query: str, hits: Sequence[Hit], floor: float, strict: bool) -> st
     use = "declines below" if strict else "ignores chunks below"
     rows = []
     for rank, hit in enumerate(hits, start=1):
-        used = hit.score >= floor
+        seen = visible(hit.access, reader)
+        used = seen and hit.score >= floor
         heading = f" › {h(hit.heading)}" if hit.heading else ""
+        why = (
+            ""
+            if used
+            else " <em>restricted: not used here (server.audience)</em>"
+            if not seen
+            else " <em>below the floor</em>"
+        )
+        text = snippet(hit.text) if seen else "(text not shown: restricted)"
         rows.append(
             f'<li class="{"used" if used else "unused"}"><div class="hit-head">'
             f'<span class="rank">{rank}</span> <span class="score">{hit.score:.3f}</span> '
-            f"<code>{h(hit.path)}</code>{heading}"
-            f"{'' if used else ' <em>below the floor</em>'}</div>"
-            f'<p class="snippet">{h(snippet(hit.text))}</p></li>'
+            f"<code>{h(hit.path)}</code>{heading}{why}</div>"
+            f'<p class="audience">Who may see it: {h(describe(hit.access))}</p>'
+            f'<p class="snippet">{h(text)}</p></li>'
         )
     return (
         f'<p class="note">Score 1.0 ≈ every query term present once; the persona {use} '
-        f'{floor:g}.</p><ol class="hits">{"".join(rows)}</ol>'
+        f"{floor:g}. Replies here answer as {h(reader.describe())}.</p>"
+        f'<ol class="hits">{"".join(rows)}</ol>'
     )
 
 
