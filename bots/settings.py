@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from dotenv import dotenv_values
 
 SETTINGS_FILE = "bots.toml"
 FLASH_ATTN = ("auto", "on", "off")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_NAME = re.compile(rf"\.?{_LABEL}(?:\.{_LABEL})*\.?")
 
 # Settings that are also read from their conventional environment names.
 ALIASES: dict[str, tuple[str, str]] = {
@@ -104,8 +107,17 @@ class ServerSettings:
     rate_limit_window_s: float = 60.0
     # Reverse proxies (IPs or networks) whose X-Forwarded-For names the client.
     trusted_proxies: tuple[str, ...] = ()
+    # Without an API token, requests must name the server by an IP address, localhost, `host`,
+    # or one of these names (".example.com": the name and every name under it).
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in self.allowed_hosts:
+            if not HOST_NAME.fullmatch(name):
+                raise SettingsError(
+                    f"server.allowed_hosts: {name!r} is not a host name (a name such as "
+                    "bots.example.com or .example.com, without a scheme, port or path)"
+                )
         for entry in self.trusted_proxies:
             try:
                 ipaddress.ip_network(entry, strict=False)
