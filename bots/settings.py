@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from dotenv import dotenv_values
 
 SETTINGS_FILE = "bots.toml"
 FLASH_ATTN = ("auto", "on", "off")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST_NAME = re.compile(rf"\.?{_LABEL}(?:\.{_LABEL})*\.?")
 
 # Settings that are also read from their conventional environment names.
 ALIASES: dict[str, tuple[str, str]] = {
@@ -110,12 +113,21 @@ class ServerSettings:
     # What the HTTP API and the workbench may answer from: "everyone" (documents restricted by
     # a knowledge.yaml audience are never used) or "operator" (every document).
     audience: str = "everyone"
+    # Without an API token, requests must name the server by an IP address, localhost, `host`,
+    # or one of these names (".example.com": the name and every name under it).
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.audience not in SERVER_AUDIENCES:
             raise SettingsError(
                 f"server.audience: {self.audience!r} must be one of {', '.join(SERVER_AUDIENCES)}"
             )
+        for name in self.allowed_hosts:
+            if not HOST_NAME.fullmatch(name):
+                raise SettingsError(
+                    f"server.allowed_hosts: {name!r} is not a host name (a name such as "
+                    "bots.example.com or .example.com, without a scheme, port or path)"
+                )
         for entry in self.trusted_proxies:
             try:
                 ipaddress.ip_network(entry, strict=False)

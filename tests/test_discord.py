@@ -24,6 +24,7 @@ import pytest
 from bots.adapters.discord.bot import DiscordAdapter
 from bots.adapters.discord.client import DiscordSetupError, bot_logins
 from bots.adapters.render import CURSOR
+from bots.chat import notices
 from bots.chat.model import Incoming
 from bots.engine.base import Engine
 from bots.runtime import Runtime
@@ -465,6 +466,30 @@ async def test_edit_or_delete_before_the_reply_starts_cancels_it(
     _, shown = await env.answer(env.say("alice", "general", "And this one?"))
     assert shown[0]["content"] == "Too late."
     assert len(env.sent_messages()) == 1, "nothing was posted for the withdrawn question"
+
+
+async def test_a_question_deleted_while_it_waits_in_line_takes_its_place_back(
+    start_discord: StartDiscord,
+) -> None:
+    turns = asyncio.Semaphore(0)
+    engine = ScriptedEngine("In turn.", parallel=1, turns=turns)
+    env = await start_discord(engine=engine)
+    general = env.channels["general"]
+    first = env.say("alice", "general", "First?")
+    await env.fake.wait_for(lambda: engine.running == 1)
+    waiting = env.say("bob", "general", "Second?")
+    (place,) = await env.fake.wait_for(
+        lambda: [m for m in env.fake.bot_messages(general) if notices.ahead(1) in m["content"]]
+    )
+    env.fake.delete_user_message(waiting["id"])
+    await env.fake.wait_for(lambda: place["id"] not in env.fake.messages)
+    turns.release()
+    _, shown = await env.answer(first)
+    turns.release()
+    _, after = await env.answer(env.say("carol", "general", "And this one?"))
+    assert engine.asked("Second?") == 1 and engine.cancelled == 0, "withdrawn before it started"
+    assert [m["id"] for m in env.fake.bot_messages(general)] == [shown[0]["id"], after[0]["id"]]
+    assert after[0]["content"] == shown[0]["content"], "nothing left of the withdrawn question"
 
 
 # --------------------------------------------------------------------------- concurrency, reload

@@ -1,5 +1,6 @@
 """Engine contract with the real embedded model, for every local engine: streaming, cancellation,
-a full queue answering busy at once, and the timeout."""
+a full queue answering busy at once, a waiting request told its place in line, and the
+timeout."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from bots.engine.base import ChatMessage, Engine, EngineBusy, EngineTimeout, GenerationRequest
 from bots.engine.factory import make_engine
 from bots.settings import load_settings
+from tests.fakes.waiting import until
 
 
 def request(text: str = "Count from one to twenty in words.", **kw: object) -> GenerationRequest:
@@ -91,6 +93,32 @@ async def test_full_queue_answers_busy_at_once(engine: Engine) -> None:
         await s.aclose()  # type: ignore[attr-defined]
     text, _ = await collect(engine, request(max_tokens=4))
     assert text  # recovers once the queue drains
+
+
+async def test_a_waiting_request_is_told_its_place_in_line(engine: Engine) -> None:
+    holding = engine.stream(request(max_tokens=400, text="Write a long story about the sea."))
+    async for piece in holding:
+        if piece.text:
+            break  # the first reply has the only slot, and keeps it while it generates
+    places: dict[str, list[int]] = {"second": [], "third": []}
+
+    async def follow(name: str) -> str:
+        text = ""
+        async for piece in engine.stream(request(max_tokens=4)):
+            if piece.ahead is not None:
+                assert not text and not piece.text, "places come before the reply, alone"
+                places[name].append(piece.ahead)
+            text += piece.text
+        return text
+
+    second = asyncio.create_task(follow("second"))
+    await until(lambda: places["second"], timeout=60, what="the second told its place")
+    third = asyncio.create_task(follow("third"))
+    await until(lambda: places["third"], timeout=60, what="the third told its place")
+    await holding.aclose()  # type: ignore[attr-defined]
+    texts = await asyncio.gather(second, third)
+    assert places == {"second": [1], "third": [2, 1]}, "told once per move, in order"
+    assert all(texts)
 
 
 async def test_timeout_stops_a_long_generation(engine: Engine) -> None:

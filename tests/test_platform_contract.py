@@ -14,6 +14,7 @@ showed compared with what it should have shown.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -196,6 +197,41 @@ async def test_busy_model_is_said_where_the_reply_would_be(start: Start) -> None
     assert notice.text == "I'm busy with other questions; please ask again in 3s."
     assert notice.seen_by == "", "said where the reply would have been, for all to see"
     assert bot.marks(asked) == bot.busy_marks
+
+
+@pytest.mark.parametrize("platform", SHOWN_VARIANTS, indirect=True)
+async def test_questions_waiting_for_the_model_show_their_place_until_answered(
+    start: Start,
+) -> None:
+    turns = asyncio.Semaphore(0)
+    engine = ScriptedEngine(REPLY, parallel=1, turns=turns)
+    bot = await start(engine)
+    first = await bot.ask("alice", "First?")
+    await until(lambda: engine.running == 1, what="the first reply holds the model")
+    second = await bot.ask("bob", "Second?")
+    assert [s.text for s in await bot.told(second)] == [notices.ahead(1)]
+    third = await bot.ask("carol", "Third?")
+    (waiting,) = await bot.told(third)
+    assert (
+        waiting.text
+        == notices.ahead(2)
+        == "2 questions ahead of yours; your answer will show here."
+    )
+    assert waiting.seen_by == "", "shown where the answer will be"
+
+    turns.release()
+    answers = [await bot.answer(first)]
+    await until(
+        lambda: [s.text for s in said_to(bot, third)] == [notices.ahead(1)],
+        what="the third question moved up",
+    )
+    for asked in (second, third):
+        turns.release()
+        answers.append(await bot.answer(asked))
+
+    assert [a.text for a in answers] == [REPLY] * 3
+    assert answers[2].parts[0].key == waiting.key, "the answer replaced its place in line"
+    assert shown(bot.said()) == shown([p for a in answers for p in a.parts]), "nothing left over"
 
 
 # --------------------------------------------------------------------------- what is ignored

@@ -16,6 +16,8 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +26,12 @@ from bots.adapters.render import CURSOR
 from bots.adapters.slack.app import SlackAdapter, SlackConfigError
 from bots.adapters.slack.format import neutralise_markdown, to_mrkdwn
 from bots.adapters.slack.reply import PLACEHOLDER
+from bots.chat import notices
 from bots.chat.model import Incoming
 from bots.runtime import Runtime
-from bots.settings import SlackSettings
+from bots.settings import Settings, SlackSettings
+from tests.fakes.engines import ScriptedEngine
+from tests.fakes.platforms import start_slack_driver
 from tests.fakes.slack import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -46,6 +51,7 @@ from tests.fakes.slack_env import (
     events_url,
     shown_text,
 )
+from tests.fakes.waiting import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -250,6 +256,28 @@ async def test_ask_where_the_bot_is_not_a_member_is_answered_privately(
     conversation = bot.store.conversation_id("slack", f"C0OUTSIDE:/ask:{USER}")
     (turn,) = [t for t in bot.store.turns(conversation) if t.role == "assistant"]
     assert answer["text"] == to_mrkdwn(turn.content)
+
+
+async def test_a_private_ask_waiting_in_line_shows_its_place_then_the_answer(
+    project: Path, settings_for: Callable[..., Settings], slack: SlackStarts
+) -> None:
+    turns = asyncio.Semaphore(0)
+    engine = ScriptedEngine("Aye, in turn.", parallel=1, turns=turns)
+    driver = await start_slack_driver(slack, project, settings_for, engine)
+    fake = driver.fake
+    await driver.ask("alice", "First?")
+    await until(lambda: engine.running == 1, what="the first reply holds the model")
+    fake.outside.add("C0OUTSIDE")
+    fields = fake.command("/ask", "pirate: where do you sleep?", channel="C0OUTSIDE")
+    status, _, _ = await fake.post_command(driver.url, fields)
+    assert status == 200
+    (place,) = await fake.wait_for(lambda: fake.responses)
+    assert place["text"] == notices.ahead(1) and not place.get("replace_original")
+    turns.release()
+    turns.release()
+    _, answer = await fake.wait_for(lambda: fake.responses[1:] and fake.responses)
+    assert answer["text"] == "Aye, in turn." and answer["replace_original"] is True
+    assert len(fake.responses) == 2, "the answer replaced the place in line"
 
 
 async def test_ask_over_socket_mode_and_persona_commands(

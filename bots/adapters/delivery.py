@@ -5,7 +5,9 @@ platform message that shows its reply. The steps, top to bottom:
 admit (refused: a short notice, a rate refusal said once per wait, an access refusal silent where
 the bot was not addressed) -> a view for the persona snapshot that answers, opened while the
 prompt is prepared (Discord: typing; Slack: a placeholder) -> start (a full queue or a failed
-model: a notice where the reply would have been) -> stream the pieces into the view -> the
+model: a notice where the reply would have been; while the model is busy with other replies,
+"N questions ahead of yours" where the reply will show, kept up to date and replaced by its
+first words) -> stream the pieces into the view -> the
 sources (for personas with `citations: true`), or a note when the model failed half-way ->
 cancelled at shutdown: a note saying so -> the platform message that shows the reply, stored
 for follow-ups and reactions.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol
 
 from bots.chat import notices
@@ -34,6 +36,8 @@ from bots.persona.model import Persona
 log = logging.getLogger(__name__)
 
 Mark = Literal["busy", "failed"]
+# A place in line stays on screen at least this long before a newer one replaces it.
+PLACE_INTERVAL_S = 1.0
 
 
 class ReplyView(Protocol):
@@ -49,6 +53,10 @@ class ReplyView(Protocol):
 
     async def open(self) -> None:
         """Show that a reply is coming; runs while the prompt is prepared."""
+
+    async def wait(self, notice: str) -> None:
+        """Show where the question stands in line (`notice`) where the reply will show; the
+        reply's first words, or a note, replace it, and `close` takes back one left over."""
 
     async def feed(self, piece: str) -> None:
         """Add generated text."""
@@ -86,10 +94,20 @@ class Surface(Protocol):
 
 
 class Delivery:
-    """Runs the reply lifecycle for one adapter (its rate notices are throttled together)."""
+    """Runs the reply lifecycle for one adapter (its rate notices are throttled together).
 
-    def __init__(self, service: ChatService) -> None:
+    `place_interval_s` says how long to leave a place in line on screen before showing a newer
+    one (the platform's edit pace: the queue can move faster than a platform allows edits).
+    """
+
+    def __init__(
+        self,
+        service: ChatService,
+        *,
+        place_interval_s: Callable[[], float] = lambda: PLACE_INTERVAL_S,
+    ) -> None:
         self.service = service
+        self.place_interval_s = place_interval_s
         self._rate_notices = NoticeThrottle()
 
     def admit(self, incoming: Incoming) -> Admission:
@@ -138,10 +156,12 @@ class Delivery:
     async def _start(self, admission: Admission, surface: Surface, view: ReplyView) -> Reply | None:
         """Open the view while the prompt is prepared; a start that fails says why there."""
         opening = asyncio.ensure_future(view.open())
+        line = PlaceInLine(view, opening, self.place_interval_s)
         try:
-            reply = await self.service.start(admission)
+            reply = await self.service.start(admission, on_wait=line.moved)
         except (ChatRefused, EngineError) as exc:
             await opening
+            await line.settle()
             if isinstance(exc, ChatRefused):
                 note = exc.user_message
                 if exc.kind == "busy":
@@ -154,9 +174,11 @@ class Delivery:
             return None
         except BaseException:
             opening.cancel()
+            await line.settle()
             raise
         try:
             await opening
+            await line.settle()
         except BaseException:
             await _discard(reply)
             raise
@@ -178,3 +200,55 @@ async def _discard(reply: Reply) -> None:
     """Stop a reply that will not be shown (its generator then frees the engine)."""
     async for _ in reply:
         break
+
+
+class PlaceInLine:
+    """Shows a waiting reply's newest place in line in its view, one update at a time.
+
+    The engine says where the request stands each time the queue moves (`moved`, called from
+    `ChatService.start`); the view shows the newest place once it is open, then leaves it for
+    `interval_s()` before showing a newer one. `settle` stops it before the reply's first words,
+    after an update under way has landed, so a late update never overwrites the reply.
+    """
+
+    def __init__(
+        self, view: ReplyView, opened: Awaitable[None], interval_s: Callable[[], float]
+    ) -> None:
+        self.view = view
+        self.opened = asyncio.ensure_future(opened)
+        self.interval_s = interval_s
+        self.ahead = 0
+        self._moved = asyncio.Event()
+        self._showing = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def moved(self, ahead: int) -> None:
+        """The request now waits for `ahead` replies to end."""
+        self.ahead = ahead
+        self._moved.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._show())
+
+    async def _show(self) -> None:
+        await asyncio.wait([self.opened])  # not cancelled with this task
+        if self.opened.cancelled() or self.opened.exception() is not None:
+            return
+        while True:
+            await self._moved.wait()
+            self._moved.clear()
+            async with self._showing:
+                try:
+                    await self.view.wait(notices.ahead(self.ahead))
+                except Exception:  # a place in line is a courtesy: the reply goes on
+                    log.warning("could not show a place in line", exc_info=True)
+                    return
+            await asyncio.sleep(self.interval_s())
+
+    async def settle(self) -> None:
+        """Stop showing places in line (an update under way lands first)."""
+        task = self._task
+        if task is None:
+            return
+        async with self._showing:
+            task.cancel()
+        await asyncio.wait([task])

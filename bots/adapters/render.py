@@ -100,8 +100,23 @@ class StreamRenderer:
     transform: Callable[[str], str] = str
     text: str = ""
     message_ids: list[str] = field(default_factory=list)
+    # The first message shows a notice (a place in line) that the reply's text will replace.
+    holding: bool = False
     _shown: list[str] = field(default_factory=list)
     _last_flush: float = 0.0
+
+    async def hold(self, notice: str) -> None:
+        """Show `notice` in the first message until the reply's own text replaces it."""
+        if self.text.strip() or (self.message_ids and not self.holding):
+            return
+        self.holding = True
+        self._last_flush = self.clock()
+        if not self.message_ids:
+            self.message_ids.append(await self.sink.send(notice))
+            self._shown.append(notice)
+        elif self._shown[0] != notice:
+            await self.sink.edit(self.message_ids[0], notice)
+            self._shown[0] = notice
 
     async def feed(self, piece: str) -> None:
         self.text += piece
@@ -111,7 +126,7 @@ class StreamRenderer:
     async def finish(self, footer: str = "") -> list[str]:
         """Show the final text (with an optional footer); returns the message ids."""
         if footer:
-            self.text = self.text.rstrip() + "\n\n" + footer
+            self.text = self.text.rstrip() + "\n\n" + footer if self.text.strip() else footer
         if not self.text.strip():
             self.text = "…"
         await self._flush(cursor=False)
@@ -119,6 +134,7 @@ class StreamRenderer:
 
     async def _flush(self, *, cursor: bool) -> None:
         self._last_flush = self.clock()
+        self.holding = False
         parts = split_message(self.transform(self.text), self.limit - len(CURSOR))
         if cursor and parts:
             parts[-1] += CURSOR

@@ -1,4 +1,5 @@
-"""Every sentence a user sees when there is no answer (or no whole one), for every platform.
+"""Every sentence a user sees when there is no answer (or no whole one, or none yet), for every
+platform.
 
 One event reads the same in Discord, Slack, the HTTP API, the workbench and the terminal; a
 platform only chooses where a notice shows (a reply, a private message, a note under a cut
@@ -25,6 +26,12 @@ NO_SUCH_PERSONA = "That persona doesn't exist: try /persona list."
 def busy(retry_after_s: float) -> str:
     """The model's queue is full."""
     return f"I'm busy with other questions; please ask again in {_seconds(retry_after_s)}."
+
+
+def ahead(count: int) -> str:
+    """Where a question stands while the model is busy: the replies that must end first."""
+    questions = "question" if count == 1 else "questions"
+    return f"{count} {questions} ahead of yours; your answer will show here."
 
 
 def too_fast(retry_after_s: float) -> str:

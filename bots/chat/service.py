@@ -117,9 +117,13 @@ class ChatService:
             raise ChatRefused(decision.reason, kind="no_access", status=403)
         return Admission(incoming, persona)
 
-    async def start(self, message: Incoming | Admission) -> Reply:
+    async def start(
+        self, message: Incoming | Admission, *, on_wait: Callable[[int], None] | None = None
+    ) -> Reply:
         """Begin a reply (admitting `message` first unless it is an Admission already).
 
+        While the model is busy with other replies, `on_wait` hears how many must end before
+        this one starts, each time that changes; it returns with the first generated piece.
         Raises ChatRefused (shutting down, unknown persona, access, rate, a full engine queue)
         or EngineError (the model failed before the first token).
         """
@@ -188,6 +192,10 @@ class ChatService:
             # stored; a caller that gives up while waiting (message deleted) frees the engine.
             try:
                 first = await stream.__anext__()
+                while first.ahead is not None:
+                    if on_wait is not None:
+                        on_wait(first.ahead)
+                    first = await stream.__anext__()
             except BaseException as exc:
                 await stream.aclose()  # type: ignore[attr-defined]
                 if not isinstance(exc, EngineBusy):

@@ -55,11 +55,17 @@ class Usage:
 
 @dataclass(frozen=True)
 class Piece:
-    """A piece of streamed text; the last piece carries why it stopped and the usage."""
+    """A piece of streamed text; the last piece carries why it stopped and the usage.
+
+    While a request waits in line, pieces with no text and `ahead` set say how many requests
+    must end before it starts (sent when that number changes; an engine that cannot tell sends
+    none). Consumers that only want text can ignore them: their `text` is empty.
+    """
 
     text: str
     finish_reason: Literal["stop", "length", "cancelled"] | None = None
     usage: Usage | None = field(default=None)
+    ahead: int | None = None
 
 
 class EngineError(RuntimeError):

@@ -41,6 +41,7 @@ class _Generation:
     out: asyncio.Queue[Piece | BaseException]
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
+    ahead: int = 0  # the place in line it was last told
 
     def emit(self, item: Piece | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
@@ -64,7 +65,7 @@ class SimpleEngine:
         self._n_gpu_layers = n_gpu_layers
         self._queue_size = queue_size
         self._jobs: queue.Queue[_Generation | None] = queue.Queue()
-        self._pending = 0
+        self._line: list[_Generation] = []  # waiting jobs, in order
         self._active = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -125,7 +126,7 @@ class SimpleEngine:
     def status(self) -> EngineStatus:
         return EngineStatus(
             model=self.model_path.name,
-            queue_depth=self._pending,
+            queue_depth=len(self._line),
             queue_capacity=self._queue_size,
             active=self._active,
             healthy=self._thread is not None and self._thread.is_alive(),
@@ -133,11 +134,12 @@ class SimpleEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
         """Stream the reply; leaving the loop early cancels the generation."""
-        with self._lock:
-            if self._pending >= self._queue_size:
-                raise EngineBusy()
-            self._pending += 1
         job = _Generation(request, asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            if len(self._line) >= self._queue_size:
+                raise EngineBusy()
+            self._line.append(job)
+            self._tell_places()
         self._jobs.put(job)
         try:
             while True:
@@ -156,8 +158,9 @@ class SimpleEngine:
             if job is None:
                 return
             with self._lock:
-                self._pending -= 1
+                self._line.remove(job)
                 self._active += 1
+                self._tell_places()
             last: Piece | BaseException | None = None
             try:
                 if not job.cancelled.is_set():
@@ -171,6 +174,16 @@ class SimpleEngine:
             # idle engine in status().
             if last is not None:
                 job.emit(last)
+
+    def _tell_places(self) -> None:
+        """Tell each waiting job how many requests must end before it starts, when that
+        changed (under the lock)."""
+        waiting = [job for job in self._line if not job.cancelled.is_set()]
+        for index, job in enumerate(waiting):
+            ahead = index + self._active
+            if ahead != job.ahead and ahead > 0:
+                job.ahead = ahead
+                job.emit(Piece("", ahead=ahead))
 
     def _generate(self, job: _Generation) -> Piece | BaseException:
         """Stream pieces to the job; return the final piece or the error to send last."""

@@ -421,6 +421,11 @@ class FakeDiscord:
             ("POST", "/webhooks/{webhook}/{token}", self._execute_webhook),
             ("GET", "/webhooks/{webhook}/{token}/messages/{message}", self._get_webhook_message),
             ("PATCH", "/webhooks/{webhook}/{token}/messages/{message}", self._edit_webhook_message),
+            (
+                "DELETE",
+                "/webhooks/{webhook}/{token}/messages/{message}",
+                self._delete_webhook_message,
+            ),
             ("POST", "/interactions/{interaction}/{token}/callback", self._interaction_callback),
             ("POST", "/users/@me/channels", self._open_dm),
         ]
@@ -823,6 +828,16 @@ class FakeDiscord:
         hook = self._webhook(request)
         message = self._webhook_message(hook, request.match_info["message"])
         return _json(self._apply_edit(message, request[CALL].body))
+
+    async def _delete_webhook_message(self, request: web.Request) -> web.Response:
+        hook = self._webhook(request)
+        message = self._webhook_message(hook, request.match_info["message"])
+        del self.messages[message["id"]]
+        self._broadcast(
+            "MESSAGE_DELETE",
+            _delete_event(message, self.channels[message["channel_id"]].get("guild_id")),
+        )
+        return web.Response(status=204)
 
     def _webhook_message(self, hook: dict[str, Any], message_id: str) -> dict[str, Any]:
         if message_id == "@original":

@@ -8,6 +8,7 @@ wraps a real engine with a stopwatch, to time the code around it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,8 +20,11 @@ BUSY_RETRY_AFTER_S = 3.0
 
 class ScriptedEngine:
     """A real `Engine` streaming `text` in pieces of `piece_chars`, `delay_s` apart; held until
-    `gate` is set when one is given; refusing every request as busy with `busy=True`. It records
-    the requests it was given and how many streams were cancelled."""
+    `gate` is set when one is given, or until the test lets one reply through `turns` (a
+    semaphore: one release, one reply); refusing every request as busy with `busy=True`. With
+    `parallel`, at most that many replies run at once and the others wait in line, told their
+    places as the real engines tell them (`Piece.ahead`). It records the requests it was given
+    and how many streams were cancelled."""
 
     def __init__(
         self,
@@ -29,30 +33,65 @@ class ScriptedEngine:
         piece_chars: int = 40,
         delay_s: float = 0.002,
         gate: asyncio.Event | None = None,
+        turns: asyncio.Semaphore | None = None,
         busy: bool = False,
+        parallel: int | None = None,
     ) -> None:
         self.text = text
         self.piece_chars = piece_chars
         self.delay_s = delay_s
         self.gate = gate
+        self.turns = turns
         self.busy = busy
+        self.parallel = parallel
         self.requests: list[GenerationRequest] = []
         self.cancelled = 0
+        self.running = 0
+        self._line: list[object] = []
+        self._moved = asyncio.Event()
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
         self.requests.append(request)
         if self.busy:
             raise EngineBusy(BUSY_RETRY_AFTER_S)
+        if self.parallel is not None:
+            async with contextlib.aclosing(self._wait_in_line(self.parallel)) as places:
+                async for place in places:
+                    yield place
+        self.running += 1
         try:
             if self.gate is not None:
                 await self.gate.wait()
+            if self.turns is not None:
+                await self.turns.acquire()
             for start in range(0, len(self.text), self.piece_chars):
                 await asyncio.sleep(self.delay_s)
                 yield Piece(self.text[start : start + self.piece_chars])
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled += 1
             raise
+        finally:
+            self.running -= 1
+            self._move()
         yield Piece("", finish_reason="stop", usage=Usage(completion_tokens=len(self.text) // 4))
+
+    async def _wait_in_line(self, parallel: int) -> AsyncIterator[Piece]:
+        me = object()
+        self._line.append(me)
+        told = 0
+        try:
+            while (ahead := self._line.index(me) + 1 - (parallel - self.running)) > 0:
+                if ahead != told:
+                    told = ahead
+                    yield Piece("", ahead=ahead)
+                await self._moved.wait()
+        finally:
+            self._line.remove(me)
+            self._move()
+
+    def _move(self) -> None:
+        self._moved.set()
+        self._moved = asyncio.Event()
 
     def asked(self, text: str) -> int:
         """How many requests ended with a user message containing `text`."""

@@ -42,9 +42,8 @@ from bots.adapters.discord.context import (
     well_formed,
 )
 from bots.adapters.discord.showing import PersonaDisplay, channel_as
-from bots.adapters.discord.sinks import ChannelSink, PersonaWebhooks, RetryPolicy
+from bots.adapters.discord.sinks import ChannelSink, DiscordSink, PersonaWebhooks, RetryPolicy
 from bots.adapters.discord.view import DiscordSurface, SinkMaker
-from bots.adapters.render import MessageSink
 from bots.chat import notices
 from bots.chat.model import Incoming
 from bots.chat.router import route
@@ -89,7 +88,7 @@ class DiscordAdapter:
         )
         self.service = service
         self.registry = service.registry
-        self.delivery = Delivery(service)
+        self.delivery = Delivery(service, place_interval_s=lambda: self.settings.edit_interval_s)
         self.clients: list[PersonaClient] = []
         self.commands = SlashCommands(self)
         self.webhooks = PersonaWebhooks()
@@ -254,7 +253,7 @@ class DiscordAdapter:
         shown_by = self.display.client_of_persona(persona.id, message.guild) or client
         channel = channel_as(shown_by, message.channel, message.guild)
 
-        async def sink(snapshot: Persona) -> tuple[MessageSink, int]:
+        async def sink(snapshot: Persona) -> tuple[DiscordSink, int]:
             return await self.display.sink_for(channel, message.guild, snapshot, reference=message)
 
         async def notify(text: str) -> None:

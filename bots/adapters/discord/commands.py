@@ -23,12 +23,12 @@ from bots.adapters.discord.sinks import (
     MESSAGE_LIMIT,
     NO_MENTIONS,
     ChannelSink,
+    DiscordSink,
     InteractionSink,
     RetryPolicy,
     defuse_mentions,
 )
 from bots.adapters.discord.view import DiscordSurface, SinkMaker
-from bots.adapters.render import MessageSink
 from bots.chat import notices
 from bots.chat.model import Admission, ChatRefused, Incoming
 from bots.knowledge.audience import Reader
@@ -160,7 +160,7 @@ class SlashCommands:
         await interaction.response.defer(thinking=True, ephemeral=private)
         prefix = f"**{admission.persona.display_name}:** "
 
-        async def sink(_: Persona) -> tuple[MessageSink, int]:
+        async def sink(_: Persona) -> tuple[DiscordSink, int]:
             shown = InteractionSink(
                 interaction, self.runner.retry, prefix=prefix, ephemeral=private
             )
@@ -188,7 +188,7 @@ class SlashCommands:
         thread = await starter.create_thread(name=name)
         guild = interaction.guild
 
-        async def sink(snapshot: Persona) -> tuple[MessageSink, int]:
+        async def sink(snapshot: Persona) -> tuple[DiscordSink, int]:
             return await self.runner.display.sink_for(thread, guild, snapshot, reference=None)
 
         async def notify(text: str) -> None:

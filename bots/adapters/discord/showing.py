@@ -15,11 +15,11 @@ from bots.adapters.discord.client import PersonaClient
 from bots.adapters.discord.sinks import (
     MESSAGE_LIMIT,
     ChannelSink,
+    DiscordSink,
     PersonaWebhooks,
     RetryPolicy,
     WebhookSink,
 )
-from bots.adapters.render import MessageSink
 from bots.persona.model import Persona
 from bots.persona.registry import PersonaRegistry
 
@@ -55,7 +55,7 @@ class PersonaDisplay:
         persona: Persona,
         *,
         reference: discord.Message | None,
-    ) -> tuple[MessageSink, int]:
+    ) -> tuple[DiscordSink, int]:
         """How the persona shows: its own bot, else its webhook where allowed, else plain
         messages of the main bot prefixed with its name."""
         own_bot = self.client_of_persona(persona.id, guild)

@@ -18,11 +18,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import discord
 
+from bots.adapters.render import MessageSink
 from bots.knowledge.model import Hit
 from bots.persona.model import Persona
 
@@ -96,6 +97,13 @@ async def deliver(call: Callable[[], Awaitable[T]], what: str, policy: RetryPoli
             delay = min(delay * 2, policy.max_delay_s)
 
 
+class DiscordSink(MessageSink, Protocol):
+    """A `MessageSink` that can also take back a message it posted."""
+
+    async def delete(self, message_id: str) -> None:
+        """Delete a message posted by `send`."""
+
+
 class ChannelSink:
     """Plain bot messages; the first replies to the user's message, without pinging them."""
 
@@ -135,6 +143,10 @@ class ChannelSink:
         await deliver(
             lambda: message.edit(content=content, allowed_mentions=NO_MENTIONS), "edit", self.retry
         )
+
+    async def delete(self, message_id: str) -> None:
+        message = self._messages.pop(message_id)
+        await deliver(message.delete, "delete", self.retry)
 
 
 class WebhookSink:
@@ -202,6 +214,16 @@ class WebhookSink:
             self.retry,
         )
 
+    async def delete(self, message_id: str) -> None:
+        if message_id in self._via_fallback and self.fallback is not None:
+            await self.fallback.delete(message_id)
+            return
+        await deliver(
+            lambda: self.webhook.delete_message(int(message_id), thread=self.thread),
+            "webhook delete",
+            self.retry,
+        )
+
 
 class InteractionSink:
     """An `/ask` answer: the deferred response is the first message, follow-ups the rest."""
@@ -255,6 +277,18 @@ class InteractionSink:
                 int(message_id), content=text, allowed_mentions=NO_MENTIONS
             ),
             "follow-up edit",
+            self.retry,
+        )
+
+    async def delete(self, message_id: str) -> None:
+        if message_id == self._original:
+            await deliver(
+                self.interaction.delete_original_response, "interaction delete", self.retry
+            )
+            return
+        await deliver(
+            lambda: self.interaction.followup.delete_message(int(message_id)),
+            "follow-up delete",
             self.retry,
         )
 

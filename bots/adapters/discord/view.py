@@ -18,14 +18,14 @@ import aiohttp
 import discord
 
 from bots.adapters.delivery import Mark
-from bots.adapters.discord.sinks import defuse_mentions, sources_footer
-from bots.adapters.render import MessageSink, StreamRenderer
+from bots.adapters.discord.sinks import DiscordSink, defuse_mentions, sources_footer
+from bots.adapters.render import StreamRenderer
 from bots.knowledge.model import Hit
 from bots.persona.model import Persona
 
 log = logging.getLogger(__name__)
 
-SinkMaker = Callable[[Persona], Awaitable[tuple[MessageSink, int]]]
+SinkMaker = Callable[[Persona], Awaitable[tuple[DiscordSink, int]]]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class DiscordView:
         self.surface = surface
         self.persona = persona
         self.renderer: StreamRenderer | None = None
+        self._sink: DiscordSink | None = None
         self._typing = contextlib.AsyncExitStack()
 
     @property
@@ -71,7 +72,8 @@ class DiscordView:
 
     @property
     def shown(self) -> bool:
-        return bool(self.message_ids)
+        """Whether the reply shows (a place in line alone does not count: see `close`)."""
+        return self.renderer is not None and bool(self.message_ids) and not self.renderer.holding
 
     async def open(self) -> None:
         channel = self.surface.typing_in
@@ -81,9 +83,16 @@ class DiscordView:
             except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
                 log.debug("typing indicator failed: %s", exc)
         sink, limit = await self.surface.sink(self.persona)
+        self._sink = sink
         self.renderer = StreamRenderer(
             sink, limit, self.surface.edit_interval_s, transform=defuse_mentions
         )
+
+    async def wait(self, notice: str) -> None:
+        assert self.renderer is not None, "open() first"
+        # The notice says what "typing..." would: stop it.
+        await self._typing.aclose()
+        await self.renderer.hold(notice)
 
     async def feed(self, piece: str) -> None:
         assert self.renderer is not None, "open() first"
@@ -99,10 +108,19 @@ class DiscordView:
         await self.renderer.finish(sources_footer(tuple(sources)))
 
     async def abort(self, note: str) -> None:
-        if self.renderer is not None and self.shown:
-            await self.renderer.finish(note)
+        if self.renderer is not None and self.renderer.message_ids:
+            await self.renderer.finish(note)  # in place of the reply, or of its place in line
         else:
             await self.surface.notify(note)
 
     async def close(self) -> None:
         await self._typing.aclose()
+        renderer, sink = self.renderer, self._sink
+        if renderer is not None and sink is not None and renderer.holding and renderer.message_ids:
+            # A place in line that no reply or note replaced (the question was deleted or
+            # edited while it waited, or the bot stops): take it back.
+            try:
+                await sink.delete(renderer.message_ids[0])
+            except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+                log.info("could not take back a place-in-line notice: %s", exc)
+            renderer.message_ids.clear()

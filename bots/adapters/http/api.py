@@ -5,7 +5,8 @@ instructions are the system prompt: client system messages are ignored. With a `
 optionally `conversation`) the conversation lives in the store and only the last user message is
 new; without one the request's own messages are the history. Each client (its address, see
 `http_limits`) may have a few replies under way and start a bounded number per window; beyond
-that it gets 429 with `Retry-After`, and the others are still served.
+that it gets 429 with `Retry-After`, and the others are still served. Without an API token,
+every endpoint answers only requests addressed to the server's own names (`hosts.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from bots.adapters.http.errors import http_error
+from bots.adapters.http.hosts import host_guard
 from bots.adapters.http.limits import CLIENT_LIMITS_KEY, ClientLimits
 from bots.adapters.web.routes import mount_workbench
 from bots.chat.model import ChatRefused, Incoming
@@ -57,7 +59,8 @@ def create_http_app(app: Runtime) -> web.Application:
     """The aiohttp application for `bots serve` (adapters may add routes to it)."""
     server = app.settings.server
     web_app = web.Application(
-        client_max_size=server.max_request_bytes, middlewares=[_auth_middleware(server.api_token)]
+        client_max_size=server.max_request_bytes,
+        middlewares=[host_guard(server), _auth_middleware(server.api_token)],
     )
     web_app[APP_KEY] = app
     metrics = Metrics()

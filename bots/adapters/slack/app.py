@@ -118,7 +118,7 @@ class SlackAdapter:
         self.messages = SlackMessages(
             service,
             service.registry,
-            Delivery(service),
+            Delivery(service, place_interval_s=pacer.interval),
             self.place,
             default_persona=service.settings.default_persona,
             accepting=lambda: self._accepting,

@@ -3,7 +3,8 @@
 Two ways, same interface (`feed` pieces, then `finish` or `abort`):
 - `StreamView`: Slack's streaming API (`chat.startStream`/`appendStream`/`stopStream`, through
   slack_sdk's `chat_stream`), Markdown rendered by Slack. Falls back to `UpdateView` when the
-  workspace refuses it.
+  workspace refuses it, and for a reply that waited in line (its place shows in a message a
+  stream cannot take over).
 - `UpdateView`: a placeholder message edited with `chat.update` (Markdown converted to mrkdwn) by
   the shared `StreamRenderer`, paced so that all replies together stay within Slack's Tier 3
   limit, and split into several messages beyond the size limit.
@@ -76,6 +77,9 @@ class ReplyView(Protocol):
 
     async def open(self) -> None:
         """Show that a reply is coming (called while the prompt is being prepared)."""
+
+    async def wait(self, notice: str) -> None:
+        """Show where the question stands in line until the reply replaces it."""
 
     async def feed(self, piece: str) -> None: ...
 
@@ -196,6 +200,10 @@ class UpdateView:
         await self.poster.update(self.channel, message_id, mrkdwn)
         self._texts[message_id] = mrkdwn
 
+    async def wait(self, notice: str) -> None:
+        """The place in line shows in the placeholder (or a message of its own without one)."""
+        await self.renderer.hold(notice)
+
     async def feed(self, piece: str) -> None:
         self.renderer.interval_s = self.pacer.interval()
         await self.renderer.feed(piece)
@@ -257,6 +265,14 @@ class StreamView:
 
     async def open(self) -> None:
         """Nothing to show yet: a stream begins with its first text."""
+
+    async def wait(self, notice: str) -> None:
+        """A stream cannot take over a message already posted, so a reply that waits in line
+        is written with chat.update in the message that shows its place."""
+        if self._fallback is None and self._stream is None:
+            self._fallback = self.make_fallback("")
+        if self._fallback is not None:
+            await self._fallback.wait(notice)
 
     async def feed(self, piece: str) -> None:
         if self._fallback is not None:

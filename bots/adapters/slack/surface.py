@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 BUSY_REACTION = "hourglass_flowing_sand"
 ERROR_REACTION = "x"
 REACTIONS: dict[Mark, str] = {"busy": BUSY_REACTION, "failed": ERROR_REACTION}
+# Slack accepts this many responses to one slash command's response_url (within 30 minutes).
+RESPONSE_URL_USES = 5
 
 
 class Streaming:
@@ -149,6 +151,9 @@ class SlackView:
         self.surface.place.pacer.active += 1
         await self.inner.open()
 
+    async def wait(self, notice: str) -> None:
+        await self.inner.wait(notice)
+
     async def feed(self, piece: str) -> None:
         await self.inner.feed(piece)
 
@@ -194,16 +199,24 @@ class RespondSurface:
 
 
 class RespondView:
-    """Collects the reply and responds with the whole of it at the end."""
+    """Collects the reply and responds with the whole of it at the end (replacing the place in
+    line it showed while it waited, if any)."""
 
     def __init__(self, respond: Callable[..., Awaitable[Any]]) -> None:
         self.respond = respond
         self.text = ""
         self.message_ids: list[str] = []
         self.shown = False
+        self._notices = 0
 
     async def open(self) -> None:
         """Nothing shows before the whole answer."""
+
+    async def wait(self, notice: str) -> None:
+        # A response_url takes RESPONSE_URL_USES responses: keep one for the answer.
+        if self._notices < RESPONSE_URL_USES - 1:
+            await self.respond(text=escape(notice), replace_original=self._notices > 0)
+            self._notices += 1
 
     async def feed(self, piece: str) -> None:
         self.text += piece
@@ -211,13 +224,11 @@ class RespondView:
     async def finish(self, sources: Sequence[Hit]) -> None:
         text = to_mrkdwn(self.text)
         block = sources_block(sources)
-        if block is None:
-            await self.respond(text=text)
-            return
-        await self.respond(text=text, blocks=final_blocks(text, [block]))
+        blocks = {} if block is None else {"blocks": final_blocks(text, [block])}
+        await self.respond(text=text, replace_original=self._notices > 0, **blocks)
 
     async def abort(self, note: str) -> None:
-        await self.respond(text=escape(note))
+        await self.respond(text=escape(note), replace_original=self._notices > 0)
 
     async def close(self) -> None:
         """Nothing is held."""

@@ -1,10 +1,10 @@
-"""Who may open the workbench: the API token (as a bearer header or a sign-in cookie), and on a
-loopback server without a token, only pages addressed to a loopback host name.
+"""Who may open the workbench: the API token (as a bearer header or a sign-in cookie); without a
+token, anyone whose request names the server itself (`bots.adapters.http.hosts`).
 
 The cookie holds an HMAC of the token, not the token: it opens the workbench only, never the API.
 It is HttpOnly and SameSite=Strict, and state-changing requests must be JSON, so another site
-cannot act through a signed-in browser; the host check keeps a DNS-rebinding site out when no
-token is set.
+cannot act through a signed-in browser; the host check in front of every endpoint keeps a
+DNS-rebinding site out when no token is set.
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ import hmac
 
 from aiohttp import web
 
-from bots.settings import ServerSettings
-
 SESSION_COOKIE = "bots_workbench"
 SESSION_CONTEXT = b"bots workbench session"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def session_value(token: str) -> str:
@@ -39,14 +36,6 @@ def authorized(request: web.Request, token: str) -> bool:
         return True
     cookie = request.cookies.get(SESSION_COOKIE, "")
     return bool(cookie) and hmac.compare_digest(cookie, session_value(token))
-
-
-def host_allowed(request: web.Request, server: ServerSettings) -> bool:
-    """On a loopback server without a token, the page must be addressed to a loopback name."""
-    if server.api_token or server.host not in LOOPBACK_HOSTS:
-        return True
-    host = (request.url.host or "").strip("[]")
-    return host in LOOPBACK_HOSTS
 
 
 def set_session(response: web.StreamResponse, token: str) -> None:

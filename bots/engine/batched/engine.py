@@ -3,7 +3,8 @@
 `stream` queues a `Task`; the engine thread (one per engine: it alone touches the llama
 context) admits tasks into slots while there is room for `parallel` of them and runs the
 scheduler's steps until nothing is left to do, handing each step's pieces to the event loops
-in one go. See the package docstring for what the engine does, and scheduler.py for how.
+in one go; tasks still waiting are told their place in line when it changes. See the package
+docstring for what the engine does, and scheduler.py for how.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class BatchedEngine:
         self._inbox: collections.deque[Task] = collections.deque()
         self._active: list[Slot] = []
         self._outbox = PieceOutbox()
+        self._places: dict[Task, int] = {}  # the place in line each waiting task was told
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._model: NativeModel | None = None
@@ -196,6 +198,19 @@ class BatchedEngine:
         kv = KVCache(ctx, SequenceTable(self._n_seq_max, self._park_bytes))
         return Scheduler(model, kv, context_size=self.context_size)
 
+    def _tell_places(self, waiting: list[Task]) -> None:
+        """Tell each waiting task how many requests must end before it starts, when that
+        changed: the ones ahead of it in line, plus one, less the free slots."""
+        free = self._parallel - len(self._active)
+        places: dict[Task, int] = {}
+        for index, task in enumerate(waiting):
+            ahead = index + 1 - free
+            if ahead > 0:
+                places[task] = ahead
+                if self._places.get(task) != ahead:
+                    task.emit(Piece("", ahead=ahead))
+        self._places = places
+
     def _serve(self, scheduler: Scheduler) -> None:
         try:
             while True:
@@ -207,11 +222,13 @@ class BatchedEngine:
                     admitted: list[Task] = []
                     while self._inbox and len(self._active) + len(admitted) < self._parallel:
                         admitted.append(self._inbox.popleft())
+                    waiting = [task for task in self._inbox if not task.cancelled.is_set()]
                 for task in admitted:
                     slot = scheduler.admit(task)
                     if slot is not None:
                         self._active.append(slot)
-                self._outbox.flush()  # refusals, before this step's decode
+                self._tell_places(waiting)
+                self._outbox.flush()  # refusals and places in line, before this step's decode
                 self._active = scheduler.step(self._active)
                 self._outbox.flush()
                 scheduler.kv.cool_down()

@@ -276,7 +276,8 @@ class SupervisedEngine:
             for rid, piece in frame[1]:
                 call = self._calls.get(rid)
                 if call is not None and call.worker is worker and not call.finished:
-                    call.heard = True
+                    # A place in line is not an answer: a crash now still resends the call.
+                    call.heard = call.heard or piece.ahead is None
                     if piece.finish_reason is not None:
                         self._end(call, piece)
                     else:
