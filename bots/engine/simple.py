@@ -32,7 +32,7 @@ from bots.engine.model_files import without_extra_buffers
 STOP_JOB = None
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the line holds each job once
 class _Generation:
     """One request between `stream` and the `Llama` thread, which posts its pieces back."""
 
@@ -151,6 +151,10 @@ class SimpleEngine:
                     return
         finally:
             job.cancelled.set()
+            with self._lock:
+                if job in self._line:  # its caller left while it waited: the place is free now
+                    self._line.remove(job)
+                    self._tell_places()
 
     def _work(self) -> None:
         while True:
@@ -158,6 +162,8 @@ class SimpleEngine:
             if job is None:
                 return
             with self._lock:
+                if job not in self._line:
+                    continue  # left the line before its turn
                 self._line.remove(job)
                 self._active += 1
                 self._tell_places()
