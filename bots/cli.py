@@ -141,6 +141,8 @@ def ask(
             ],
             "timings": timings,
         }
+        if reply.grounding is not None:
+            out["grounding"] = reply.grounding.as_dict()
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return 0
 

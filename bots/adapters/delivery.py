@@ -193,7 +193,7 @@ class Delivery:
             await surface.mark("failed")
             await view.abort(notices.CUT_SHORT)
             return
-        await view.finish(reply.sources if reply.persona.citations else ())
+        await view.finish(reply.cited if reply.persona.citations else ())
 
 
 async def _discard(reply: Reply) -> None:

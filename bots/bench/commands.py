@@ -88,6 +88,35 @@ def bench_ask(ctx: click.Context, persona: str, question: str) -> None:
         click.echo(f"ratio (bots / raw) gen tok/s: {ours.tokens_per_s / raw.tokens_per_s:.2f}x")
 
 
+@bench.command("grounding")
+@click.argument("persona", default="handbook")
+@click.option(
+    "--questions",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="a YAML list of {ask, expect}; default: the shipped questions about the handbook",
+)
+@click.option("--replies", is_flag=True, help="print the model's and the shown text of each")
+@settings_options
+@click.pass_context
+def bench_grounding(
+    ctx: click.Context, persona: str, questions: Path | None, replies: bool
+) -> None:
+    """A strict persona's answers with the grounding gate against the model's own, same run."""
+    from bots.bench.grounding import (
+        QUESTIONS_FILE,
+        format_table,
+        load_questions,
+        run_grounding_bench,
+    )
+    from bots.bench.grounding import replies as reply_lines
+
+    asked = load_questions(questions or QUESTIONS_FILE)
+    results = asyncio.run(run_grounding_bench(settings_of(ctx), persona, asked))
+    click.echo(format_table(results))
+    if replies:
+        click.echo("\n" + reply_lines(results))
+
+
 @bench.command(
     "engine", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
 )

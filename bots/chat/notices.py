@@ -56,3 +56,9 @@ def greeting(persona: Persona) -> str:
 
 def _seconds(wait_s: float) -> str:
     return f"{max(1, math.ceil(wait_s))}s"
+
+
+def documents_say(source: str, passage: str) -> str:
+    """What a strict persona shows instead of an answer it could not ground: the documents' own
+    words, quoted with their source."""
+    return f'From {source}: "{passage}"'

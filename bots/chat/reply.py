@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bots.chat.grounding import Gate, GateReport
 from bots.chat.notices import DECLINE
 from bots.chat.prompt import BuiltPrompt
 from bots.engine.base import Piece, Usage
@@ -22,6 +23,9 @@ class Reply:
     """A reply being generated: iterate for text pieces; afterwards `text`, `usage` are final.
 
     `on_end` runs once when the iteration ends, however it ends (stores the turn, counts it).
+    With a `gate` (strict personas) the pieces are what the gate lets through, a sentence at a
+    time: `text` is what was shown, `generated` what the model wrote, `grounding` what the gate
+    did (see `bots.chat.grounding`).
     """
 
     persona: Persona
@@ -33,7 +37,9 @@ class Reply:
     _on_end: Callable[[Reply, ReplyStatus], Awaitable[None]]
     platform: str = ""
     started: float = field(default_factory=time.perf_counter)
+    gate: Gate | None = None
     text: str = ""
+    generated: str = ""
     usage: Usage | None = None
     finish_reason: FinishReason | None = None
 
@@ -51,12 +57,21 @@ class Reply:
         try:
             async for piece in self._pieces:
                 if piece.text:
-                    self.text += piece.text
-                    yield piece.text
+                    self.generated += piece.text
+                    shown = self.gate.feed(piece.text) if self.gate else piece.text
+                    if shown:
+                        self.text += shown
+                        yield shown
                 if piece.finish_reason is not None:
                     self.finish_reason = piece.finish_reason
                     self.usage = piece.usage
             status = "complete" if self.finish_reason in ("stop", "length") else "interrupted"
+            if self.gate is not None and status == "complete":
+                # What the gate still holds was never shown: checked now, or replaced.
+                rest = self.gate.finish()
+                if rest:
+                    self.text += rest
+                    yield rest
         except BaseException:
             self.finish_reason = self.finish_reason or "error"
             raise
@@ -66,12 +81,27 @@ class Reply:
             await self._pieces.aclose()  # type: ignore[attr-defined]
             await self._on_end(self, status)
 
+    @property
+    def grounding(self) -> GateReport | None:
+        """What the grounding gate did (strict personas with documents), else None."""
+        return self.gate.report if self.gate is not None else None
+
+    @property
+    def cited(self) -> tuple[Hit, ...]:
+        """The sources to show: none when the gate declined (nothing of them was used)."""
+        report = self.grounding
+        return () if report is not None and report.action == "declined" else self.sources
+
     def source_dicts(self) -> list[dict[str, Any]]:
-        """Sources for display: one entry per document, with its best chunk's score."""
+        """Sources for display: one entry per document, with its best chunk's score (and
+        `quoted` on the one the gate quoted instead of the model's answer)."""
         seen: dict[str, dict[str, Any]] = {}
-        for hit in self.sources:
+        quoted = self.grounding.quoted if self.grounding else ""
+        for hit in self.cited:
             if hit.path not in seen:
                 seen[hit.path] = source_dict(hit)
+                if hit.path == quoted:
+                    seen[hit.path]["quoted"] = True
         return list(seen.values())
 
 
@@ -94,3 +124,5 @@ class ReplyRecord:
     outcome: str  # stop, length, cancelled, error, declined, busy, rate_limited
     usage: Usage
     duration_ms: float
+    gate: str = ""  # the grounding gate's action (passed, trimmed, quoted, declined); "" if none
+    unsupported: int = 0  # claims the gate found in no document

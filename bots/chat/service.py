@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
+import bots.chat.grounding as grounding
 from bots.chat import notices
 from bots.chat.model import Admission, ChatRefused, Feedback, Incoming, Turn
 from bots.chat.policy import Policy
@@ -231,6 +232,12 @@ class ChatService:
                     sources=[source_dict(h) for h in sources],
                 )
             )
+        # A strict persona's answer is checked against what the model was given (see grounding).
+        gate = None
+        if persona.grounding == "strict" and prompt is not None:
+            documents = [(hit.path, hit.text) for hit in prompt.sources]
+            context = [part for hit in prompt.sources for part in (hit.title, hit.heading)]
+            gate = grounding.Gate(grounding.evidence(documents, incoming.text, context=context))
         # The duration counts from the message, not from the first token.
         reply = Reply(
             persona,
@@ -242,6 +249,7 @@ class ChatService:
             self._finish,
             platform=incoming.platform,
             started=started,
+            gate=gate,
         )
         self.in_flight += 1
         return reply
@@ -343,17 +351,36 @@ class ChatService:
         finally:
             self.in_flight -= 1
             outcome = reply.finish_reason or "error"
-            self._observe(reply.persona.id, reply.platform, outcome, reply.usage, reply.started)
+            self._observe(
+                reply.persona.id,
+                reply.platform,
+                outcome,
+                reply.usage,
+                reply.started,
+                reply.grounding,
+            )
 
     def _observe(
-        self, persona_id: str, platform: str, outcome: str, usage: Usage | None, started: float
+        self,
+        persona_id: str,
+        platform: str,
+        outcome: str,
+        usage: Usage | None,
+        started: float,
+        gate: grounding.GateReport | None = None,
     ) -> None:
         """One log line per reply (figures only) and the listeners (metrics)."""
         usage = usage or Usage()
         record = ReplyRecord(
-            persona_id, platform, outcome, usage, (time.perf_counter() - started) * 1000
+            persona_id,
+            platform,
+            outcome,
+            usage,
+            (time.perf_counter() - started) * 1000,
+            gate=gate.action if gate else "",
+            unsupported=len(gate.unsupported) if gate else 0,
         )
-        fields = {
+        fields: dict[str, object] = {
             "persona": persona_id,
             "platform": platform,
             "outcome": outcome,
@@ -363,6 +390,12 @@ class ChatService:
             "tokens_per_s": round(usage.tokens_per_s, 1),
             "duration_ms": round(record.duration_ms),
         }
+        if gate is not None:
+            # Figures only, like the rest of the line: what the gate did, never the claims' text.
+            fields["gate"] = gate.action
+            fields["sentences"] = gate.sentences
+            fields["dropped"] = gate.dropped
+            fields |= {f"unsupported_{kind}": n for kind, n in gate.counts().items()}
         log.info("reply %s", " ".join(f"{k}={v}" for k, v in fields.items()), extra=fields)
         for listener in self.listeners:
             try:

@@ -92,6 +92,7 @@ class CaseResult:
     sources: tuple[str, ...]
     latency_ms: float
     declined: bool = False
+    gated: str = ""  # what the grounding gate did to the answer and why; "" when it let it be
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -101,6 +102,7 @@ class CaseResult:
             "answer": self.answer,
             "sources": list(self.sources),
             "declined": self.declined,
+            "gated": self.gated,
             "latency_ms": round(self.latency_ms, 1),
         }
 
@@ -148,6 +150,11 @@ class PersonaRun:
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)
 
+    @property
+    def gated(self) -> int:
+        """Answers the grounding gate changed."""
+        return sum(1 for r in self.results if r.gated)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "persona": self.persona_id,
@@ -159,6 +166,7 @@ class PersonaRun:
             "cases": [r.as_dict() for r in self.results],
             "passed": self.count("pass"),
             "failed": self.count("fail") + self.count("error"),
+            "gated": self.gated,
         }
 
 

@@ -53,6 +53,8 @@ def rows(run: PersonaRun) -> list[str]:
         )
         if result.status != "pass" and result.reason:
             lines.append(REASON_INDENT + result.reason)
+        if result.gated:
+            lines.append(REASON_INDENT + "gated " + result.gated)
     return lines
 
 
@@ -65,7 +67,8 @@ def persona_summary(run: PersonaRun) -> str:
         if run.count(status) or status == "pass"
     )
     problems = f", {len(run.errors)} file problem(s)" if run.errors else ""
-    return f"{run.persona_id}: {counts}{problems} ({latency(run.duration_ms)})"
+    gated = f", {run.gated} gated" if run.gated else ""
+    return f"{run.persona_id}: {counts}{gated}{problems} ({latency(run.duration_ms)})"
 
 
 def total(runs: Sequence[PersonaRun], wall_ms: float) -> str:
@@ -101,6 +104,7 @@ def as_json(runs: Sequence[PersonaRun], wall_ms: float) -> dict[str, Any]:
         "todo": sum(r.count("todo") for r in runs),
         "skipped": sum(r.count("skipped") for r in runs),
         "problems": sum(len(r.errors) for r in runs),
+        "gated": sum(r.gated for r in runs),
         "ok": not any(r.failed for r in runs),
         "duration_ms": round(wall_ms, 1),
     }

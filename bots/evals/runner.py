@@ -41,6 +41,7 @@ class Outcome:
     sources: tuple[str, ...]
     declined: bool
     generated: bool
+    gated: str = ""  # see CaseResult.gated
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,20 @@ async def run_case(
     latency = (time.perf_counter() - started) * 1000
     status, reason = judge(persona, case.checks, outcome, service.settings.retrieval.min_score)
     return CaseResult(
-        case.name, status, reason, outcome.answer, outcome.sources, latency, outcome.declined
+        case.name,
+        status,
+        reason,
+        outcome.answer,
+        outcome.sources,
+        latency,
+        outcome.declined,
+        outcome.gated,
     )
 
 
 async def _converse(service: ChatService, persona: Persona, turns: tuple[str, ...]) -> Outcome:
     history: list[ChatMessage] = []
-    answer, declined = "", False
+    answer, declined, gated = "", False, ""
     sources: tuple[str, ...] = ()
     for text in turns:
         incoming = Incoming(
@@ -153,10 +161,14 @@ async def _converse(service: ChatService, persona: Persona, turns: tuple[str, ..
         async for _ in reply:
             pass
         answer = reply.text
-        sources = tuple(dict.fromkeys(hit.path for hit in reply.sources))
-        declined = reply.finish_reason == "declined"
+        sources = tuple(dict.fromkeys(hit.path for hit in reply.cited))
+        gate = reply.grounding
+        declined = reply.finish_reason == "declined" or (
+            gate is not None and gate.action == "declined"
+        )
+        gated = f"{gate.action}: {gate.reason()}" if gate is not None and gate.changed else ""
         history += [ChatMessage("user", text), ChatMessage("assistant", answer)]
-    return Outcome(answer, sources, declined, generated=True)
+    return Outcome(answer, sources, declined, generated=True, gated=gated)
 
 
 def _retrieve(service: ChatService, persona: Persona, query: str) -> Outcome:

@@ -44,6 +44,13 @@ class Metrics:
             ["persona", "platform", "outcome"],
             registry=self.registry,
         )
+        self.grounding = Counter(
+            "bots_reply_grounding",
+            "Strict personas' replies by what the grounding gate did (passed, trimmed, quoted, "
+            "declined).",
+            ["persona", "action"],
+            registry=self.registry,
+        )
         self.completion_tokens = Counter(
             "bots_completion_tokens",
             "Tokens generated, by persona.",
@@ -89,6 +96,8 @@ class Metrics:
 
     def observe_reply(self, record: ReplyRecord) -> None:
         self.replies.labels(record.persona_id, record.platform, record.outcome).inc()
+        if record.gate:
+            self.grounding.labels(record.persona_id, record.gate).inc()
         usage = record.usage
         if record.outcome in ("busy", "declined", "rate_limited"):
             return  # the engine never ran: no latency to record

@@ -321,6 +321,7 @@ async def _complete(
             ],
             "usage": _usage(reply),
             "sources": reply.source_dicts(),
+            **_grounding(reply),
         }
     )
 
@@ -351,11 +352,23 @@ async def _stream(request: web.Request, reply: Reply, completion_id: str) -> web
         await response.write(f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n".encode())
     else:
         await response.write(
-            chunk({}, _finish(reply), usage=_usage(reply), sources=reply.source_dicts())
+            chunk(
+                {},
+                _finish(reply),
+                usage=_usage(reply),
+                sources=reply.source_dicts(),
+                **_grounding(reply),
+            )
         )
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
+
+
+def _grounding(reply: Reply) -> dict[str, Any]:
+    """What the grounding gate of a strict persona did, as an extra field; nothing otherwise."""
+    report = reply.grounding
+    return {"grounding": report.as_dict()} if report is not None else {}
 
 
 def _finish(reply: Reply) -> str:

@@ -284,7 +284,14 @@ async def _answer(
                 await _line(response, type="text", text=piece)
         except EngineError as exc:
             await _line(response, type="error", error=str(exc))
-        await _line(response, type="done", finish_reason=reply.finish_reason, turn=reply.turn_id)
+        gate = reply.grounding
+        await _line(
+            response,
+            type="done",
+            finish_reason=reply.finish_reason,
+            turn=reply.turn_id,
+            grounding=gate.as_dict() if gate else None,
+        )
         await response.write_eof()
     except ConnectionResetError:
         log.info("the page closed while %s was answering", persona.id)
