@@ -49,6 +49,8 @@ LONG_REPLY = (
     + "\n\n"
     + " ".join(f"word{i}" for i in range(400))
 )
+GROUNDED = "Every employee gets 25 vacation days per year."
+INVENTED = "Add 4,817 bonus days at https://leave.example.com/days today!"
 BAIT = "Hey @everyone and @here, look! <!channel> <!here> <@U0SOMEONE>"
 FLOOD_MESSAGES = 30
 FLOOD_LIMIT = 2
@@ -299,6 +301,21 @@ async def test_long_reply_is_split_without_breaking_code_or_words(start: Start) 
     assert parts[1].startswith(bot.code_fence) or bot.code_fence in parts[0]
     words = " ".join(parts).replace("```python", "").replace("```", "")
     assert words.split() == LONG_REPLY.replace("```python", "").replace("```", "").split()
+    bot.check_within_limits()
+
+
+@pytest.mark.parametrize("platform", SHOWN_VARIANTS, indirect=True)
+async def test_a_strict_persona_never_shows_an_invented_figure_or_link(start: Start) -> None:
+    engine = ScriptedEngine(GROUNDED + " " + INVENTED, piece_chars=3, delay_s=0.005)
+    bot = await start(engine)
+    answer = await bot.answer(await bot.ask("alice", "librarian: How many vacation days?"))
+
+    assert answer.turn.persona_id == "librarian"
+    assert answer.text.startswith(GROUNDED), "what the documents hold streams as written"
+    sent = bot.received()
+    for invented in ("4,817", "leave.example.com"):
+        assert invented not in sent, "never shown, not even in an edit or a stream chunk"
+    assert "4,817" not in answer.turn.content and GROUNDED in answer.turn.content
     bot.check_within_limits()
 
 

@@ -11,6 +11,7 @@ default) and vault (Vault, alice only).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,10 @@ class Driver(Protocol):
 
     def said(self) -> list[Said]:
         """Everything the bot showed so far, everywhere."""
+
+    def received(self) -> str:
+        """Everything the fake platform received from the bot (every message, edit, block and
+        stream chunk), as one text to search."""
 
     async def told(self, asked: Asked) -> list[Said]:
         """Wait until the bot has shown the asker something in answer (a placeholder is not)."""
@@ -180,6 +185,9 @@ class DiscordDriver:
     async def answer(self, asked: Asked) -> Answer:
         turn, shown = await self.env.answer(self.asks[asked.key])
         return Answer(turn, [self._said(m, asked.key) for m in shown])
+
+    def received(self) -> str:
+        return "\n".join(json.dumps(c.body, default=str) for c in self.env.fake.calls)
 
     def _said(self, message: dict[str, Any], to: str) -> Said:
         return Said(message["content"], message["id"], to, message["author"]["username"])
@@ -326,6 +334,9 @@ class SlackDriver:
         turn = await answered(self.app, asked.channel, asked.key)
         parts = self.fake.bot_messages(asked.channel, asked.key)
         return Answer(turn, [Said(m.text, m.ts, asked.key, m.username) for m in parts])
+
+    def received(self) -> str:
+        return "\n".join(json.dumps(c.args, default=str) for c in self.fake.calls)
 
     def said(self) -> list[Said]:
         shown = [Said(m.text, m.ts, m.thread_ts, m.username) for m in self.fake.bot_messages()]
