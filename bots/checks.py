@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from bots.chat.pinned import PinnedReader
 from bots.evals.loader import load_evals
 from bots.knowledge.library import KnowledgeBase
 from bots.knowledge.model import Exclusion
@@ -20,7 +21,9 @@ def run_checks(settings: Settings) -> tuple[list[str], str]:
     with what was left out as not content (count per reason, a few paths each), then the totals.
     """
     knowledge = KnowledgeBase(settings.personas_dir, settings.knowledge_dir, settings.index_dir)
-    registry = PersonaRegistry(settings.personas_dir, knowledge.library_names)
+    # No model here: pinned documents are read and checked, their fit waits for `bots serve`.
+    pinned = PinnedReader(settings.knowledge_dir, None, settings.retrieval.max_knowledge_tokens)
+    registry = PersonaRegistry(settings.personas_dir, knowledge.library_names, pinned)
     registry.load_all()
     problems = [str(e) for e in registry.errors()]
     for persona_id in registry.folder_ids():

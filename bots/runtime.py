@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bots.chat.pinned import PinnedReader
 from bots.chat.service import ChatService
 from bots.chat.store import ConversationStore
 from bots.engine.base import Engine
@@ -43,8 +44,11 @@ class Runtime:
     def create(cls, settings: Settings, engine: Engine | None = None) -> Runtime:
         """Build the parts (no model loaded, no thread started yet)."""
         knowledge = KnowledgeBase(settings.personas_dir, settings.knowledge_dir, settings.index_dir)
-        registry = PersonaRegistry(settings.personas_dir, knowledge.library_names)
         engine = engine or make_engine(settings)
+        pinned = PinnedReader(
+            settings.knowledge_dir, engine.count_tokens, settings.retrieval.max_knowledge_tokens
+        )
+        registry = PersonaRegistry(settings.personas_dir, knowledge.library_names, pinned)
         store = ConversationStore(settings.db_path)
         service = ChatService(settings, registry, knowledge, engine, store)
         return cls(settings, registry, knowledge, engine, store, service)
@@ -52,11 +56,12 @@ class Runtime:
     async def start(self, *, watch: bool = True, load_model: bool = True) -> None:
         """Load personas and indexes, load the model, start watching files."""
         self.started_at = time.time()
-        await asyncio.to_thread(self.registry.load_all)
-        await asyncio.to_thread(self._refresh_indexes)
         if load_model:
+            # First: whether pinned documents fit is counted with the model's tokenizer.
             await self.engine.start()
         self._model_loaded = load_model
+        await asyncio.to_thread(self.registry.load_all)
+        await asyncio.to_thread(self._refresh_indexes)
         if watch:
             self.watcher = Watcher(
                 [self.settings.personas_dir, self.settings.knowledge_dir], self.on_files_changed
@@ -98,6 +103,7 @@ class Runtime:
                 else:
                     libraries_changed |= len(relative.parts) == 1
                     self._refresh_documents(path)
+                    reload_ids |= self._pinning(relative.parts[0])
         if libraries_changed:
             # A library appeared or vanished: personas naming it may become valid or invalid.
             reload_ids |= {s.id for s in self.registry.states()}
@@ -108,6 +114,17 @@ class Runtime:
                 listener(paths)
             except Exception:  # a broken listener must not stop reloads
                 log.exception("file change listener failed")
+
+    def _pinning(self, library: str) -> set[str]:
+        """Personas that pin a document of `library`, or that are in error (a pinned document
+        that was missing may just have appeared)."""
+        prefix = library + "/"
+        return {
+            state.id
+            for state in self.registry.states()
+            if state.errors
+            or (state.persona and any(d.path.startswith(prefix) for d in state.persona.pinned))
+        }
 
     def add_file_listener(self, listener: Callable[[set[Path]], None]) -> None:
         """Call `listener(paths)` on the watcher thread after each batch is reloaded and indexed."""

@@ -97,7 +97,9 @@ class Reply:
         `quoted` on the one the gate quoted instead of the model's answer)."""
         seen: dict[str, dict[str, Any]] = {}
         quoted = self.grounding.quoted if self.grounding else ""
-        for hit in self.cited:
+        pinned = self.prompt.pinned if self.prompt else ()
+        # A passage quoted from a pinned document names it, though no search found it.
+        for hit in (*self.cited, *(p for p in pinned if p.path == quoted)):
             if hit.path not in seen:
                 seen[hit.path] = source_dict(hit)
                 if hit.path == quoted:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 import bots.chat.grounding as grounding
+import bots.chat.pinned as pinned
 from bots.chat import notices
 from bots.chat.model import Admission, ChatRefused, Feedback, Incoming, Turn
 from bots.chat.policy import Policy
@@ -170,6 +171,7 @@ class ChatService:
                 context_size=self.engine.context_size,
                 max_tokens=max_tokens,
                 max_knowledge_tokens=self.settings.retrieval.max_knowledge_tokens,
+                pinned=pinned.as_hits(persona.pinned),
             )
         )
         sources = prompt.sources if prompt else ()
@@ -235,8 +237,9 @@ class ChatService:
         # A strict persona's answer is checked against what the model was given (see grounding).
         gate = None
         if persona.grounding == "strict" and prompt is not None:
-            documents = [(hit.path, hit.text) for hit in prompt.sources]
-            context = [part for hit in prompt.sources for part in (hit.title, hit.heading)]
+            given = (*prompt.pinned, *prompt.sources)
+            documents = [(hit.path, hit.text) for hit in given]
+            context = [part for hit in given for part in (hit.title, hit.heading)]
             gate = grounding.Gate(grounding.evidence(documents, incoming.text, context=context))
         # The duration counts from the message, not from the first token.
         reply = Reply(

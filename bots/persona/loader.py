@@ -23,6 +23,9 @@ from bots.persona.model import (
     Persona,
     PersonaError,
     PersonaInvalid,
+    PinnedDocument,
+    PinnedDocuments,
+    PinnedProblem,
     Sampling,
 )
 
@@ -51,6 +54,7 @@ FIELDS: dict[str, _Field] = {
     "greeting": _Field("str", "first message of a new chat"),
     "starters": _Field("strlist", "suggested questions"),
     "knowledge": _Field("strlist", "shared libraries under knowledge/"),
+    "pinned": _Field("strlist", "documents put whole into every prompt"),
     "grounding": _Field("enum", "strict or open", choices=("strict", "open")),
     "citations": _Field("bool", "name source documents in replies"),
     "model": _Field(
@@ -87,8 +91,13 @@ def load_persona(
     *,
     root: Path | None = None,
     clock: Callable[[], float] = time.time,
+    pinned: PinnedDocuments | None = None,
 ) -> Persona:
-    """Read `folder/persona.md` into a snapshot, or raise PersonaInvalid listing every problem."""
+    """Read `folder/persona.md` into a snapshot, or raise PersonaInvalid listing every problem.
+
+    With `pinned`, the documents the persona pins are read into the snapshot (and must fit);
+    without it only their names are checked.
+    """
     path = folder / PERSONA_FILE
     raw = _read(path, root)
     text = _decode(path, raw)
@@ -108,9 +117,10 @@ def load_persona(
         body_line = text[: len(text) - len(body)].count("\n") + 1
         errors.append(PersonaError(path, body_line, "", "the instructions body is empty"))
     _check_references(path, folder, checked, values, known_libraries, errors)
+    documents = _pinned(path, folder, checked, values.get("pinned"), pinned, errors)
     if errors:
         raise PersonaInvalid(errors)
-    return _snapshot(folder, checked, instructions, raw, clock())
+    return _snapshot(folder, checked, instructions, raw, clock(), documents)
 
 
 def content_hash(raw: bytes) -> str:
@@ -330,8 +340,48 @@ def _check_references(
             errors.append(PersonaError(path, line, "avatar", f"{avatar!r}: no such file"))
 
 
+def _pinned(
+    path: Path,
+    folder: Path,
+    checked: dict[str, Any],
+    value: _Value | None,
+    reader: PinnedDocuments | None,
+    errors: list[PersonaError],
+) -> tuple[PinnedDocument, ...]:
+    """The pinned documents, read; each problem is an error on the line of its entry."""
+    names: tuple[str, ...] = checked.get("pinned") or ()
+    if value is None or not names:
+        return ()
+    items = value.node.value if isinstance(value.node, yaml.SequenceNode) else [value.node]
+    libraries = checked.get("knowledge") or ()
+    documents: list[PinnedDocument] = []
+    for name, item in zip(names, items, strict=False):
+        line = value.offset + item.start_mark.line + 1
+        parts = name.split("/")
+        if not name.strip() or name.startswith(("/", "~")) or ".." in parts or "\\" in name:
+            message = f"{name!r} must be a path inside the persona folder or a library it names"
+            errors.append(PersonaError(path, line, "pinned", message))
+            continue
+        if reader is None:
+            continue
+        try:
+            documents.append(reader.read(folder, libraries, name))
+        except PinnedProblem as exc:
+            errors.append(PersonaError(path, line, "pinned", f"{name!r}: {exc}"))
+    if reader is not None and len(documents) == len(names):
+        problem = reader.problem(documents)
+        if problem:
+            errors.append(PersonaError(path, value.line, "pinned", problem))
+    return tuple(documents)
+
+
 def _snapshot(
-    folder: Path, checked: dict[str, Any], instructions: str, raw: bytes, now: float
+    folder: Path,
+    checked: dict[str, Any],
+    instructions: str,
+    raw: bytes,
+    now: float,
+    pinned: tuple[PinnedDocument, ...] = (),
 ) -> Persona:
     model = checked.get("model") or {}
     access = checked.get("access") or {}
@@ -354,4 +404,5 @@ def _snapshot(
         discord_channels=(checked.get("discord") or {}).get("channels") or (),
         slack_channels=(checked.get("slack") or {}).get("channels") or (),
         access=Access(users=access.get("users") or (), roles=access.get("roles") or ()),
+        pinned=pinned,
     )

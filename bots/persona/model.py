@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 Grounding = Literal["strict", "open"]
 
@@ -53,6 +54,32 @@ class Access:
 
 
 @dataclass(frozen=True)
+class PinnedDocument:
+    """A document that goes whole into every prompt of a persona (`pinned:` in persona.md)."""
+
+    path: str  # as sources show it: relative to the persona folder, or "<library>/<path>"
+    title: str
+    text: str
+
+
+class PinnedProblem(Exception):
+    """A pinned document that cannot be used; the message says why (shown with file and line)."""
+
+
+class PinnedDocuments(Protocol):
+    """Reads pinned documents and says whether they fit; the loader calls it (see chat.pinned)."""
+
+    def read(self, folder: Path, libraries: Sequence[str], path: str) -> PinnedDocument:
+        """The document `path` names for a persona in `folder` naming `libraries`; raises
+        PinnedProblem when it is missing, not a document, or cannot be read."""
+        ...
+
+    def problem(self, documents: Sequence[PinnedDocument]) -> str:
+        """Why `documents` together cannot go into every prompt ("" when they can)."""
+        ...
+
+
+@dataclass(frozen=True)
 class Persona:
     """An immutable snapshot of one persona; a reply holds one snapshot from start to end."""
 
@@ -73,6 +100,7 @@ class Persona:
     discord_channels: tuple[str, ...] = ()
     slack_channels: tuple[str, ...] = ()
     access: Access = field(default_factory=Access)
+    pinned: tuple[PinnedDocument, ...] = ()
 
     @property
     def display_name(self) -> str:

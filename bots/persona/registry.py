@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 from bots.persona.loader import PersonaChanging, content_hash, load_persona, valid_persona_id
-from bots.persona.model import PERSONA_FILE, Persona, PersonaError, PersonaInvalid
+from bots.persona.model import (
+    PERSONA_FILE,
+    Persona,
+    PersonaError,
+    PersonaInvalid,
+    PinnedDocuments,
+    PinnedProblem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +50,22 @@ Listener = Callable[[ReloadEvent], None]
 
 
 class PersonaRegistry:
-    """Holds the personas of one folder. Thread-safe; readers get immutable snapshots."""
+    """Holds the personas of one folder. Thread-safe; readers get immutable snapshots.
 
-    def __init__(self, personas_dir: Path, libraries: Callable[[], Collection[str]]) -> None:
+    With `pinned`, each snapshot holds its pinned documents' text as read when it loaded: a
+    pinned document edited into one that no longer fits (or deleted) is an error, and the last
+    good snapshot, with the last good text, keeps serving.
+    """
+
+    def __init__(
+        self,
+        personas_dir: Path,
+        libraries: Callable[[], Collection[str]],
+        pinned: PinnedDocuments | None = None,
+    ) -> None:
         self.root = personas_dir
         self._libraries = libraries
+        self._pinned = pinned
         self._states: dict[str, PersonaState] = {}
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -111,7 +129,7 @@ class PersonaRegistry:
         if old and old.persona and not old.errors and self._same_content(old.persona):
             return "unchanged", old
         try:
-            persona = load_persona(folder, self._libraries(), root=self.root)
+            persona = load_persona(folder, self._libraries(), root=self.root, pinned=self._pinned)
         except PersonaChanging:
             return "unchanged", old  # mid-write: the writer's close event reloads it
         except PersonaInvalid as exc:
@@ -147,11 +165,18 @@ class PersonaRegistry:
         except OSError:
             return False
 
-    @staticmethod
-    def _same_content(persona: Persona) -> bool:
+    def _same_content(self, persona: Persona) -> bool:
+        """Whether persona.md and the pinned documents still read as the snapshot has them."""
         try:
-            return content_hash(persona.source.read_bytes()) == persona.content_hash
-        except OSError:
+            if content_hash(persona.source.read_bytes()) != persona.content_hash:
+                return False
+            if self._pinned is None:
+                return True
+            return all(
+                self._pinned.read(persona.folder, persona.knowledge, doc.path) == doc
+                for doc in persona.pinned
+            )
+        except (OSError, PinnedProblem):
             return False
 
     def _notify(self, event: ReloadEvent) -> None:
