@@ -13,13 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bots.chat.grounding as grounding
+import bots.evals.report as report
 from bots.chat import notices
 from bots.chat.model import Incoming
 from bots.chat.reply import Reply
+from bots.evals.runner import run_persona
 from bots.runtime import Runtime
 from bots.settings import Settings
 from tests.fakes.engines import ScriptedEngine
-from tests.fakes.projects import write_project
+from tests.fakes.projects import write, write_project
 
 VACATION = (
     "acme/vacation.md",
@@ -271,3 +273,21 @@ async def test_the_http_stream_carries_only_checked_text(
     assert "95" not in text and SUPPORTED in text
     assert events[-1]["grounding"]["action"] == "trimmed"
     assert events[-1]["grounding"]["unsupported"] == {"number": 3}
+
+
+async def test_bots_eval_reports_gated_answers(
+    scripted: tuple[Runtime, ScriptedEngine], tmp_path: Path
+) -> None:
+    app, engine = scripted
+    engine.text = INVENTED_NUMBER
+    write(
+        tmp_path / "personas" / "librarian" / "evals.yaml",
+        f"- name: vacation\n  ask: {QUESTION}\n  cites: vacation.md\n",
+    )
+    run = await run_persona(app, "librarian")
+    (result,) = run.results
+    assert result.status == "pass" and "95" not in result.answer
+    assert result.gated == "quoted: not in the documents: number '27', number '4', number '95'"
+    assert run.gated == 1 and run.as_dict()["gated"] == 1
+    assert report.rows(run)[1] == report.REASON_INDENT + "gated " + result.gated
+    assert ", 1 gated" in report.persona_summary(run)

@@ -194,9 +194,12 @@ def judge(
         elif checks.declines and not outcome.declined:
             failures.append("declines: it answered instead of declining")
         elif not checks.declines and outcome.declined:
-            failures.append(
-                f"declines: false, but it declined (no document scored {min_score:g} or more)"
+            why = (
+                "the grounding gate found no claim of it in the documents and no passage to quote"
+                if outcome.gated
+                else f"no document scored {min_score:g} or more"
             )
+            failures.append(f"declines: false, but it declined ({why})")
     for path in checks.cites:
         if not any(source == path or source.endswith("/" + path) for source in outcome.sources):
             found = ", ".join(outcome.sources) or "none"
