@@ -163,6 +163,9 @@ def test_an_answer_that_states_no_fact_gets_the_passage_that_does() -> None:
         "acme/security.html", "Passwords must be at least 14 characters long."
     )
     assert report.action == "added" and report.unsupported == []
+    shown, report = gated(["Meals are refunded up to 45 euros."], "How long must my password be?")
+    assert report.action == "added", "a figure of the documents, but not the one asked for"
+    assert shown.endswith('"Passwords must be at least 14 characters long."')
 
 
 def test_the_decline_replaces_an_unsupported_answer_when_no_passage_matches() -> None:

@@ -130,7 +130,8 @@ def format_table(results: Sequence[GroundingResult]) -> str:
     right_after = sum(r.after.right for r in results)
     invented_before = sum(bool(r.before.invented) for r in results)
     invented_after = sum(bool(r.after.invented) for r in results)
-    changed = [r for r in results if r.action not in ("", "passed")]
+    changed = [r for r in results if r.action not in ("", "passed", "added")]
+    added = sum(r.action == "added" for r in results)
     really = sum(bool(r.before.invented) for r in changed)
     lines += [
         "",
@@ -138,8 +139,10 @@ def format_table(results: Sequence[GroundingResult]) -> str:
         f"({_ratio(right_after, right_before)})",
         f"answers with a claim no document holds: {invented_after}/{n} with the gate, "
         f"{invented_before}/{n} without",
-        f"gate changed {len(changed)}/{n} answers; {really} of them held a claim no document "
-        "holds (the rest: a claim of a document the question did not retrieve)",
+        f"gate dropped sentences of {len(changed)}/{n} answers: {really} held a claim no "
+        f"document holds, {len(changed) - really} only claims of documents not retrieved for "
+        "the question",
+        f"gate added the best passage to {added}/{n} answers that stated none of its facts",
     ]
     return "\n".join(lines)
 

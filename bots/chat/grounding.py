@@ -10,9 +10,9 @@ with no claim passes (a small model's paraphrase is fine; its invented figures a
 `Gate` checks a streamed answer sentence by sentence: it holds text until a sentence is complete,
 releases the sentences that stand, and drops the others. If it dropped any, the answer ends with
 the passage of the documents that best matches the question, quoted with its source; if none
-matches and nothing stood, the answer is the decline. An answer that stood but states no fact
-while that passage does gets the passage too (a small model often talks around the figure asked
-for). `GateReport` says which and why, in figures.
+matches and nothing stood, the answer is the decline. An answer that stood but states none of
+the facts of that passage gets the passage too (a small model often talks around the figure asked
+for, or gives another figure of the documents). `GateReport` says which and why, in figures.
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ class Gate:
         self.report = GateReport()
         self._buffer = ""
         self._kept = False  # some sentence with words stood
-        self._facts = False  # some sentence that stood states a number, date, address or link
+        self._stated: set[tuple[ClaimKind, str]] = set()  # the facts of what stood
 
     def feed(self, piece: str) -> str:
         """Add generated text; return the text that may be shown now."""
@@ -306,15 +306,16 @@ class Gate:
 
         Something dropped: the best passage follows what stood (`trimmed`) or replaces it all
         (`quoted`), or the decline replaces it when no passage matches (`declined`). Nothing
-        dropped but no fact stated, while the best passage states one: the passage follows
-        (`added`), so a user asking for a figure sees the documents' figure.
+        dropped, but none of the facts the best passage states is in the answer: the passage
+        follows (`added`), so a user asking for a figure sees the documents' figure even when
+        the model gave another figure of the documents or none.
         """
         shown = self._check(self._buffer) if self._buffer.strip() else ""
         self._buffer = ""
         dropped = bool(self.report.dropped)
-        if self._facts and not dropped:
-            return shown
         passage = best_passage(self.evidence)
+        if not dropped and (passage is None or self._states_fact_of(passage)):
+            return shown
         if passage is None or (not dropped and self._kept and not passage.facts):
             if dropped:
                 self.report.action = "trimmed" if self._kept else "declined"
@@ -328,6 +329,12 @@ class Gate:
         self.report.action = "trimmed" if dropped else "added"
         return shown.rstrip() + "\n\n" + quote
 
+    def _states_fact_of(self, passage: Passage) -> bool:
+        """Whether the answer so far states a fact of `passage` (or the passage states none)."""
+        if not passage.facts:
+            return True
+        return bool(self._stated & _evidence_keys(passage.text))
+
     def _check(self, sentence: str) -> str:
         self.report.sentences += 1
         missing = unsupported(sentence, self.evidence)
@@ -336,7 +343,7 @@ class Gate:
             self.report.unsupported.extend(missing)
             return ""
         self._kept = self._kept or bool(_words(sentence))
-        self._facts = self._facts or any(c.kind != "quote" for c in claims(sentence))
+        self._stated |= {(c.kind, c.key) for c in claims(sentence) if c.kind != "quote"}
         return sentence
 
 
