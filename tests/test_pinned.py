@@ -141,3 +141,16 @@ async def test_an_edit_to_a_pinned_library_page_is_live_on_the_next_reply(
     page.write_text(page.read_text().replace("14 characters", "16 characters"))
     app.on_files_changed({page})  # what the watcher reports after the save
     assert "at least 16 characters" in await ask(app, "How many vacation days do I get?")
+
+
+async def test_pinned_documents_are_named_among_the_stored_sources(
+    start: Start, tmp_path: Path
+) -> None:
+    write_pinning(tmp_path, "[policies/leave.md]")
+    app = await start()
+    reply = await app.service.start(Incoming("test", "p", "t", "Vacation days?", "librarian"))
+    async for _ in reply:
+        pass
+    (turn,) = [t for t in await app.service.history("test", "p") if t.role == "assistant"]
+    paths = {source["path"]: source.get("pinned", False) for source in turn.sources}
+    assert paths == {"handbook/vacation.md": False, "policies/leave.md": True}

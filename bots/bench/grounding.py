@@ -153,7 +153,7 @@ def replies(results: Sequence[GroundingResult]) -> str:
     for r in results:
         block = [f"Q: {r.question.ask}", f"  model: {_flat(r.generated)}"]
         if r.shown != r.generated:
-            block.append(f"  shown: {_flat(r.shown)}")
+            block.append(f"  shown: {' '.join(r.shown.split())}")
         if r.reason:
             block.append(f"  why:   {r.reason}")
         blocks.append("\n".join(block))

@@ -270,6 +270,8 @@ class GateReport:
 
     def reason(self) -> str:
         """Why, in words: the unsupported claims (for the operator: evals, the workbench)."""
+        if self.action == "added":
+            return "the answer stated none of the facts of the passage that best matches"
         if not self.unsupported:
             return ""
         listed = ", ".join(f"{c.kind} {c.text!r}" for c in self.unsupported)

@@ -93,15 +93,18 @@ class Reply:
         return () if report is not None and report.action == "declined" else self.sources
 
     def source_dicts(self) -> list[dict[str, Any]]:
-        """Sources for display: one entry per document, with its best chunk's score (and
-        `quoted` on the one the gate quoted instead of the model's answer)."""
+        """Sources for display and the store: one entry per document, with its best chunk's
+        score, then the pinned documents (`pinned`: they were in the prompt whatever was
+        asked); `quoted` marks the one the gate quoted instead of the model's answer."""
         seen: dict[str, dict[str, Any]] = {}
         quoted = self.grounding.quoted if self.grounding else ""
-        pinned = self.prompt.pinned if self.prompt else ()
-        # A passage quoted from a pinned document names it, though no search found it.
-        for hit in (*self.cited, *(p for p in pinned if p.path == quoted)):
+        declined = self.grounding is not None and self.grounding.action == "declined"
+        pinned = self.prompt.pinned if self.prompt is not None and not declined else ()
+        for hit in (*self.cited, *pinned):
             if hit.path not in seen:
                 seen[hit.path] = source_dict(hit)
+                if hit in pinned:
+                    seen[hit.path]["pinned"] = True
                 if hit.path == quoted:
                     seen[hit.path]["quoted"] = True
         return list(seen.values())
