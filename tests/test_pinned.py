@@ -11,6 +11,7 @@ import pytest
 
 from bots.chat.model import Incoming
 from bots.checks import run_checks
+from bots.knowledge.audience import EVERYONE, Reader
 from bots.persona.model import PersonaInvalid
 from bots.runtime import Runtime
 from bots.settings import Settings
@@ -153,4 +154,24 @@ async def test_pinned_documents_are_named_among_the_stored_sources(
         pass
     (turn,) = [t for t in await app.service.history("test", "p") if t.role == "assistant"]
     paths = {source["path"]: source.get("pinned", False) for source in turn.sources}
-    assert paths == {"handbook/vacation.md": False, "policies/leave.md": True}
+    assert paths["policies/leave.md"] is True and paths["handbook/vacation.md"] is False
+
+
+async def test_a_restricted_pinned_document_stays_out_of_places_that_may_not_see_it(
+    start: Start, tmp_path: Path
+) -> None:
+    write(tmp_path / "knowledge" / "handbook" / "hr" / "bands.md", "# Bands\n\nBand 7 pays 95k.\n")
+    write(
+        tmp_path / "knowledge" / "handbook" / "knowledge.yaml",
+        "audience:\n  - paths: ['hr/*']\n    slack_users: [U0ALICE01]\n",
+    )
+    write_pinning(tmp_path, "[handbook/hr/bands.md]")
+    app = await start()
+    for reader, shown in ((EVERYONE, False), (Reader.alone("slack", "U0ALICE01"), True)):
+        incoming = Incoming("slack", "", "U0ALICE01", "Vacation days?", "librarian", reader=reader)
+        reply = await app.service.start(incoming)
+        async for _ in reply:
+            pass
+        prompt = app.engine.requests[-1].messages[-1].content  # type: ignore[attr-defined]
+        assert ("Band 7 pays 95k." in prompt) is shown
+        assert any(s["path"] == "handbook/hr/bands.md" for s in reply.source_dicts()) is shown

@@ -171,7 +171,7 @@ class ChatService:
                 context_size=self.engine.context_size,
                 max_tokens=max_tokens,
                 max_knowledge_tokens=self.settings.retrieval.max_knowledge_tokens,
-                pinned=pinned.as_hits(persona.pinned),
+                pinned=self._visible_pinned(persona, incoming.reader),
             )
         )
         sources = prompt.sources if prompt else ()
@@ -256,6 +256,15 @@ class ChatService:
         )
         self.in_flight += 1
         return reply
+
+    def _visible_pinned(self, persona: Persona, reader: Reader) -> tuple[Hit, ...]:
+        """The persona's pinned documents that `reader` may see: a restricted one stays out of
+        the prompt of a place that may not see it, like any chunk of it."""
+        return tuple(
+            hit
+            for hit in pinned.as_hits(persona.pinned)
+            if visible(self.knowledge.access(persona.id, hit.path), reader)
+        )
 
     def _visible_history(
         self, persona: Persona, turns: Sequence[Turn], reader: Reader
