@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import bots.chat.claims as claims
 import bots.chat.grounding as grounding
 import bots.evals.report as report
 from bots.chat import notices
@@ -69,7 +70,7 @@ def gated(pieces: list[str], question: str = QUESTION) -> tuple[str, grounding.G
     ],
 )
 def test_claims_are_found_and_normalised(sentence: str, kinds: list[tuple[str, str]]) -> None:
-    found = [(c.kind, c.key) for c in grounding.claims(sentence)]
+    found = [(c.kind, c.key) for c in claims.find(sentence)]
     assert all(kind in found for kind in kinds), found
     if not kinds:
         assert found == []
