@@ -1,5 +1,5 @@
-"""The `bots` command: chat, ask, new, check, serve, status, eval, feedback; and `bench`, from
-`bots.bench.commands`."""
+"""The `bots` command: chat, ask, new, check, serve, status, eval, feedback; `bench`, from
+`bots.bench.commands`; and `model`, from `bots.modelhub.commands`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import click
 from bots.bench.commands import bench
 from bots.cli_options import flags_of, settings_of, settings_options
 from bots.logs import setup_logging
+from bots.modelhub.commands import model
 from bots.settings import Settings
 
 
@@ -27,6 +28,7 @@ def main() -> None:
 
 
 main.add_command(bench)
+main.add_command(model)
 
 
 def default_persona(settings: Settings, registry_ids: list[str]) -> str:
