@@ -11,10 +11,10 @@ import time
 import click
 
 from bots.bench.commands import bench
-from bots.cli_options import flags_of, settings_of, settings_options
+from bots.cli_options import flags_of, settings_of, settings_options, settings_reader
 from bots.logs import setup_logging
 from bots.modelhub.commands import model
-from bots.settings import Settings
+from bots.settings import SETTINGS_FILE, Settings
 
 
 @click.group()
@@ -193,19 +193,22 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool
     """
     from bots.engine.base import EngineError
     from bots.engine.model_files import ModelNotFound
+    from bots.model_reload import SettingsSource
     from bots.runtime import Runtime
     from bots.serve import serve as run_server
 
-    settings = settings_of(
-        ctx, **{"server.host": host, "server.port": port, "server.log_json": log_json}
-    )
+    overrides = {"server.host": host, "server.port": port, "server.log_json": log_json}
+    settings = settings_of(ctx, **overrides)
     setup_logging(
         max(flags_of(ctx).verbose, 1),
         json_logs=settings.server.log_json,
         secrets=settings.secrets(),
     )
+    source = SettingsSource(
+        flags_of(ctx).config or settings.root / SETTINGS_FILE, settings_reader(ctx, **overrides)
+    )
     try:
-        exit_status = asyncio.run(run_server(Runtime.create(settings)))
+        exit_status = asyncio.run(run_server(Runtime.create(settings), settings_source=source))
     except (EngineError, ModelNotFound) as exc:
         raise click.ClickException(f"the model could not be started: {exc}") from exc
     sys.exit(exit_status)
@@ -238,6 +241,11 @@ def status(ctx: click.Context, url: str | None) -> None:
     )
     if engine["detail"]:
         click.echo(f"        {engine['detail']}")
+    served = body.get("model") or {}
+    if served:
+        click.echo(f"model   {served['name']}  from {served['source']}")
+        if served["error"]:
+            click.echo(f"ERR     switch to {served['error_source']} failed: {served['error']}")
     for name, state in body["adapters"].items():
         click.echo(f"adapter {name}: {state}")
     for p in body["personas"]:
@@ -249,7 +257,11 @@ def status(ctx: click.Context, url: str | None) -> None:
         )
         for e in p["errors"]:
             click.echo(f"      {e['path']}:{e['line']}: {e['key']}: {e['message']}")
-    healthy = engine["healthy"] and all(not p["errors"] for p in body["personas"])
+    healthy = (
+        engine["healthy"]
+        and not served.get("error")
+        and all(not p["errors"] for p in body["personas"])
+    )
     sys.exit(0 if healthy else 1)
 
 

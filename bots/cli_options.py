@@ -97,3 +97,11 @@ def settings_of(ctx: click.Context, **more: Any) -> Settings:
         return load_settings(config=flags.config, overrides={**flags.overrides, **more})
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def settings_reader(ctx: click.Context, **more: Any) -> Callable[[], Settings]:
+    """Reads the settings again as `settings_of` did (for a running server to follow saves of
+    bots.toml); raises SettingsError."""
+    flags = flags_of(ctx)
+    overrides = {**flags.overrides, **more}
+    return lambda: load_settings(config=flags.config, overrides=overrides)

@@ -227,13 +227,17 @@ def _excerpt(text: str) -> str:
 
 
 def fingerprint(app: Runtime, persona: Persona, suite: EvalSuite, retrieval_only: bool) -> str:
-    """A hash of everything a run depends on: the persona, its cases and its documents' text.
+    """A hash of everything a run depends on: the model, the persona, its cases and its
+    documents' text.
 
     Deterministic runs of equal inputs give equal results, so a save that changed nothing (or
     changed only a file no case depends on) need not run again. Blocks while indexes refresh.
     """
     digest = hashlib.sha256()
     digest.update(f"{persona.content_hash}\0{suite.content_hash}\0{retrieval_only}\0".encode())
+    if not retrieval_only:
+        model = app.engine.state()
+        digest.update(f"{model.name}\0{model.source}\0{model.since}\0".encode())
     try:
         indexes = [app.knowledge.index_for_persona(persona.id)]
         indexes += [app.knowledge.index_for_library(name) for name in persona.knowledge]

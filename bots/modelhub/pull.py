@@ -35,6 +35,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.file_download import http_get
+
 # Exported lazily, which mypy cannot see.
 from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
