@@ -11,7 +11,13 @@ import time
 import click
 
 from bots.bench.commands import bench
-from bots.cli_options import flags_of, settings_of, settings_options, settings_reader
+from bots.cli_options import (
+    flags_of,
+    settings_of,
+    settings_options,
+    settings_options_but_model,
+    settings_reader,
+)
 from bots.logs import setup_logging
 from bots.modelhub.commands import model
 from bots.settings import SETTINGS_FILE, Settings
@@ -279,15 +285,33 @@ def _ago(timestamp: float) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.option("--retrieval-only", is_flag=True, help="judge `cites`/`declines` without generating")
 @click.option("--watch", is_flag=True, help="re-run one persona's cases on every save")
-@settings_options
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="a model to run the cases on (GGUF path, catalogue name, or the endpoint's model); "
+    "give it twice or more to compare them side by side",
+)
+@settings_options_but_model
 @click.pass_context
 def eval_cases(
-    ctx: click.Context, personas: tuple[str, ...], as_json: bool, retrieval_only: bool, watch: bool
+    ctx: click.Context,
+    personas: tuple[str, ...],
+    as_json: bool,
+    retrieval_only: bool,
+    watch: bool,
+    models: tuple[str, ...],
 ) -> None:
     """Run the personas' evals.yaml cases (temperature 0, fixed seed); exit 1 on any failure."""
     from bots.evals.commands import CommandError, run_evals, watch_evals
 
     settings = settings_of(ctx)
+    if len(models) > 1:
+        if watch or retrieval_only:
+            raise click.UsageError("--watch and --retrieval-only run one model, not several")
+        sys.exit(_compare(settings, models, personas, as_json))
+    if models:
+        settings = _with_model(settings, models[0])
     if watch:
         if len(personas) != 1:
             raise click.UsageError("--watch takes exactly one PERSONA")
@@ -309,6 +333,43 @@ def eval_cases(
         )
     )
     sys.exit(status)
+
+
+def _with_model(settings: Settings, name: str) -> Settings:
+    import dataclasses
+
+    from bots.modelhub.choose import ChooseError, model_keys, with_model_keys
+    from bots.modelhub.commands import hub_access
+
+    try:
+        keys = model_keys(name, settings.model, hub_access(settings))
+    except ChooseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return dataclasses.replace(settings, model=with_model_keys(settings.model, keys))
+
+
+def _compare(
+    settings: Settings, models: tuple[str, ...], personas: tuple[str, ...], as_json: bool
+) -> int:
+    from bots.evals.compare import compare_models
+    from bots.modelhub.choose import ChooseError, model_keys
+    from bots.modelhub.commands import hub_access
+
+    access = hub_access(settings)
+    try:
+        chosen = [(name, model_keys(name, settings.model, access)) for name in models]
+    except ChooseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return asyncio.run(
+        compare_models(
+            settings,
+            chosen,
+            personas,
+            as_json_output=as_json,
+            echo=click.echo,
+            note=lambda line: click.echo(line, err=True),
+        )
+    )
 
 
 @main.command()

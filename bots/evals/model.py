@@ -92,6 +92,7 @@ class CaseResult:
     sources: tuple[str, ...]
     latency_ms: float
     declined: bool = False
+    tokens_per_s: float = 0.0  # of the last answer; 0 when nothing was generated
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -102,6 +103,7 @@ class CaseResult:
             "sources": list(self.sources),
             "declined": self.declined,
             "latency_ms": round(self.latency_ms, 1),
+            "tokens_per_s": round(self.tokens_per_s, 1),
         }
 
 

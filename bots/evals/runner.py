@@ -41,6 +41,7 @@ class Outcome:
     sources: tuple[str, ...]
     declined: bool
     generated: bool
+    tokens_per_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,20 @@ async def run_case(
     latency = (time.perf_counter() - started) * 1000
     status, reason = judge(persona, case.checks, outcome, service.settings.retrieval.min_score)
     return CaseResult(
-        case.name, status, reason, outcome.answer, outcome.sources, latency, outcome.declined
+        case.name,
+        status,
+        reason,
+        outcome.answer,
+        outcome.sources,
+        latency,
+        outcome.declined,
+        outcome.tokens_per_s,
     )
 
 
 async def _converse(service: ChatService, persona: Persona, turns: tuple[str, ...]) -> Outcome:
     history: list[ChatMessage] = []
-    answer, declined = "", False
+    answer, declined, speed = "", False, 0.0
     sources: tuple[str, ...] = ()
     for text in turns:
         incoming = Incoming(
@@ -155,8 +163,9 @@ async def _converse(service: ChatService, persona: Persona, turns: tuple[str, ..
         answer = reply.text
         sources = tuple(dict.fromkeys(hit.path for hit in reply.sources))
         declined = reply.finish_reason == "declined"
+        speed = reply.usage.tokens_per_s if reply.usage else 0.0
         history += [ChatMessage("user", text), ChatMessage("assistant", answer)]
-    return Outcome(answer, sources, declined, generated=True)
+    return Outcome(answer, sources, declined, generated=True, tokens_per_s=speed)
 
 
 def _retrieve(service: ChatService, persona: Persona, query: str) -> Outcome:

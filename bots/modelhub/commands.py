@@ -12,10 +12,11 @@ import click
 
 from bots.cli_options import flags_of, settings_of, settings_options
 from bots.engine.model_files import ModelNotFound, default_model_path
-from bots.modelhub.address import AddressError, HubFile, parse_address
-from bots.modelhub.catalogue import CatalogueEntry, find_entry, load_catalogue
+from bots.modelhub.address import AddressError, parse_address
+from bots.modelhub.catalogue import CatalogueEntry, load_catalogue
+from bots.modelhub.choose import ChooseError, cached_path, model_keys
 from bots.modelhub.fit import Machine, estimate, human_bytes, this_machine
-from bots.modelhub.local import LocalModel, hf_cache_dir, is_gguf, scan_machine
+from bots.modelhub.local import LocalModel, hf_cache_dir, scan_machine
 from bots.modelhub.pull import DEFAULT_ENDPOINT, HubAccess, PullError, pull
 from bots.modelhub.settings_file import SettingsFileError, set_model_keys
 from bots.settings import SETTINGS_FILE, Settings
@@ -43,21 +44,6 @@ def bots_models_dir(settings: Settings) -> Path:
     """Where bots keeps model files of its own (Q8_0 copies, plain-URL downloads)."""
     configured = settings.model.cache_dir
     return Path(configured).expanduser() if configured else settings.data_dir / "models"
-
-
-def cached_path(entry: CatalogueEntry | HubFile, cache_dir: Path) -> Path | None:
-    """The file of a catalogue entry or Hub address in the Hugging Face cache, if there."""
-    if isinstance(entry, CatalogueEntry) and entry.embedded:
-        try:
-            return default_model_path()
-        except ModelNotFound:
-            pass
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(
-        entry.repo, entry.file, cache_dir=cache_dir, revision=entry.revision
-    )
-    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
 @model.command("list")
@@ -206,7 +192,10 @@ def use_model(ctx: click.Context, name: str) -> None:
     writes bots.toml; a running `bots serve` switches to it live."""
     settings = settings_of(ctx)
     target = flags_of(ctx).config or settings.root / SETTINGS_FILE
-    values = choose(name, settings, hub_access(settings))
+    try:
+        values = model_keys(name, settings.model, hub_access(settings))
+    except ChooseError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         set_model_keys(target, values)
     except (SettingsFileError, OSError) as exc:
@@ -214,32 +203,3 @@ def use_model(ctx: click.Context, name: str) -> None:
     for key, value in values.items():
         click.echo(f"model.{key} = {value!r} written to {target}")
     click.echo("a running `bots serve` switches to it now; `bots status` shows which model serves")
-
-
-def choose(name: str, settings: Settings, access: HubAccess) -> dict[str, str]:
-    """The [model] keys that make `name` the model served; ClickException when it is none."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        if not is_gguf(path):
-            raise click.ClickException(f"{path}: not a GGUF file (no GGUF header)")
-        return {"path": str(path.resolve())}
-    catalogue = load_catalogue()
-    entry = find_entry(name, catalogue)
-    if entry is not None and entry.embedded:
-        return {"path": ""}
-    if entry is not None or name.startswith("hf://"):
-        try:
-            address = parse_address(name, catalogue, access.endpoint)
-        except AddressError as exc:
-            raise click.ClickException(str(exc)) from exc
-        assert isinstance(address, HubFile)
-        found = cached_path(address, access.cache_dir)
-        if found is None:
-            raise click.ClickException(f"{name} is not downloaded yet: bots model pull {name}")
-        return {"path": str(found)}
-    if settings.model.endpoint:
-        return {"endpoint_model": name}
-    raise click.ClickException(
-        f"{name!r}: no such file, not in the catalogue (bots model list) and no model.endpoint "
-        "is set whose model it could name"
-    )
