@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bots.adapters.web.comparison_view import comparison
 from bots.engine.model_files import default_model_path
 from bots.engine.quantize import prepared_model_path
 from tests.cli_runner import run_cli
@@ -93,7 +94,11 @@ def test_two_endpoint_models_side_by_side_one_case_passes_on_one(
         ("big-model", 2, 2),
         ("small-model", 1, 2),
     ]
-    assert (project / "data" / "evals" / "last-comparison.json").is_file()
+    # The workbench's Evals tab shows the last comparison for the persona.
+    saved = json.loads((project / "data" / "evals" / "last-comparison.json").read_text())
+    html = comparison(saved, "hr")
+    assert "Models compared" in html and "big-model" in html and "small-model" in html
+    assert html.count("status-fail") == 1 and comparison(saved, "brief") == ""
 
 
 def test_two_local_models_run_in_turn(project: Path) -> None:

@@ -14,8 +14,10 @@ from pathlib import Path
 from aiohttp import web
 
 import bots.adapters.web.views as views
+from bots.adapters.web.comparison_view import comparison
 from bots.adapters.web.events import EventHub, ServerEvent, json_event
 from bots.engine.switch import ModelState
+from bots.evals.compare import last_comparison
 from bots.evals.model import Flip
 from bots.evals.watch import EvalEvent, EvalMonitor
 from bots.persona.registry import ReloadEvent
@@ -70,13 +72,15 @@ class Workbench:
 
     def evals_event(self, persona_id: str) -> ServerEvent:
         html = views.evals(self.eval_view(persona_id), self.root)
+        html += comparison(last_comparison(self.app.settings), persona_id)
         return json_event("evals", persona=persona_id, html=html)
 
     def evals_html(self, persona_id: str) -> str:
         """The evals fragment; the first time a persona is looked at, its evals start running."""
         if self.monitor.last(persona_id) is None and not self.monitor.running(persona_id):
             self.monitor.request(persona_id)
-        return views.evals(self.eval_view(persona_id), self.root)
+        compared = comparison(last_comparison(self.app.settings), persona_id)
+        return views.evals(self.eval_view(persona_id), self.root) + compared
 
     # Listeners. The registry and the app call theirs on the watcher thread: hop to the loop.
 
