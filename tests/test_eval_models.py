@@ -101,13 +101,17 @@ def test_two_endpoint_models_side_by_side_one_case_passes_on_one(
     assert html.count("status-fail") == 1 and comparison(saved, "brief") == ""
 
 
-def test_two_local_models_run_in_turn(project: Path) -> None:
+def test_two_local_models_run_in_turn_and_one_that_does_not_load_says_so(project: Path) -> None:
     q8 = prepared_model_path(default_model_path(), Path(MODEL_CACHE_DIR))
+    truncated = project / "truncated.gguf"
+    truncated.write_bytes(q8.read_bytes()[:2_000_000])
     code, out = run_cli(project, "eval", "brief", "--model", "smollm2-135m", "--model", str(q8),
-                        "--json", env={"BOTS_MODEL_QUANTIZE_Q8": "false"})  # fmt: skip
-    assert code == 0, out
+                        "--model", str(truncated), "--json",
+                        env={"BOTS_MODEL_QUANTIZE_Q8": "false"})  # fmt: skip
+    assert code == 1, out  # the third model failed every case by not loading
     models = json.loads(out[out.index("{") :])["models"]
-    assert [m["served"] for m in models] == [default_model_path().name, q8.name], out
-    cases = [m["personas"][0]["cases"] for m in models]
+    assert [m["served"] for m in models] == [default_model_path().name, q8.name, ""], out
+    cases = [m["personas"][0]["cases"] for m in models[:2]]
     assert all(len(c) == 1 and c[0]["status"] == "pass" and c[0]["tokens_per_s"] > 0
                for c in cases), cases  # fmt: skip
+    assert models[2]["failed"] and "truncated.gguf" in models[2]["load_error"]
