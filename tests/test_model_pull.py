@@ -161,3 +161,11 @@ def test_a_catalogue_name_is_pulled_and_checked_against_the_catalogue_too(
     code, out = run_cli(project, "model", "list", "--json", env=hub_env(hub, cache))
     rows = {r["name"]: r for r in json.loads(out)["catalogue"]}
     assert rows["smollm2-135m"]["here"] and not rows["qwen2.5-0.5b"]["here"]
+
+
+def test_no_network_fails_before_writing_and_says_to_retry(tmp_path: Path) -> None:
+    dead = HubAccess(cache_dir=tmp_path / "hf", download_dir=tmp_path / "dl",
+                     endpoint="http://127.0.0.1:9")  # fmt: skip
+    with pytest.raises(PullError, match="network failure.*run the same pull again"):
+        pull(HubFile(REPO, FILE), dead)
+    assert not (tmp_path / "hf").exists()

@@ -155,3 +155,37 @@ def test_model_use_switches_a_running_server_live(tmp_path: Path) -> None:
         assert "other-q8_0.gguf" in page and "truncated.gguf" in page and "failed" in page
     finally:
         assert server.stop() == 0
+
+
+async def test_settings_that_name_no_loadable_model_keep_the_old_one(tmp_path: Path) -> None:
+    from bots.model_reload import ModelReloader, SettingsSource
+    from bots.runtime import Runtime
+    from bots.settings import SettingsError, load_settings
+
+    root = write_project(tmp_path)
+    settings = load_settings(root, environ={})
+    app = Runtime.create(settings, NamedEngine("old.gguf"))
+    await app.start(watch=False)
+    answers: list[object] = [SettingsError("bots.toml: model.n_ctx: bad value 'x'")]
+
+    def read() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    source = SettingsSource(root / "bots.toml", read)  # type: ignore[arg-type]
+    reloader = ModelReloader(app, source, asyncio.get_running_loop())
+    try:
+        assert not await reloader.apply()
+        assert "model.n_ctx: bad value" in app.engine.state().error
+        missing = load_settings(root, environ={}, overrides={"model.path": str(root / "no.gguf")})
+        answers.append(missing)
+        assert not await reloader.apply()
+        state = app.engine.state()
+        assert "no such file" in state.error and state.name == "old.gguf"
+        answers.append(settings)  # saved back as it was: nothing to switch, the error goes
+        assert not await reloader.apply()
+        assert app.engine.state().error == ""
+    finally:
+        await app.close()
