@@ -166,6 +166,6 @@ def test_a_catalogue_name_is_pulled_and_checked_against_the_catalogue_too(
 def test_no_network_fails_before_writing_and_says_to_retry(tmp_path: Path) -> None:
     dead = HubAccess(cache_dir=tmp_path / "hf", download_dir=tmp_path / "dl",
                      endpoint="http://127.0.0.1:9")  # fmt: skip
-    with pytest.raises(PullError, match="network failure.*run the same pull again"):
+    with pytest.raises(PullError, match=r"network failure.*run the same pull again"):
         pull(HubFile(REPO, FILE), dead)
     assert not (tmp_path / "hf").exists()
