@@ -12,6 +12,7 @@ save that fixes it clears the error.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from pathlib import Path
 from bots.engine.factory import make_engine
 from bots.persona.watcher import Watcher
 from bots.runtime import Runtime, model_source
-from bots.settings import ModelSettings, Settings, SettingsError
+from bots.settings import SETTINGS_FILE, ModelSettings, Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ class ModelReloader:
 
     def _changed(self, paths: set[Path]) -> None:
         if any(p.absolute() == self._file for p in paths):
-            asyncio.run_coroutine_threadsafe(self.apply(), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self.apply(), self._loop)
+            future.add_done_callback(_log_failure)
 
     async def apply(self) -> bool:
         """Read the settings again and switch when they name another model; True on a switch."""
@@ -87,3 +89,8 @@ def watch_model_setting(app: Runtime, source: SettingsSource) -> ModelReloader:
     reloader = ModelReloader(app, source, asyncio.get_running_loop())
     reloader.watcher.start()
     return reloader
+
+
+def _log_failure(future: concurrent.futures.Future[bool]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("following %s failed", SETTINGS_FILE, exc_info=future.exception())

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 # How long a replaced engine waits for its last replies before it is closed regardless.
 DRAIN_LIMIT_S = 300.0
+RETIRE_POLL_S = 0.05
 
 
 @runtime_checkable
@@ -62,6 +63,7 @@ class ModelSwitch:
         self._current = engine
         self._active: dict[int, int] = {}
         self._retired: set[asyncio.Task[None]] = set()
+        self._retiring: set[Engine] = set()  # replaced, closed once their replies ended
         self._switched = asyncio.Event()
         self._lock = asyncio.Lock()
         self._state = ModelState(engine.status().model, source, time.time())
@@ -125,7 +127,13 @@ class ModelSwitch:
         )
 
     async def close(self) -> None:
+        """Close the model serving and any replaced one still finishing its replies."""
+        retiring = list(self._retiring)
+        for task in list(self._retired):
+            task.cancel()
         await asyncio.gather(*self._retired, return_exceptions=True)
+        for engine in retiring:
+            await _close_quietly(engine)
         await self._current.close()
 
     # -- switching --------------------------------------------------------------------------
@@ -175,9 +183,11 @@ class ModelSwitch:
     async def _retire(self, engine: Engine) -> None:
         """Close a replaced engine once the replies it was streaming have ended."""
         key = id(engine)
+        self._retiring.add(engine)
         deadline = time.monotonic() + DRAIN_LIMIT_S
         while self._active.get(key, 0) > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(RETIRE_POLL_S)
+        self._retiring.discard(engine)
         self._active.pop(key, None)
         await _close_quietly(engine)
 
