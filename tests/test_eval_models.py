@@ -105,9 +105,9 @@ def test_two_local_models_run_in_turn_and_one_that_does_not_load_says_so(project
     q8 = prepared_model_path(default_model_path(), Path(MODEL_CACHE_DIR))
     truncated = project / "truncated.gguf"
     truncated.write_bytes(q8.read_bytes()[:2_000_000])
-    code, out = run_cli(project, "eval", "brief", "--model", "smollm2-135m", "--model", str(q8),
-                        "--model", str(truncated), "--json",
-                        env={"BOTS_MODEL_QUANTIZE_Q8": "false"})  # fmt: skip
+    models_given = ["--model", "smollm2-135m", "--model", str(q8), "--model", str(truncated)]
+    in_process = {"BOTS_MODEL_QUANTIZE_Q8": "false", "BOTS_MODEL_ISOLATE": "false"}
+    code, out = run_cli(project, "eval", "brief", *models_given, "--json", env=in_process)
     assert code == 1, out  # the third model failed every case by not loading
     models = json.loads(out[out.index("{") :])["models"]
     assert [m["served"] for m in models] == [default_model_path().name, q8.name, ""], out

@@ -65,17 +65,9 @@ def test_pull_downloads_verifies_and_the_model_answers(project: Path, hub: FakeH
     code, again = run_cli(project, "model", "pull", f"hf://{REPO}/{FILE}", env=hub_env(hub, cache))
     assert code == 0 and "already here" in again
     assert len(hub.gets()) == 1
-    code, answer = run_cli(
-        project,
-        "--model",
-        str(path),
-        "ask",
-        "pirate",
-        "Say hello.",
-        "--max-tokens",
-        "8",
-        env={"BOTS_MODEL_QUANTIZE_Q8": "false"},
-    )
+    no_copy = {"BOTS_MODEL_QUANTIZE_Q8": "false", "BOTS_MODEL_ISOLATE": "false"}
+    ask = ["--model", str(path), "ask", "pirate", "Say hello.", "--max-tokens", "8"]
+    code, answer = run_cli(project, *ask, env=no_copy)
     assert code == 0 and answer.strip(), answer
 
 
