@@ -83,6 +83,15 @@ async def test_a_model_that_does_not_load_keeps_the_old_one_and_shows_the_error(
     assert switch.state().error == "" and seen == [state.error, ""]
 
 
+async def test_closing_a_reply_cancels_its_generation_at_once() -> None:
+    engine = NamedEngine("m.gguf", piece_chars=1, delay_s=0.01)
+    switch = ModelSwitch(engine, "m.gguf")
+    stream = switch.stream(REQUEST)
+    assert (await anext(stream)).text == "f"
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert engine.cancelled == 1
+
+
 def write_project(root: Path) -> Path:
     write(root / "personas" / "pirate" / "persona.md", persona_md("You are a pirate.", name="P"))
     return root

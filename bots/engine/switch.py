@@ -104,11 +104,15 @@ class ModelSwitch:
         key = id(engine)
         self._active[key] = self._active.get(key, 0) + 1
         self._requests[name] = self._requests.get(name, 0) + 1
+        pieces = engine.stream(request)
         try:
-            async for piece in engine.stream(request):
+            async for piece in pieces:
                 yield piece
         finally:
-            self._active[key] -= 1
+            # Closed at once, not when collected: closing this stream cancels the generation.
+            await pieces.aclose()  # type: ignore[attr-defined]
+            if key in self._active:
+                self._active[key] -= 1
 
     def count_tokens(self, text: str) -> int:
         return self._current.count_tokens(text)
