@@ -1,5 +1,5 @@
-"""The `bots` command: chat, ask, new, check, serve, status, eval, feedback; and `bench`, from
-`bots.bench.commands`."""
+"""The `bots` command: chat, ask, new, check, serve, status, eval, feedback; `bench`, from
+`bots.bench.commands`; and `model`, from `bots.modelhub.commands`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,16 @@ import time
 import click
 
 from bots.bench.commands import bench
-from bots.cli_options import flags_of, settings_of, settings_options
+from bots.cli_options import (
+    flags_of,
+    settings_of,
+    settings_options,
+    settings_options_but_model,
+    settings_reader,
+)
 from bots.logs import setup_logging
-from bots.settings import Settings
+from bots.modelhub.commands import model
+from bots.settings import SETTINGS_FILE, Settings
 
 
 @click.group()
@@ -27,6 +34,7 @@ def main() -> None:
 
 
 main.add_command(bench)
+main.add_command(model)
 
 
 def default_persona(settings: Settings, registry_ids: list[str]) -> str:
@@ -193,19 +201,22 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool
     """
     from bots.engine.base import EngineError
     from bots.engine.model_files import ModelNotFound
+    from bots.model_reload import SettingsSource
     from bots.runtime import Runtime
     from bots.serve import serve as run_server
 
-    settings = settings_of(
-        ctx, **{"server.host": host, "server.port": port, "server.log_json": log_json}
-    )
+    overrides = {"server.host": host, "server.port": port, "server.log_json": log_json}
+    settings = settings_of(ctx, **overrides)
     setup_logging(
         max(flags_of(ctx).verbose, 1),
         json_logs=settings.server.log_json,
         secrets=settings.secrets(),
     )
+    source = SettingsSource(
+        flags_of(ctx).config or settings.root / SETTINGS_FILE, settings_reader(ctx, **overrides)
+    )
     try:
-        exit_status = asyncio.run(run_server(Runtime.create(settings)))
+        exit_status = asyncio.run(run_server(Runtime.create(settings), settings_source=source))
     except (EngineError, ModelNotFound) as exc:
         raise click.ClickException(f"the model could not be started: {exc}") from exc
     sys.exit(exit_status)
@@ -238,6 +249,11 @@ def status(ctx: click.Context, url: str | None) -> None:
     )
     if engine["detail"]:
         click.echo(f"        {engine['detail']}")
+    served = body.get("model") or {}
+    if served:
+        click.echo(f"model   {served['name']}  from {served['source']}")
+        if served["error"]:
+            click.echo(f"ERR     switch to {served['error_source']} failed: {served['error']}")
     for name, state in body["adapters"].items():
         click.echo(f"adapter {name}: {state}")
     for p in body["personas"]:
@@ -249,7 +265,11 @@ def status(ctx: click.Context, url: str | None) -> None:
         )
         for e in p["errors"]:
             click.echo(f"      {e['path']}:{e['line']}: {e['key']}: {e['message']}")
-    healthy = engine["healthy"] and all(not p["errors"] for p in body["personas"])
+    healthy = (
+        engine["healthy"]
+        and not served.get("error")
+        and all(not p["errors"] for p in body["personas"])
+    )
     sys.exit(0 if healthy else 1)
 
 
@@ -267,15 +287,33 @@ def _ago(timestamp: float) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.option("--retrieval-only", is_flag=True, help="judge `cites`/`declines` without generating")
 @click.option("--watch", is_flag=True, help="re-run one persona's cases on every save")
-@settings_options
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="a model to run the cases on (GGUF path, catalogue name, or the endpoint's model); "
+    "give it twice or more to compare them side by side",
+)
+@settings_options_but_model
 @click.pass_context
 def eval_cases(
-    ctx: click.Context, personas: tuple[str, ...], as_json: bool, retrieval_only: bool, watch: bool
+    ctx: click.Context,
+    personas: tuple[str, ...],
+    as_json: bool,
+    retrieval_only: bool,
+    watch: bool,
+    models: tuple[str, ...],
 ) -> None:
     """Run the personas' evals.yaml cases (temperature 0, fixed seed); exit 1 on any failure."""
     from bots.evals.commands import CommandError, run_evals, watch_evals
 
     settings = settings_of(ctx)
+    if len(models) > 1:
+        if watch or retrieval_only:
+            raise click.UsageError("--watch and --retrieval-only run one model, not several")
+        sys.exit(_compare(settings, models, personas, as_json))
+    if models:
+        settings = _with_model(settings, models[0])
     if watch:
         if len(personas) != 1:
             raise click.UsageError("--watch takes exactly one PERSONA")
@@ -297,6 +335,43 @@ def eval_cases(
         )
     )
     sys.exit(status)
+
+
+def _with_model(settings: Settings, name: str) -> Settings:
+    import dataclasses
+
+    from bots.modelhub.choose import ChooseError, model_keys, with_model_keys
+    from bots.modelhub.commands import hub_access
+
+    try:
+        keys = model_keys(name, settings.model, hub_access(settings))
+    except ChooseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return dataclasses.replace(settings, model=with_model_keys(settings.model, keys))
+
+
+def _compare(
+    settings: Settings, models: tuple[str, ...], personas: tuple[str, ...], as_json: bool
+) -> int:
+    from bots.evals.compare import compare_models
+    from bots.modelhub.choose import ChooseError, model_keys
+    from bots.modelhub.commands import hub_access
+
+    access = hub_access(settings)
+    try:
+        chosen = [(name, model_keys(name, settings.model, access)) for name in models]
+    except ChooseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return asyncio.run(
+        compare_models(
+            settings,
+            chosen,
+            personas,
+            as_json_output=as_json,
+            echo=click.echo,
+            note=lambda line: click.echo(line, err=True),
+        )
+    )
 
 
 @main.command()

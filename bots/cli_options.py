@@ -69,6 +69,16 @@ def _keep_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> N
 
 def settings_options(command: F) -> F:
     """Add the settings options to a click command (the group, or a command that loads settings)."""
+    return _add_options(command, skip=())
+
+
+def settings_options_but_model(command: F) -> F:
+    """The settings options less `--model`, for a command whose `--model` means more (`bots
+    eval --model A --model B`); the group's `--model` still sets model.path."""
+    return _add_options(command, skip=("--model",))
+
+
+def _add_options(command: F, skip: tuple[str, ...]) -> F:
     path = click.Path(path_type=Path)
     options: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         (("--config",), {"type": path, "help": "bots.toml to read"}),
@@ -84,6 +94,8 @@ def settings_options(command: F) -> F:
         ),
     ]
     for decls, attrs in reversed(options):  # the last one applied is the first in --help
+        if decls[0] in skip:
+            continue
         option = click.option(*decls, **{"callback": _keep, "expose_value": False, **attrs})
         command = option(command)
     return command
@@ -97,3 +109,11 @@ def settings_of(ctx: click.Context, **more: Any) -> Settings:
         return load_settings(config=flags.config, overrides={**flags.overrides, **more})
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def settings_reader(ctx: click.Context, **more: Any) -> Callable[[], Settings]:
+    """Reads the settings again as `settings_of` did (for a running server to follow saves of
+    bots.toml); raises SettingsError."""
+    flags = flags_of(ctx)
+    overrides = {**flags.overrides, **more}
+    return lambda: load_settings(config=flags.config, overrides=overrides)

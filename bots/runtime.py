@@ -1,4 +1,8 @@
-"""Wire one bot process: settings -> registry, knowledge, engine, store, chat service, watcher."""
+"""Wire one bot process: settings -> registry, knowledge, engine, store, chat service, watcher.
+
+The engine is held in a `ModelSwitch`, so that `bots serve` can switch the model live
+(`bots.model_reload`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from bots.chat.service import ChatService
 from bots.chat.store import ConversationStore
 from bots.engine.base import Engine
 from bots.engine.factory import make_engine
+from bots.engine.switch import ModelSwitch
 from bots.knowledge.library import KnowledgeBase
 from bots.persona.model import PERSONA_FILE
 from bots.persona.registry import PersonaRegistry
@@ -31,7 +36,7 @@ class Runtime:
     settings: Settings
     registry: PersonaRegistry
     knowledge: KnowledgeBase
-    engine: Engine
+    engine: ModelSwitch
     store: ConversationStore
     service: ChatService
     watcher: Watcher | None = None
@@ -44,14 +49,14 @@ class Runtime:
     def create(cls, settings: Settings, engine: Engine | None = None) -> Runtime:
         """Build the parts (no model loaded, no thread started yet)."""
         knowledge = KnowledgeBase(settings.personas_dir, settings.knowledge_dir, settings.index_dir)
-        engine = engine or make_engine(settings)
+        switch = ModelSwitch(engine or make_engine(settings), model_source(settings))
         pinned = PinnedReader(
-            settings.knowledge_dir, engine.count_tokens, settings.retrieval.max_knowledge_tokens
+            settings.knowledge_dir, switch.count_tokens, settings.retrieval.max_knowledge_tokens
         )
         registry = PersonaRegistry(settings.personas_dir, knowledge.library_names, pinned)
         store = ConversationStore(settings.db_path)
-        service = ChatService(settings, registry, knowledge, engine, store)
-        return cls(settings, registry, knowledge, engine, store, service)
+        service = ChatService(settings, registry, knowledge, switch, store)
+        return cls(settings, registry, knowledge, switch, store, service)
 
     async def start(self, *, watch: bool = True, load_model: bool = True) -> None:
         """Load personas and indexes, load the model, start watching files."""
@@ -139,3 +144,11 @@ class Runtime:
             self.knowledge.refresh_path(path)
         except Exception:  # a bad document is reported by the index; watching goes on
             log.exception("re-indexing after a change to %s failed", path)
+
+
+def model_source(settings: Settings) -> str:
+    """What the settings say to serve, as `/status` names it: a path, an endpoint's model."""
+    model = settings.model
+    if model.endpoint:
+        return f"{model.endpoint} ({model.endpoint_model or 'its default model'})"
+    return model.path or "the embedded SmolLM2-135M-Instruct"

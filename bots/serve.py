@@ -13,7 +13,7 @@ from aiohttp import web
 
 from bots.adapters.base import Adapter
 from bots.adapters.http.api import create_http_app
-from bots.engine.process.supervisor import SupervisedEngine
+from bots.model_reload import SettingsSource, watch_model_setting
 from bots.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,21 @@ def configured_adapters(app: Runtime) -> list[Adapter]:
 AdapterFactory = Callable[[Runtime], list[Adapter]]
 
 
-async def serve(app: Runtime, *, ready: Callable[[int], None] | None = None) -> int:
+async def serve(
+    app: Runtime,
+    *,
+    ready: Callable[[int], None] | None = None,
+    settings_source: SettingsSource | None = None,
+) -> int:
     """Run until SIGTERM/SIGINT, then stop gracefully; the exit status.
 
     0 after a signal; EXIT_ENGINE_FAILED when the model cannot be brought back, so that a
-    service manager restarts the whole bot.
+    service manager restarts the whole bot. With `settings_source`, a save of the settings
+    file that names another model switches to it live.
     """
     settings = app.settings
     await app.start()
+    reloader = watch_model_setting(app, settings_source) if settings_source else None
     web_app = create_http_app(app)
     runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=SHUTDOWN_STEP_S)
     await runner.setup()
@@ -71,6 +78,8 @@ async def serve(app: Runtime, *, ready: Callable[[int], None] | None = None) -> 
             ready(port)
         exit_status = await _until_stopped(app)
     finally:
+        if reloader is not None:
+            await asyncio.to_thread(reloader.watcher.stop)
         await shutdown(app, adapters, runner)
     return exit_status
 
@@ -80,9 +89,10 @@ async def _until_stopped(app: Runtime) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    waits: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
-    if isinstance(app.engine, SupervisedEngine):
-        waits.append(asyncio.create_task(app.engine.wait_failed()))
+    waits: list[asyncio.Task[object]] = [
+        asyncio.create_task(stop.wait()),
+        asyncio.create_task(app.engine.wait_failed()),
+    ]
     try:
         done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:

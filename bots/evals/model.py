@@ -93,6 +93,7 @@ class CaseResult:
     latency_ms: float
     declined: bool = False
     gated: str = ""  # what the grounding gate did to the answer and why; "" when it let it be
+    tokens_per_s: float = 0.0  # of the last answer; 0 when nothing was generated
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -104,6 +105,7 @@ class CaseResult:
             "declined": self.declined,
             "gated": self.gated,
             "latency_ms": round(self.latency_ms, 1),
+            "tokens_per_s": round(self.tokens_per_s, 1),
         }
 
 

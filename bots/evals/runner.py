@@ -42,6 +42,7 @@ class Outcome:
     declined: bool
     generated: bool
     gated: str = ""  # see CaseResult.gated
+    tokens_per_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -129,12 +130,13 @@ async def run_case(
         latency,
         outcome.declined,
         outcome.gated,
+        outcome.tokens_per_s,
     )
 
 
 async def _converse(service: ChatService, persona: Persona, turns: tuple[str, ...]) -> Outcome:
     history: list[ChatMessage] = []
-    answer, declined, gated = "", False, ""
+    answer, declined, gated, speed = "", False, "", 0.0
     sources: tuple[str, ...] = ()
     for text in turns:
         incoming = Incoming(
@@ -167,8 +169,9 @@ async def _converse(service: ChatService, persona: Persona, turns: tuple[str, ..
             gate is not None and gate.action == "declined"
         )
         gated = f"{gate.action}: {gate.reason()}" if gate is not None and gate.changed else ""
+        speed = reply.usage.tokens_per_s if reply.usage else 0.0
         history += [ChatMessage("user", text), ChatMessage("assistant", answer)]
-    return Outcome(answer, sources, declined, generated=True, gated=gated)
+    return Outcome(answer, sources, declined, generated=True, gated=gated, tokens_per_s=speed)
 
 
 def _retrieve(service: ChatService, persona: Persona, query: str) -> Outcome:
@@ -242,13 +245,17 @@ def _excerpt(text: str) -> str:
 
 
 def fingerprint(app: Runtime, persona: Persona, suite: EvalSuite, retrieval_only: bool) -> str:
-    """A hash of everything a run depends on: the persona, its cases and its documents' text.
+    """A hash of everything a run depends on: the model, the persona, its cases and its
+    documents' text.
 
     Deterministic runs of equal inputs give equal results, so a save that changed nothing (or
     changed only a file no case depends on) need not run again. Blocks while indexes refresh.
     """
     digest = hashlib.sha256()
     digest.update(f"{persona.content_hash}\0{suite.content_hash}\0{retrieval_only}\0".encode())
+    if not retrieval_only:
+        model = app.engine.state()
+        digest.update(f"{model.name}\0{model.source}\0{model.since}\0".encode())
     try:
         indexes = [app.knowledge.index_for_persona(persona.id)]
         indexes += [app.knowledge.index_for_library(name) for name in persona.knowledge]

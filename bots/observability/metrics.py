@@ -135,12 +135,13 @@ class _AppCollector(Collector):
             ("bots_engine_healthy", "1 when the engine can answer.", int(engine.healthy)),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
-        if isinstance(app.engine, SupervisedEngine):
+        if isinstance(app.engine.current, SupervisedEngine):
             yield CounterMetricFamily(
                 "bots_engine_restarts",
                 "Restarts of the model worker process.",
-                value=app.engine.restarts,
+                value=app.engine.current.restarts,
             )
+        yield from _model_metrics(app)
         documents = GaugeMetricFamily(
             "bots_index_documents", "Documents in each knowledge index.", labels=["index"]
         )
@@ -167,3 +168,27 @@ class _AppCollector(Collector):
             up = adapter_state == "connected" or adapter_state.startswith("http")
             adapters.add_metric([name], int(up))
         yield adapters
+
+
+def _model_metrics(app: Runtime) -> Iterator[Metric]:
+    """Which model serves, the requests each model was given, whether the last switch failed."""
+    state = app.engine.state()
+    info = GaugeMetricFamily(
+        "bots_model_info", "The model serving now (value 1).", labels=["model", "source"]
+    )
+    info.add_metric([state.name, state.source], 1)
+    yield info
+    requests = CounterMetricFamily(
+        "bots_model_requests", "Generation requests each model was given.", labels=["model"]
+    )
+    for name, count in sorted(app.engine.requests().items()):
+        requests.add_metric([name], count)
+    yield requests
+    yield CounterMetricFamily(
+        "bots_model_switches", "Live model switches since start.", value=state.switches
+    )
+    yield GaugeMetricFamily(
+        "bots_model_switch_failed",
+        "1 while the last model switch failed (the old model serves on).",
+        value=int(bool(state.error)),
+    )

@@ -33,8 +33,10 @@ class Watcher:
         *,
         quiet_s: float = QUIET_S,
         max_delay_s: float = MAX_DELAY_S,
+        recursive: bool = True,
     ) -> None:
         self.roots = [r for r in roots if r.is_dir()]
+        self._recursive = recursive
         self._on_change = on_change
         self._quiet_s = quiet_s
         self._max_delay_s = max_delay_s
@@ -53,7 +55,7 @@ class Watcher:
         self._reports_closes = type(observer).__name__ == "InotifyObserver"
         handler = _Handler(self._record)
         for root in self.roots:
-            observer.schedule(handler, str(root), recursive=True)
+            observer.schedule(handler, str(root), recursive=self._recursive)
         observer.daemon = True
         observer.start()
         self._observer = observer

@@ -181,6 +181,8 @@ def status_body(app: Runtime) -> dict[str, Any]:
             "active": engine.active,
             "detail": engine.detail,
         },
+        # Which model serves and the last switch that failed (the old model serving on).
+        "model": app.engine.state().as_dict(),
         "adapters": dict(app.adapters),
     }
 

@@ -18,6 +18,7 @@ from string import Template
 from typing import Any
 
 from bots.chat.model import Feedback, Turn
+from bots.engine.switch import ModelState
 from bots.evals.model import FAILING, CaseResult, EvalError, Flip, PersonaRun
 from bots.evals.report import latency
 from bots.knowledge.audience import Reader, describe, visible
@@ -96,6 +97,22 @@ def page(*, personas_html: str, persona_id: str, panel_html: str) -> str:
 def login_page(*, failed: bool) -> str:
     message = '<p class="error" role="alert">That token is not right.</p>' if failed else ""
     return template("login.html").substitute(message=message)
+
+
+def model_block(state: ModelState, engine_model: str) -> str:
+    """Which model serves (and since when); a failed switch shown as a persona's error is."""
+    error = ""
+    if state.error:
+        error = (
+            '<ul class="problems" role="alert"><li>switch to '
+            f'<code class="where">{h(state.error_source)}</code> failed at '
+            f"{clock(state.error_at)}, still serving the model above: {h(state.error)}</li></ul>"
+        )
+    return (
+        f'<div class="model" id="model">model <strong class="model-name">{h(engine_model)}'
+        f'</strong> <span class="meta">since <time>{clock(state.since)}</time> · '
+        f"{h(state.source)}</span>{error}</div>"
+    )
 
 
 def personas_list(

@@ -14,7 +14,10 @@ from pathlib import Path
 from aiohttp import web
 
 import bots.adapters.web.views as views
+from bots.adapters.web.comparison_view import comparison
 from bots.adapters.web.events import EventHub, ServerEvent, json_event
+from bots.engine.switch import ModelState
+from bots.evals.compare import last_comparison
 from bots.evals.model import Flip
 from bots.evals.watch import EvalEvent, EvalMonitor
 from bots.persona.registry import ReloadEvent
@@ -41,11 +44,13 @@ class Workbench:
         self.monitor.start()
         self.app.registry.add_listener(self._on_reload)
         self.app.add_file_listener(self._on_files)
+        self.app.engine.add_listener(self._on_model)
 
     async def shutdown(self, _: web.Application) -> None:
         """End the event streams first, so the server does not wait for open pages."""
         self.app.registry.remove_listener(self._on_reload)
         self.app.remove_file_listener(self._on_files)
+        self.app.engine.remove_listener(self._on_model)
         self.hub.close()
         await self.monitor.close()
 
@@ -59,20 +64,23 @@ class Workbench:
     def personas_html(self, selected: str = "") -> str:
         states = self.app.registry.states()
         evals = {s.id: self.eval_view(s.id) for s in states}
-        return views.personas_list(states, selected, evals, self.root)
+        model = views.model_block(self.app.engine.state(), self.app.engine.status().model)
+        return model + views.personas_list(states, selected, evals, self.root)
 
     def personas_event(self) -> ServerEvent:
         return ServerEvent("personas", self.personas_html())
 
     def evals_event(self, persona_id: str) -> ServerEvent:
         html = views.evals(self.eval_view(persona_id), self.root)
+        html += comparison(last_comparison(self.app.settings), persona_id)
         return json_event("evals", persona=persona_id, html=html)
 
     def evals_html(self, persona_id: str) -> str:
         """The evals fragment; the first time a persona is looked at, its evals start running."""
         if self.monitor.last(persona_id) is None and not self.monitor.running(persona_id):
             self.monitor.request(persona_id)
-        return views.evals(self.eval_view(persona_id), self.root)
+        compared = comparison(last_comparison(self.app.settings), persona_id)
+        return views.evals(self.eval_view(persona_id), self.root) + compared
 
     # Listeners. The registry and the app call theirs on the watcher thread: hop to the loop.
 
@@ -86,6 +94,14 @@ class Workbench:
 
     def _on_reload(self, event: ReloadEvent) -> None:
         self._call_soon(lambda: self.hub.publish(self.personas_event()))
+
+    def _on_model(self, state: ModelState) -> None:
+        # Called on the loop. Results of the old model no longer say anything: run again.
+        self.hub.publish(self.personas_event())
+        if not state.error:
+            for persona in self.app.registry.personas():
+                if self.monitor.last(persona.id) is not None:
+                    self.monitor.request(persona.id)
 
     def _on_files(self, paths: set[Path]) -> None:
         touched = self.monitor.personas_touched(paths)
