@@ -62,8 +62,8 @@ async def ask(app: Runtime, question: str) -> str:
     reply = await app.service.start(Incoming("test", "", "t", question, "librarian"))
     async for _ in reply:
         pass
-    assert app.engine.requests  # type: ignore[attr-defined]
-    return str(app.engine.requests[-1].messages[-1].content)  # type: ignore[attr-defined]
+    assert app.engine.current.requests  # type: ignore[attr-defined]
+    return str(app.engine.current.requests[-1].messages[-1].content)  # type: ignore[attr-defined]
 
 
 async def test_pinned_documents_go_whole_into_every_prompt(start: Start, tmp_path: Path) -> None:
@@ -172,6 +172,6 @@ async def test_a_restricted_pinned_document_stays_out_of_places_that_may_not_see
         reply = await app.service.start(incoming)
         async for _ in reply:
             pass
-        prompt = app.engine.requests[-1].messages[-1].content  # type: ignore[attr-defined]
+        prompt = app.engine.current.requests[-1].messages[-1].content  # type: ignore[attr-defined]
         assert ("Band 7 pays 95k." in prompt) is shown
         assert any(s["path"] == "handbook/hr/bands.md" for s in reply.source_dicts()) is shown
