@@ -1,5 +1,6 @@
 """The `bots` command: chat, ask, new, check, serve, status, eval, feedback; `bench`, from
-`bots.bench.commands`; and `model`, from `bots.modelhub.commands`."""
+`bots.bench.commands`; `model`, from `bots.modelhub.commands`; and `db`, from
+`bots.store.commands`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from bots.cli_options import (
 from bots.logs import setup_logging
 from bots.modelhub.commands import model
 from bots.settings import SETTINGS_FILE, Settings
+from bots.store.commands import db
 
 
 @click.group()
@@ -35,6 +37,7 @@ def main() -> None:
 
 main.add_command(bench)
 main.add_command(model)
+main.add_command(db)
 
 
 def default_persona(settings: Settings, registry_ids: list[str]) -> str:
@@ -256,6 +259,17 @@ def status(ctx: click.Context, url: str | None) -> None:
             click.echo(f"ERR     switch to {served['error_source']} failed: {served['error']}")
     for name, state in body["adapters"].items():
         click.echo(f"adapter {name}: {state}")
+    database = body.get("database", {})
+    if database:
+        mark = "ok" if database["ok"] else "DOWN"
+        click.echo(f"database {database['backend']} {mark}: {database['detail']}")
+    mine = {p["id"]: p["content_hash"] for p in body["personas"] if p["content_hash"]}
+    for other in body.get("instances", []):
+        if other.get("self"):
+            continue
+        differ = sorted(k for k, v in other.get("personas", {}).items() if mine.get(k) != v)
+        note = f"personas differ: {', '.join(differ)}" if differ else "same personas"
+        click.echo(f"instance {other['id']}: {note}; leases {other.get('leases') or '-'}")
     for p in body["personas"]:
         mark = "ok " if not p["errors"] else "ERR"
         reloaded = _ago(p["last_reload"]) if p["last_reload"] else "-"

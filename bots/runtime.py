@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bots.chat.pinned import PinnedReader
 from bots.chat.service import ChatService
-from bots.chat.store import ConversationStore
 from bots.engine.base import Engine
 from bots.engine.factory import make_engine
 from bots.engine.switch import ModelSwitch
@@ -24,6 +24,8 @@ from bots.persona.model import PERSONA_FILE
 from bots.persona.registry import PersonaRegistry
 from bots.persona.watcher import Watcher
 from bots.settings import Settings
+from bots.store.base import ConversationStore
+from bots.store.factory import make_store
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,15 @@ class Runtime:
             settings.knowledge_dir, switch.count_tokens, settings.retrieval.max_knowledge_tokens
         )
         registry = PersonaRegistry(settings.personas_dir, knowledge.library_names, pinned)
-        store = ConversationStore(settings.db_path)
+        store = make_store(settings)
         service = ChatService(settings, registry, knowledge, switch, store)
         return cls(settings, registry, knowledge, switch, store, service)
 
     async def start(self, *, watch: bool = True, load_model: bool = True) -> None:
         """Load personas and indexes, load the model, start watching files."""
         self.started_at = time.time()
+        await self.store.open()
+        self.store.publish(self.facts)
         if load_model:
             # First: whether pinned documents fit is counted with the model's tokenizer.
             await self.engine.start()
@@ -78,7 +82,16 @@ class Runtime:
             await asyncio.to_thread(self.watcher.stop)
         if self._model_loaded:
             await self.engine.close()
-        self.store.close()
+        await self.store.close()
+
+    def facts(self) -> dict[str, Any]:
+        """What this instance tells the others (and /status): its persona content hashes and
+        the connections it holds, so an operator sees when instances disagree."""
+        return {
+            "started_at": self.started_at,
+            "personas": {p.id: p.content_hash for p in self.registry.personas()},
+            "adapters": dict(self.adapters),
+        }
 
     def _refresh_indexes(self) -> None:
         for persona in self.registry.personas():

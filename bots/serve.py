@@ -31,10 +31,21 @@ IDLE_POLL_S = 0.05
 def configured_adapters(app: Runtime) -> list[Adapter]:
     """Adapters whose tokens are set (env, .env or bots.toml)."""
     adapters: list[Adapter] = []
-    if app.settings.discord.token:
+    settings = app.settings
+    if settings.discord.token:
         from bots.adapters.discord.bot import DiscordAdapter
 
-        adapters.append(DiscordAdapter(app.service, app.adapters))
+        if settings.database_url or settings.discord.shard_count > 1:
+            from bots.adapters.discord.shards import ShardedDiscord
+
+            def shard(
+                connections: dict[str, str], shard: tuple[int, int], grace: float | None
+            ) -> DiscordAdapter:
+                return DiscordAdapter(app.service, connections, shard=shard, stop_grace_s=grace)
+
+            adapters.append(ShardedDiscord(app.service, app.adapters, shard))
+        else:
+            adapters.append(DiscordAdapter(app.service, app.adapters))
     if app.settings.slack.bot_token:
         from bots.adapters.slack.app import SlackAdapter
 
@@ -73,7 +84,9 @@ async def serve(
     try:
         for adapter in adapters:
             await adapter.start()
-            app.adapters[adapter.name] = "connected"
+            # An adapter that says more (a Discord instance standing by) keeps its word.
+            if app.adapters.get(adapter.name) in (None, "connecting"):
+                app.adapters[adapter.name] = "connected"
         if ready is not None:
             ready(port)
         exit_status = await _until_stopped(app)

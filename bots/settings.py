@@ -155,8 +155,15 @@ class DiscordSettings:
     api_url: str = ""
     gateway_url: str = ""
     persona_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # Gateway shards of the bot (Discord requires more than one past 2,500 guilds). With
+    # database_url set, each shard is held by exactly one of the instances at a time.
+    shard_count: int = 1
     # Seconds between progressive edits of a streamed reply (Discord allows ~5 edits / 5 s).
     edit_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.shard_count < 1:
+            raise SettingsError(f"discord.shard_count: {self.shard_count} must be 1 or more")
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,9 @@ class Settings:
     knowledge_dir: Path = Path("knowledge")
     data_dir: Path = Path(".bots")
     default_persona: str = ""
+    # Empty: the conversations live in <data_dir>/conversations.sqlite3 (one machine).
+    # postgresql://user:password@host/dbname: several instances share one PostgreSQL database.
+    database_url: str = field(default="", repr=False)
     model: ModelSettings = field(default_factory=ModelSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -208,6 +218,7 @@ class Settings:
             self.slack.signing_secret,
             self.server.api_token,
             self.model.endpoint_api_key,
+            self.database_url,
         ]
         return [v for v in values if v]
 
@@ -228,7 +239,7 @@ def without_secrets(settings: Settings) -> Settings:
         section = getattr(settings, name)
         blank = {f.name: _default(f) for f in _secret_fields(section)}
         sections[name] = dataclasses.replace(section, **blank)
-    return dataclasses.replace(settings, **sections)
+    return dataclasses.replace(settings, database_url="", **sections)
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
@@ -245,10 +256,10 @@ def secret_environment_names() -> set[str]:
         for f in _secret_fields(_section_class(name, ""))
     }
     names |= {alias for alias, (s, k) in ALIASES.items() if f"BOTS_{s}_{k}".upper() in names}
-    return names
+    return names | {"BOTS_DATABASE_URL"}
 
 
-_TOP = ("personas_dir", "knowledge_dir", "data_dir", "default_persona")
+_TOP = ("personas_dir", "knowledge_dir", "data_dir", "default_persona", "database_url")
 
 
 def load_settings(
@@ -365,4 +376,11 @@ def _build(root: Path, raw: dict[str, Any]) -> Settings:
     for key in ("personas_dir", "knowledge_dir", "data_dir"):
         path = Path(top.get(key, getattr(Settings, key)))
         top[key] = path if path.is_absolute() else root / path
+    url = top.get("database_url", "")
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        # The value may hold a password: name where it came from, never the value.
+        raise SettingsError(
+            f"{raw['database_url'][1]}: database_url must be a postgresql:// URL "
+            "(postgresql://user:password@host:5432/dbname), or empty for SQLite"
+        )
     return Settings(root=root, **top, **sections)

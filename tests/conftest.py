@@ -140,3 +140,29 @@ async def start_bot(bot: Runtime, slack: SlackStarts) -> Starter:
         return await slack.adapter(bot, server, mode, **limits)
 
     return start
+
+
+# PostgreSQL: one throwaway cluster for the session (started on first use), a fresh database
+# per test that asks for one.
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Any:
+    """The session's PostgreSQL server (tests/postgres_server.py); skipped with the reason
+    where none can be started."""
+    from tests.postgres_server import PostgresMissing, remove, start_postgres
+
+    try:
+        server = start_postgres()
+    except PostgresMissing as exc:
+        pytest.skip(f"no PostgreSQL: {exc}")
+    try:
+        yield server
+    finally:
+        remove(server)
+
+
+@pytest.fixture
+def database_url(postgres: Any) -> str:
+    """A fresh, empty database on the session's server."""
+    return str(postgres.new_database())

@@ -105,7 +105,7 @@ async def test_named_persona_and_reply_chain_continue_one_conversation(
     second, _ = await env.answer(follow)
     assert second.persona_id == "librarian", "a reply continues with the same persona"
     assert second.conversation_id == turn.conversation_id
-    roles = [t.role for t in env.app.store.turns(turn.conversation_id)]
+    roles = [t.role for t in env.app.store.file.turns(turn.conversation_id)]
     assert roles == ["user", "assistant", "user", "assistant"]
 
 
@@ -155,9 +155,9 @@ async def test_thread_from_ask_is_one_conversation(start_discord: StartDiscord) 
     )
     assert first[0]["author"]["username"] == "Libby"
     assert env.fake.calls_to("POST", r"/webhooks/")[0].query.get("thread_id") == thread_id
-    conversation = env.app.store.conversation_id("discord", f"thread:{thread_id}")
+    conversation = env.app.store.file.conversation_id("discord", f"thread:{thread_id}")
     await env.fake.wait_for(
-        lambda: [t for t in env.app.store.history(conversation) if t.role == "assistant"],
+        lambda: [t for t in env.app.store.file.history(conversation) if t.role == "assistant"],
         MODEL_TIMEOUT_S,
     )
 
@@ -165,7 +165,7 @@ async def test_thread_from_ask_is_one_conversation(start_discord: StartDiscord) 
     turn, _ = await env.answer(follow)
     assert turn.persona_id == "librarian"
     assert turn.conversation_id == conversation
-    assert [t.role for t in env.app.store.turns(conversation)] == [
+    assert [t.role for t in env.app.store.file.turns(conversation)] == [
         "user",
         "assistant",
         "user",
@@ -281,15 +281,15 @@ async def test_reset_forgets_a_thread_and_explains_elsewhere(start_discord: Star
     )
     created = await env.fake.wait_for(lambda: env.fake.calls_to("POST", r"/threads$"))
     thread_id = created[0].path.split("/")[-2]
-    conversation = env.app.store.conversation_id("discord", f"thread:{thread_id}")
+    conversation = env.app.store.file.conversation_id("discord", f"thread:{thread_id}")
     await env.fake.wait_for(
-        lambda: [t for t in env.app.store.history(conversation) if t.role == "assistant"],
+        lambda: [t for t in env.app.store.file.history(conversation) if t.role == "assistant"],
         MODEL_TIMEOUT_S,
     )
 
     env.fake.slash(env.bot, env.users["alice"], thread_id, "reset")
     await env.fake.wait_for(lambda: len(env.fake.calls_to("POST", r"/callback$")) == 2)
-    assert env.app.store.history(conversation) == []
+    assert env.app.store.file.history(conversation) == []
     env.fake.slash(env.bot, env.users["alice"], env.channels["general"], "reset")
     done = await env.fake.wait_for(lambda: env.fake.calls_to("POST", r"/callback$")[2:])
     assert "reply chain" in done[0].body["data"]["content"]
@@ -649,8 +649,8 @@ def test_serve_starts_discord_only_with_a_token(
         assert [a.name for a in configured_adapters(without)] == []
         assert [a.name for a in configured_adapters(with_token)] == ["discord"]
     finally:
-        without.store.close()
-        with_token.store.close()
+        without.store.file.close()
+        with_token.store.file.close()
 
 
 def test_persona_tokens_are_persona_equals_token() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bots.chat.store import ConversationStore
 from bots.evals.loader import load_evals
+from bots.store.sqlite_file import SqliteFile
 from tests.cli_runner import run_cli as cli
 from tests.fakes.projects import write
 
@@ -14,9 +14,7 @@ VACATION = "How many vacation days do employees get?"
 PASSWORDS = "How long must passwords be?"
 
 
-def exchange(
-    store: ConversationStore, platform: str, place: str, persona: str, q: str, a: str
-) -> int:
+def exchange(store: SqliteFile, platform: str, place: str, persona: str, q: str, a: str) -> int:
     """A stored question and answer, as an adapter leaves them; returns the answer's turn id."""
     conversation = store.conversation_id(platform, place)
     store.add_turn(conversation, "user", q, persona, user_id="U1")
@@ -25,7 +23,7 @@ def exchange(
 
 
 def seed(project: Path) -> None:
-    store = ConversationStore(project / "data" / "conversations.sqlite3")
+    store = SqliteFile(project / "data" / "conversations.sqlite3")
     try:
         bad = exchange(store, "slack", "C1/1", "librarian", VACATION, "You get 40 days,\nor so.")
         store.add_feedback(bad, "U1", -1)

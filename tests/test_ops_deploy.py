@@ -121,3 +121,21 @@ def test_compose_checks_health_keeps_data_and_stops_gracefully() -> None:
     cuda = yaml.safe_load((DEPLOY / "compose.cuda.yaml").read_text())["services"]["bots"]
     assert cuda["build"]["dockerfile"] == "deploy/Dockerfile.cuda"
     assert (ROOT / cuda["build"]["dockerfile"]).is_file()
+
+
+def test_compose_of_several_instances_shares_one_database_and_model() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.instances.yaml").read_text())
+    services = compose["services"]
+    instances = [s for name, s in services.items() if name.startswith("bots-")]
+    assert len(instances) == 2
+    urls = {s["environment"]["BOTS_DATABASE_URL"] for s in instances}
+    endpoints = {s["environment"]["BOTS_MODEL_ENDPOINT"] for s in instances}
+    assert len(urls) == 1 and urls.pop().startswith("postgresql://bots:")
+    assert endpoints == {"http://llama-server:8080/v1"}
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    assert "bots-postgres" in compose["volumes"]
+    for instance in instances:
+        assert instance["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert "/healthz" in " ".join(instance["healthcheck"]["test"])
+    ports = [instance["ports"][0] for instance in instances]
+    assert len(set(ports)) == 2

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from bots.chat.model import Turn
-from bots.chat.store import ConversationStore
 from bots.engine.model_files import default_model_path
 from bots.serve import EXIT_ENGINE_FAILED
+from bots.store.sqlite_file import SqliteFile
 from tests.fakes.projects import persona_md, write
 from tests.serve_process import ONE_THREAD, StreamReader, start_server
 
@@ -43,7 +43,7 @@ def ask(url: str, text: str, max_tokens: int = 16) -> str:
 
 
 def stored_turns(root: Path) -> list[Turn]:
-    store = ConversationStore(root / "data" / "conversations.sqlite3")
+    store = SqliteFile(root / "data" / "conversations.sqlite3")
     try:
         return store.turns(store.conversation_id("http", "ann/pirate"))
     finally:

@@ -134,7 +134,7 @@ async def test_slack_history_of_a_private_answer_never_feeds_a_shared_place(
     # into a place bob reads, even if a conversation key were reused there.
     service = app.service
     persona = service.persona("librarian")
-    stored = app.store.turns(dm_turn.conversation_id)
+    stored = app.store.file.turns(dm_turn.conversation_id)
     from bots.knowledge.audience import Reader
 
     kept = service._visible_history(persona, stored, Reader.members("slack", [ALICE, BOB]))

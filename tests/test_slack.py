@@ -188,8 +188,8 @@ async def test_thread_continues_with_history_from_the_store(
     await fake.post_event(events_url(adapter), follow)
     second = await answered(bot, CHANNEL, first["ts"], count=2)
     assert second.persona_id == "librarian"
-    conversation = bot.store.conversation_id("slack", f"{CHANNEL}:{first['ts']}")
-    roles = [t.role for t in bot.store.turns(conversation)]
+    conversation = bot.store.file.conversation_id("slack", f"{CHANNEL}:{first['ts']}")
+    roles = [t.role for t in bot.store.file.turns(conversation)]
     assert roles == ["user", "assistant", "user", "assistant"]
     assert not fake.calls_to("conversations.replies")
     replies = fake.bot_messages(CHANNEL, first["ts"])
@@ -253,8 +253,8 @@ async def test_ask_where_the_bot_is_not_a_member_is_answered_privately(
     status, _, took = await fake.post_command(events_url(adapter), fields)
     assert status == 200 and took < 3
     (answer,) = await fake.wait_for(lambda: fake.responses)
-    conversation = bot.store.conversation_id("slack", f"C0OUTSIDE:/ask:{USER}")
-    (turn,) = [t for t in bot.store.turns(conversation) if t.role == "assistant"]
+    conversation = bot.store.file.conversation_id("slack", f"C0OUTSIDE:/ask:{USER}")
+    (turn,) = [t for t in bot.store.file.turns(conversation) if t.role == "assistant"]
     assert answer["text"] == to_mrkdwn(turn.content)
 
 

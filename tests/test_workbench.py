@@ -169,8 +169,8 @@ async def chat_and_reset(client: Client, app: Runtime) -> None:
     )
     assert lines[-1]["type"] == "done" and lines[-1]["finish_reason"] == "declined"
     chat_id = client.session.cookie_jar.filter_cookies(client.make_url("/"))["bots_chat"].value
-    conversation = app.store.conversation_id("web", f"{chat_id}/librarian")
-    assert [t.role for t in app.store.history(conversation)] == ["user", "assistant"]
+    conversation = app.store.file.conversation_id("web", f"{chat_id}/librarian")
+    assert [t.role for t in app.store.file.history(conversation)] == ["user", "assistant"]
     html = await (await client.get("/?persona=librarian")).text()
     assert OFF_TOPIC in html  # the conversation is shown again after a reload
     reset = await client.post("/workbench/personas/librarian/reset", json={})

@@ -110,9 +110,9 @@ class Delivery:
         self.place_interval_s = place_interval_s
         self._rate_notices = NoticeThrottle()
 
-    def admit(self, incoming: Incoming) -> Admission:
+    async def admit(self, incoming: Incoming) -> Admission:
         """Check a message before showing anything; raises ChatRefused (see `refused`)."""
-        return self.service.admit(incoming)
+        return await self.service.admit(incoming)
 
     async def refused(self, refused: ChatRefused, user_id: str, surface: Surface) -> None:
         """Say a refusal: a flood hears "too fast" once per wait; a bound channel's access
@@ -130,7 +130,7 @@ class Delivery:
             admission = message
         else:
             try:
-                admission = self.service.admit(message)
+                admission = await self.service.admit(message)
             except ChatRefused as refused:
                 await self.refused(refused, message.user_id, surface)
                 return None

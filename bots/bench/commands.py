@@ -68,6 +68,44 @@ def bench_injection(ctx: click.Context, max_tokens: int, replies: bool) -> None:
             click.echo(f"\n[{r.style}] {r.question}\n{r.reply.strip()}")
 
 
+@bench.command("instances")
+@click.option("--messages", default=200, show_default=True, help="messages per round")
+@click.option("--concurrency", default=16, show_default=True, help="messages in flight")
+@settings_options
+@click.pass_context
+def bench_instances(ctx: click.Context, messages: int, concurrency: int) -> None:
+    """Messages/s through two instances vs one (database_url, model.endpoint), lease takeover."""
+    from bots.bench.instances import measure_instances
+
+    settings = settings_of(ctx)
+    if not settings.database_url or not settings.model.endpoint:
+        raise click.ClickException(
+            "set database_url (BOTS_DATABASE_URL) and model.endpoint (BOTS_MODEL_ENDPOINT): "
+            "the instances share that database and that model server"
+        )
+    result = asyncio.run(
+        measure_instances(
+            settings.database_url,
+            settings.model.endpoint,
+            messages=messages,
+            concurrency=concurrency,
+        )
+    )
+    base = result.sqlite_per_s
+    click.echo(f"one instance, SQLite      {base:8.1f} messages/s ({result.messages} messages)")
+    for label, rate in (
+        ("one instance, PostgreSQL", result.one_per_s),
+        ("two instances, PostgreSQL", result.two_per_s),
+    ):
+        click.echo(f"{label:<25} {rate:8.1f} messages/s ({rate / base:.2f}x SQLite)")
+    click.echo(f"two instances vs one: {result.two_per_s / result.one_per_s:.2f}x")
+    takeovers = sorted(result.takeovers_s)
+    click.echo(
+        f"lease takeover after kill -9: median {takeovers[len(takeovers) // 2] * 1000:.0f} ms, "
+        f"max {takeovers[-1] * 1000:.0f} ms over {len(takeovers)} kills"
+    )
+
+
 @bench.command("ask")
 @click.argument("persona", default="handbook")
 @click.argument("question", default="How do I file an expense report?")

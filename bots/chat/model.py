@@ -11,7 +11,9 @@ from bots.knowledge.audience import EVERYONE, Reader
 from bots.persona.model import Persona
 
 TurnStatus = Literal["complete", "pending", "interrupted"]
-RefusalKind = Literal["unknown_persona", "no_access", "rate_limited", "busy", "shutting_down"]
+RefusalKind = Literal[
+    "unknown_persona", "no_access", "rate_limited", "busy", "shutting_down", "unavailable"
+]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ INTERRUPTED = "(reply interrupted: the bot is restarting)"
 NO_PERSONAS = "No persona is available right now."
 NOT_HERE = "I don't answer in this channel."
 NO_SUCH_PERSONA = "That persona doesn't exist: try /persona list."
+NO_MEMORY = "I can't reach my conversation store right now; please ask again in a moment."
+THREAD_BUSY = "I'm still answering the last message here; please ask again in a moment."
 
 
 def busy(retry_after_s: float) -> str:

@@ -88,13 +88,11 @@ class NoticeThrottle:
 
 
 class Policy:
-    """Applies the global lists and per-persona access before any work is done."""
+    """Applies the global lists and per-persona access before any work is done; says which
+    budget a message is charged to (the store keeps the budgets, shared by every instance)."""
 
-    def __init__(
-        self, settings: PolicySettings, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, settings: PolicySettings) -> None:
         self.settings = settings
-        self.rate = RateLimiter(settings.rate_limit_messages, settings.rate_limit_window_s, clock)
 
     def place_allowed(self, *, guild_id: str = "", channel_id: str = "", team_id: str = "") -> bool:
         """Global allowlists/denylists of guilds, workspaces and channels (empty allow = all)."""
@@ -120,9 +118,14 @@ class Policy:
     def check(
         self, persona: Persona, platform: str, user_id: str, roles: tuple[str, ...] = ()
     ) -> Decision:
-        """Whether `user_id` may talk to `persona` now (always, off the governed platforms)."""
+        """Whether `user_id` may talk to `persona` (always, off the governed platforms)."""
         if platform not in GOVERNED_PLATFORMS:
             return ALLOW
         if not self.persona_allows(persona, user_id, roles):
             return Decision(False, notices.no_access(persona))
-        return self.rate.check(f"{platform}:{user_id}")
+        return ALLOW
+
+    @staticmethod
+    def budget_key(platform: str, user_id: str) -> str | None:
+        """The rate budget a message is charged to; None off the governed platforms."""
+        return f"{platform}:{user_id}" if platform in GOVERNED_PLATFORMS else None

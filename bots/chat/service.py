@@ -5,6 +5,10 @@ details stay in the adapters. The service owns the rules: it always applies the 
 knows the platforms it governs), turns a full engine queue into a refusal with a retry time, and
 answers the conversation facts the adapters need (first sightings, which message shows a turn,
 feedback, the persona that last spoke in a place), so no adapter touches the store.
+
+With several instances on one database the store also holds each reply's conversation (no
+other instance answers in it until the reply is stored) and the users' rate budgets; a store
+that does not answer refuses the message with a short notice instead of failing the reply.
 """
 
 from __future__ import annotations
@@ -12,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 import bots.chat.grounding as grounding
 import bots.chat.pinned as pinned
 from bots.chat import notices
-from bots.chat.model import Admission, ChatRefused, Feedback, Incoming, Turn
+from bots.chat.facts import HISTORY_LIMIT, ConversationFacts
+from bots.chat.model import Admission, ChatRefused, Incoming, Turn
 from bots.chat.policy import Policy
 from bots.chat.prompt import build_prompt
 from bots.chat.reply import Reply, ReplyRecord, ReplyStatus, source_dict
-from bots.chat.store import ConversationStore
 from bots.engine.base import ChatMessage, Engine, EngineBusy, GenerationRequest, Piece, Usage
 from bots.knowledge.audience import EVERYONE, Access, Reader, visible
 from bots.knowledge.library import UnknownPersona
@@ -30,11 +34,13 @@ from bots.knowledge.model import Hit, Retriever
 from bots.persona.model import Persona
 from bots.persona.registry import PersonaRegistry
 from bots.settings import Settings
+from bots.store.base import ConversationStore, Held, StoreUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-HISTORY_LIMIT = 40
 SHUTDOWN_RETRY_AFTER_S = 30.0
+STORE_RETRY_AFTER_S = 5.0
 
 
 class Knowledge(Protocol):
@@ -45,7 +51,7 @@ class Knowledge(Protocol):
     def access(self, persona_id: str, path: str) -> Access: ...
 
 
-class ChatService:
+class ChatService(ConversationFacts):
     """Chooses the snapshot, retrieves, builds the prompt, streams from the engine, stores turns."""
 
     def __init__(
@@ -66,10 +72,16 @@ class ChatService:
         self.listeners: list[Callable[[ReplyRecord], None]] = []
         self.in_flight = 0
         self.draining = False
+        # Conversations held by replies under way, released when each reply is stored.
+        self._held: dict[int, Held] = {}
 
     def drain(self) -> None:
         """Refuse new messages from now on (shutdown); replies under way go on."""
         self.draining = True
+
+    def accepting_work(self) -> bool:
+        """False once the bot is shutting down (nothing new should start)."""
+        return not self.draining
 
     def persona(self, persona_id: str) -> Persona:
         persona = self.registry.get(persona_id)
@@ -90,11 +102,11 @@ class ChatService:
         retriever = self.knowledge.retriever(persona.id, persona.knowledge)
         return retriever.search(query, k or self.settings.retrieval.top_k, reader)
 
-    def admit(self, incoming: Incoming) -> Admission:
+    async def admit(self, incoming: Incoming) -> Admission:
         """Check a message before any work: not shutting down, a known persona, the policy.
 
-        Raises ChatRefused. Charges the sender's rate budget once; `start(admission)` does not
-        check again.
+        Raises ChatRefused. Charges the sender's rate budget once (shared by every instance);
+        `start(admission)` does not check again.
         """
         if self.draining:
             raise ChatRefused(
@@ -106,18 +118,34 @@ class ChatService:
         persona = self.persona(incoming.persona_id)
         decision = self.policy.check(persona, incoming.platform, incoming.user_id, incoming.roles)
         if not decision.allowed:
-            if decision.retry_after_s:
+            raise ChatRefused(decision.reason, kind="no_access", status=403)
+        key = self.policy.budget_key(incoming.platform, incoming.user_id)
+        rules = self.settings.policy
+        if key is not None and rules.rate_limit_messages > 0:
+            wait = await self._stored(
+                self.store.take_budget(key, rules.rate_limit_messages, rules.rate_limit_window_s)
+            )
+            if wait:
                 self._observe(
                     persona.id, incoming.platform, "rate_limited", None, time.perf_counter()
                 )
                 raise ChatRefused(
-                    decision.reason,
-                    kind="rate_limited",
-                    status=429,
-                    retry_after_s=decision.retry_after_s,
+                    notices.too_fast(wait), kind="rate_limited", status=429, retry_after_s=wait
                 )
-            raise ChatRefused(decision.reason, kind="no_access", status=403)
         return Admission(incoming, persona)
+
+    async def _stored(self, work: Awaitable[T]) -> T:
+        """A store call on a message's way in: a store that does not answer refuses it."""
+        try:
+            return await work
+        except StoreUnavailable as exc:
+            log.warning("refused a message: %s", exc)
+            raise ChatRefused(
+                notices.NO_MEMORY,
+                kind="unavailable",
+                status=503,
+                retry_after_s=STORE_RETRY_AFTER_S,
+            ) from None
 
     async def start(
         self, message: Incoming | Admission, *, on_wait: Callable[[int], None] | None = None
@@ -130,15 +158,49 @@ class ChatService:
         or EngineError (the model failed before the first token).
         """
         started = time.perf_counter()
-        admission = message if isinstance(message, Admission) else self.admit(message)
-        incoming, persona = admission.incoming, admission.persona
+        admission = message if isinstance(message, Admission) else await self.admit(message)
+        incoming = admission.incoming
         conversation_id = None
-        history = list(incoming.history)
+        held: Held | None = None
         if incoming.remember:
-            conversation_id = await self.store.run(
-                self.store.conversation_id, incoming.platform, incoming.place
+            conversation_id = await self._stored(
+                self.store.conversation_id(incoming.platform, incoming.place)
             )
-            stored = await self.store.run(self.store.history, conversation_id, HISTORY_LIMIT)
+            held = await self._stored(
+                self.store.lock_conversation(conversation_id, self.settings.model.timeout_s)
+            )
+            if held is None:
+                raise ChatRefused(
+                    notices.THREAD_BUSY,
+                    kind="busy",
+                    status=503,
+                    retry_after_s=STORE_RETRY_AFTER_S,
+                )
+        try:
+            reply = await self._begin(admission, conversation_id, started, on_wait)
+        except BaseException:
+            if held is not None:
+                await held.release()
+            raise
+        if held is not None and reply.turn_id is not None:
+            self._held[reply.turn_id] = held
+        elif held is not None:
+            await held.release()
+        self.in_flight += 1
+        return reply
+
+    async def _begin(
+        self,
+        admission: Admission,
+        conversation_id: int | None,
+        started: float,
+        on_wait: Callable[[int], None] | None,
+    ) -> Reply:
+        """Retrieve, build the prompt, prime the engine and store the pending turns."""
+        incoming, persona = admission.incoming, admission.persona
+        history = list(incoming.history)
+        if conversation_id is not None:
+            stored = await self._stored(self.store.history(conversation_id, HISTORY_LIMIT))
             if stored:
                 kept = self._visible_history(persona, stored, incoming.reader)
                 history = [ChatMessage(t.role, t.content) for t in kept]  # type: ignore[arg-type]
@@ -214,26 +276,31 @@ class ChatService:
             pieces = _prepend(first, stream)
         turn_id = None
         if conversation_id is not None:
-            await self.store.run(
-                lambda: self.store.add_turn(
-                    conversation_id,
-                    "user",
-                    incoming.text,
-                    persona.id,
-                    user_id=incoming.user_id,
-                    platform_message_id=incoming.message_id,
+            try:
+                await self._stored(
+                    self.store.add_turn(
+                        conversation_id,
+                        "user",
+                        incoming.text,
+                        persona.id,
+                        user_id=incoming.user_id,
+                        platform_message_id=incoming.message_id,
+                    )
                 )
-            )
-            turn_id = await self.store.run(
-                lambda: self.store.add_turn(
-                    conversation_id,
-                    "assistant",
-                    "",
-                    persona.id,
-                    status="pending",
-                    sources=[source_dict(h) for h in sources],
+                turn_id = await self._stored(
+                    self.store.add_turn(
+                        conversation_id,
+                        "assistant",
+                        "",
+                        persona.id,
+                        status="pending",
+                        sources=[source_dict(h) for h in sources],
+                    )
                 )
-            )
+            except BaseException:
+                if pieces is not None:
+                    await pieces.aclose()  # type: ignore[attr-defined]
+                raise
         # A strict persona's answer is checked against what the model was given (see grounding).
         gate = None
         if persona.grounding == "strict" and prompt is not None:
@@ -242,7 +309,7 @@ class ChatService:
             context = [part for hit in given for part in (hit.title, hit.heading)]
             gate = grounding.Gate(grounding.evidence(documents, incoming.text, context=context))
         # The duration counts from the message, not from the first token.
-        reply = Reply(
+        return Reply(
             persona,
             sources,
             prompt,
@@ -254,8 +321,6 @@ class ChatService:
             started=started,
             gate=gate,
         )
-        self.in_flight += 1
-        return reply
 
     def _visible_pinned(self, persona: Persona, reader: Reader) -> tuple[Hit, ...]:
         """The persona's pinned documents that `reader` may see: a restricted one stays out of
@@ -285,82 +350,26 @@ class ChatService:
             kept.append(turn)
         return kept
 
-    async def reset(self, platform: str, place: str) -> int:
-        """Forget a conversation's history (its turns stay for feedback)."""
-        conversation_id = await self.store.run(self.store.conversation_id, platform, place)
-        return await self.store.run(self.store.forget, conversation_id)
-
-    # ---- conversation facts the adapters need; they never touch the store ----
+    # ---- conversation facts the adapters need (the rest in ConversationFacts) ----
 
     def place_allowed(self, *, guild_id: str = "", channel_id: str = "", team_id: str = "") -> bool:
         """The global allow/deny lists of guilds, workspaces and channels."""
         return self.policy.place_allowed(guild_id=guild_id, channel_id=channel_id, team_id=team_id)
 
-    async def first_sighting(self, platform: str, event_key: str, ttl_s: float) -> bool:
-        """True once per platform event (a retry, a replay or a restart does not repeat it)."""
-        return await self.store.run(self.store.first_sighting, f"{platform}:{event_key}", ttl_s)
-
-    async def shown(self, turn_id: int, platform_message_id: str) -> None:
-        """Remember which platform message shows a reply (for follow-ups and reactions)."""
-        await self.store.run(self.store.set_message_id, turn_id, platform_message_id)
-
-    async def answered(self, platform: str, platform_message_id: str) -> Turn | None:
-        """The reply turn a platform message shows, if it shows one of ours."""
-        turn = await self.store.run(self.store.turn_by_message, platform, platform_message_id)
-        return turn if turn is not None and turn.role == "assistant" else None
-
-    async def knows_message(self, platform: str, platform_message_id: str) -> bool:
-        """Whether a platform message is one the bot answered or one showing its reply."""
-        turn = await self.store.run(self.store.turn_by_message, platform, platform_message_id)
-        return turn is not None
-
-    async def place_of_reply(
-        self, platform: str, platform_message_id: str
-    ) -> tuple[str, str] | None:
-        """(place, persona id) of the conversation a reply shown by this message belongs to."""
-        turn = await self.answered(platform, platform_message_id)
-        if turn is None:
-            return None
-        place = await self.store.run(self.store.place_of, turn.conversation_id)
-        return (place[1], turn.persona_id) if place else None
-
-    async def last_persona(self, platform: str, place: str) -> str | None:
-        """The persona that last answered in a place (pending replies too: a follow-up may
-        come while the last reply still streams); None for a place with no reply."""
-        conversation_id = await self.store.run(self.store.conversation_id, platform, place)
-        for turn in reversed(await self.store.run(self.store.turns, conversation_id)):
-            if turn.role == "assistant":
-                return turn.persona_id
-        return None
-
-    async def history(self, platform: str, place: str, limit: int = HISTORY_LIMIT) -> list[Turn]:
-        """The remembered turns of a place, oldest first (what the next reply will see)."""
-        conversation_id = await self.store.run(self.store.conversation_id, platform, place)
-        return await self.store.run(self.store.history, conversation_id, limit)
-
-    async def react(
-        self, platform: str, platform_message_id: str, user_id: str, value: int, *, added: bool
-    ) -> bool:
-        """A thumbs up (+1) or down (-1) on one of our replies, stored (or removed) as
-        feedback; False when the message shows no reply of ours. Idempotent."""
-        turn = await self.answered(platform, platform_message_id)
-        if turn is None:
-            return False
-        change = self.store.add_feedback if added else self.store.remove_feedback
-        await self.store.run(change, turn.id, user_id, value)
-        return True
-
-    async def feedback(self, persona_id: str | None = None) -> list[Feedback]:
-        """Feedback with the exchange it judged, newest first (of one persona, or of all)."""
-        return await self.store.run(self.store.feedback, persona_id)
-
     async def _finish(self, reply: Reply, status: ReplyStatus) -> None:
+        held = self._held.pop(reply.turn_id, None) if reply.turn_id is not None else None
         try:
             if reply.turn_id is not None:
-                await self.store.run(
-                    self.store.finish_turn, reply.turn_id, reply.text, status, reply.source_dicts()
+                await self.store.finish_turn(
+                    reply.turn_id, reply.text, status, reply.source_dicts()
                 )
+        except StoreUnavailable as exc:
+            # The user saw the reply; the store lost it. Another instance's sweep will mark the
+            # pending turn interrupted if this instance is gone by the time the store is back.
+            log.error("reply %s not stored: %s", reply.turn_id, exc)
         finally:
+            if held is not None:
+                await held.release()
             self.in_flight -= 1
             outcome = reply.finish_reason or "error"
             self._observe(

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from bots.chat.model import Feedback
-from bots.chat.store import ConversationStore
 from bots.evals.feedback import AppendResult, append_feedback_cases, feedback_rows
 from bots.evals.model import PersonaRun
 from bots.evals.report import as_json, flip_lines, header, persona_summary, rows, total
@@ -19,6 +18,7 @@ from bots.persona.loader import valid_persona_id
 from bots.persona.model import PERSONA_FILE
 from bots.runtime import Runtime
 from bots.settings import Settings
+from bots.store.factory import make_store
 
 Echo = Callable[[str], None]
 ANSWER_PREVIEW_CHARS = 160
@@ -114,13 +114,18 @@ async def watch_evals(
 
 def list_feedback(settings: Settings, persona_id: str | None) -> list[Feedback]:
     """The stored reactions (of one persona), newest first; none when no database exists yet."""
-    if not settings.db_path.is_file():
+    if not settings.database_url and not settings.db_path.is_file():
         return []
-    store = ConversationStore(settings.db_path)
+    return asyncio.run(_stored_feedback(settings, persona_id))
+
+
+async def _stored_feedback(settings: Settings, persona_id: str | None) -> list[Feedback]:
+    store = make_store(settings)
+    await store.open()
     try:
-        return store.feedback(persona_id)
+        return await store.feedback(persona_id)
     finally:
-        store.close()
+        await store.close()
 
 
 def print_feedback(feedback: Sequence[Feedback], *, as_json_output: bool, echo: Echo) -> None:

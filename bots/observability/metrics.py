@@ -7,6 +7,7 @@ registry); the engine's queue, the index sizes and the adapters are read at scra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from bots.runtime import Runtime
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONNECTED = re.compile(r"\bconnected\b")
 # Seconds: from a fast cached reply on a GPU to a long one on a small CPU.
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 TOKENS_PER_S_BUCKETS = (5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
@@ -165,9 +167,23 @@ class _AppCollector(Collector):
             "bots_adapter_connected", "1 when the adapter is connected.", labels=["adapter"]
         )
         for name, adapter_state in app.adapters.items():
-            up = adapter_state == "connected" or adapter_state.startswith("http")
-            adapters.add_metric([name], int(up))
+            # "connected", an HTTP address, or "shard 0/2 connected, ..." (standby is 0).
+            up = CONNECTED.search(adapter_state) or adapter_state.startswith("http")
+            adapters.add_metric([name], int(bool(up)))
         yield adapters
+        yield GaugeMetricFamily(
+            "bots_database_up",
+            "1 when the conversation store answered this instance's last heartbeat.",
+            value=int(app.store.connected),
+        )
+        leases = GaugeMetricFamily(
+            "bots_leases_held",
+            "Leases this instance holds (Discord gateway shards, discord-shard:K/N).",
+            labels=["lease"],
+        )
+        for lease in app.store.leases:
+            leases.add_metric([lease], 1)
+        yield leases
 
 
 def _model_metrics(app: Runtime) -> Iterator[Metric]:

@@ -155,6 +155,8 @@ class BotAccount:
     session: Session | None = None
     commands: list[dict[str, Any]] = field(default_factory=list)
     identifies: int = 0
+    # The [shard id, shard count] of each IDENTIFY, in order.
+    shards: list[tuple[int, ...]] = field(default_factory=list)
     resumes: int = 0
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -1211,6 +1213,7 @@ class FakeDiscord:
         data: dict[str, Any],
     ) -> None:
         bot.identifies += 1
+        bot.shards.append(tuple(data.get("shard") or (0, 1)))
         bot.session = Session(uuid.uuid4().hex, int(data.get("intents", 0)), ws=ws, outbox=outbox)
         ready = {
             "v": 10,

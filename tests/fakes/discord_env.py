@@ -68,7 +68,7 @@ class DiscordEnv:
         )
 
     def turns_after(self, user_message_id: str) -> list[Turn]:
-        store = self.app.store
+        store = self.app.store.file
         asked = store.turn_by_message("discord", user_message_id)
         if asked is None:
             return []

@@ -135,7 +135,7 @@ def said_to(driver: Driver, asked: Asked) -> list[Said]:
 
 def turns_after(driver: Driver, asked: Asked) -> list[Turn]:
     """The stored turns after `asked` in its conversation ([] when it was never admitted)."""
-    store = driver.app.store
+    store = driver.app.store.file
     turn = store.turn_by_message(driver.platform, driver.stored_key(asked))
     if turn is None:
         return []
@@ -145,7 +145,7 @@ def turns_after(driver: Driver, asked: Asked) -> list[Turn]:
 def feedback(driver: Driver) -> set[tuple[str, int, int]]:
     """Stored feedback as (user name, value, turn id)."""
     names = {driver.user_id(u): u for u in ("alice", "bob", "carol")}
-    return {(names[f.user_id], f.value, f.turn_id) for f in driver.app.store.feedback()}
+    return {(names[f.user_id], f.value, f.turn_id) for f in driver.app.store.file.feedback()}
 
 
 # --------------------------------------------------------------------------- Discord

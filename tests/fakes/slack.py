@@ -129,6 +129,8 @@ class FakeSlack:
         self.url = ""
         self._limited: dict[str, list[float]] = {}
         self._ws: web.WebSocketResponse | None = None
+        # Every open Socket Mode connection, oldest first (Slack allows several per app).
+        self.sockets: list[web.WebSocketResponse] = []
         self._connected = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
@@ -149,8 +151,8 @@ class FakeSlack:
         self.url = f"http://127.0.0.1:{port}"
 
     async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
+        for ws in list(self.sockets):
+            await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -549,12 +551,15 @@ class FakeSlack:
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         self._ws = ws
+        self.sockets.append(ws)
         self.connections += 1
+        async with self._changed:
+            self._changed.notify_all()
         await ws.send_str(
             json.dumps(
                 {
                     "type": "hello",
-                    "num_connections": 1,
+                    "num_connections": len(self.sockets),
                     "debug_info": {"host": "applink-fake", "approximate_connection_time": 18060},
                     "connection_info": {"app_id": APP_ID},
                 }
@@ -575,18 +580,26 @@ class FakeSlack:
                 envelope.ack_payload = data.get("payload")
                 envelope.acked_at = time.perf_counter()
                 envelope.acked.set()
+        self.sockets.remove(ws)
         if self._ws is ws:
-            self._ws = None
-            self._connected.clear()
+            self._ws = self.sockets[-1] if self.sockets else None
+            if self._ws is None:
+                self._connected.clear()
         return ws
 
     async def connected(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
     async def deliver(
-        self, payload: dict[str, Any], kind: str = "events_api", *, retry_of: str = ""
+        self,
+        payload: dict[str, Any],
+        kind: str = "events_api",
+        *,
+        retry_of: str = "",
+        to: int | None = None,
     ) -> Envelope:
-        """Push an envelope over the current connection (kept for redelivery until acked)."""
+        """Push an envelope over the latest connection, or over `sockets[to]` (kept for
+        redelivery until acked)."""
         if retry_of:
             previous = self.envelopes[retry_of]
             envelope = Envelope(previous.envelope_id, kind, payload, previous.retry_attempt + 1)
@@ -594,8 +607,9 @@ class FakeSlack:
             envelope = Envelope(str(uuid.uuid4()), kind, payload)
         self.envelopes[envelope.envelope_id] = envelope
         envelope.sent_at = time.perf_counter()
-        if self._ws is not None:
-            await self._ws.send_str(envelope.frame())
+        ws = self.sockets[to] if to is not None else self._ws
+        if ws is not None:
+            await ws.send_str(envelope.frame())
         return envelope
 
     async def deliver_event(self, event: Any, event_id: str = "") -> Envelope:

@@ -148,7 +148,7 @@ async def answered(
     app: Runtime, channel: str, root_ts: str, count: int = 1, timeout: float = MODEL_TIMEOUT_S
 ) -> Turn:
     """Wait until the thread's `count`-th reply is complete and shown; return its turn."""
-    store = app.store
+    store = app.store.file
 
     def replies() -> list[Turn]:
         conversation = store.conversation_id("slack", f"{channel}:{root_ts}")
@@ -159,7 +159,7 @@ async def answered(
         ]
 
     deadline = time.monotonic() + timeout
-    while len(done := await store.run(replies)) < count:
+    while len(done := await asyncio.to_thread(replies)) < count:
         assert time.monotonic() < deadline, f"no reply in {channel}:{root_ts}"
         await asyncio.sleep(0.05)
     return done[count - 1]

@@ -76,8 +76,10 @@ class DiscordAdapter:
         guild_ready_timeout_s: float = GUILD_READY_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         stop_grace_s: float | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.connections = connections
+        self.shard = shard
         self.settings = service.settings.discord
         self.guild_ready_timeout_s = guild_ready_timeout_s
         self.retry = retry or RetryPolicy()
@@ -113,6 +115,7 @@ class DiscordAdapter:
                     login,
                     guild_ready_timeout=self.guild_ready_timeout_s,
                     commands=lambda bot: build_tree(bot, self.commands),
+                    shard=self.shard,
                 )
                 self.clients.append(client)
                 await client.log_in()

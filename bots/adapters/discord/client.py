@@ -130,13 +130,17 @@ class PersonaClient(discord.Client):
         *,
         guild_ready_timeout: float,
         commands: Callable[[discord.Client], app_commands.CommandTree[discord.Client]],
+        shard: tuple[int, int] | None = None,
     ) -> None:
+        # One gateway shard (id, count) when the bot is sharded; the whole bot otherwise.
+        sharding: dict[str, Any] = {"shard_id": shard[0], "shard_count": shard[1]} if shard else {}
         super().__init__(
             intents=intents(),
             allowed_mentions=NO_MENTIONS,
             guild_ready_timeout=guild_ready_timeout,
             max_messages=MESSAGE_CACHE,
             chunk_guilds_at_startup=False,
+            **sharding,
         )
         self.adapter = adapter
         self.login_as = login

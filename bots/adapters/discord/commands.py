@@ -150,7 +150,7 @@ class SlashCommands:
         )
         try:
             # Admitted before the interaction is answered, so that a refusal is private.
-            admission = self.runner.delivery.admit(incoming)
+            admission = await self.runner.delivery.admit(incoming)
         except ChatRefused as refused:
             await ephemeral(interaction, refused.user_message)
             return

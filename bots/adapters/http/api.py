@@ -134,7 +134,14 @@ async def healthz(request: web.Request) -> web.Response:
     if request.app[APP_KEY].service.draining:
         return web.json_response({"ok": False, "detail": "shutting down"}, status=503)
     health = await request.app[HEALTH_KEY].check()
-    body = {"ok": health.ok, "detail": health.detail}
+    store = await request.app[APP_KEY].store.health()
+    # The database is reported, not judged: restarting this instance would not bring it back,
+    # and messages are refused with a short notice until it answers again.
+    body = {
+        "ok": health.ok,
+        "detail": health.detail,
+        "database": {"ok": store.ok, "backend": store.backend, "detail": store.detail},
+    }
     return web.json_response(body, status=200 if health.ok else 503)
 
 
@@ -145,7 +152,20 @@ async def metrics_text(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(status_body(request.app[APP_KEY]))
+    app = request.app[APP_KEY]
+    store = await app.store.health()
+    body = status_body(app)
+    body["instance"] = app.store.instance_id
+    body["database"] = {
+        "ok": store.ok,
+        "backend": store.backend,
+        "detail": store.detail,
+        "leases": app.store.leases,
+    }
+    # Every live instance with its persona hashes and connections: instances that disagree
+    # (a folder not yet synced) show here.
+    body["instances"] = list(store.instances)
+    return web.json_response(body)
 
 
 def status_body(app: Runtime) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class SlackCommands:
             channel, user, bot_user=self.messages.bot_user_id
         )
         try:
-            admission = self.delivery.admit(
+            admission = await self.delivery.admit(
                 Incoming(PLATFORM, "", user, question, persona.id, reader=reader)
             )
         except ChatRefused as refused:

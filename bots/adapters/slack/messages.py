@@ -187,7 +187,7 @@ class SlackMessages:
             reader=reader,
         )
         try:
-            admission = self.delivery.admit(incoming)
+            admission = await self.delivery.admit(incoming)
         except ChatRefused as refused:
             await self.delivery.refused(refused, message.user, surface)
             return

@@ -1,17 +1,15 @@
-"""Conversation store: turns in SQLite (WAL), keyed by platform + place.
+"""The one-machine conversation file: turns in SQLite (WAL), keyed by platform + place.
 
-One connection guarded by a lock; the async methods run the (millisecond) queries on a worker
-thread so the event loop never waits on the disk.
+One connection guarded by a lock, plain calls (for `SqliteStore`, `bots db copy` and tests).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,7 +55,7 @@ CREATE TABLE IF NOT EXISTS seen_events (
 """
 
 
-class ConversationStore:
+class SqliteFile:
     """Turns, feedback and the de-duplication record of one bot, in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
@@ -76,10 +74,6 @@ class ConversationStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a store method on a worker thread."""
-        return await asyncio.to_thread(fn, *args)
 
     def conversation_id(self, platform: str, place: str) -> int:
         with self._lock:
@@ -241,6 +235,24 @@ class ConversationStore:
                 "INSERT OR IGNORE INTO seen_events (key, seen_at) VALUES (?, ?)", (key, now)
             )
         return cur.rowcount == 1
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (what a copy must carry over)."""
+        with self._lock:
+            return {
+                table: int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+                for table in TABLES
+            }
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        """Every row of one table, in id order (for `bots db copy`)."""
+        order = "key" if table == "seen_events" else "id"
+        with self._lock:
+            cursor = self._db.execute(f"SELECT * FROM {table} ORDER BY {order}")
+            return [dict(r) for r in cursor.fetchall()]
+
+
+TABLES = ("conversations", "turns", "feedback", "seen_events")
 
 
 def _turn(row: sqlite3.Row) -> Turn:
