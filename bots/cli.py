@@ -207,6 +207,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool
     from bots.model_reload import SettingsSource
     from bots.runtime import Runtime
     from bots.serve import serve as run_server
+    from bots.store.base import StoreUnavailable
 
     overrides = {"server.host": host, "server.port": port, "server.log_json": log_json}
     settings = settings_of(ctx, **overrides)
@@ -222,6 +223,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_json: bool
         exit_status = asyncio.run(run_server(Runtime.create(settings), settings_source=source))
     except (EngineError, ModelNotFound) as exc:
         raise click.ClickException(f"the model could not be started: {exc}") from exc
+    except StoreUnavailable as exc:
+        raise click.ClickException(f"the conversation store cannot be used: {exc}") from exc
     sys.exit(exit_status)
 
 

@@ -272,3 +272,18 @@ async def test_a_database_restart_gives_short_errors_and_recovers(postgres: Any)
             await asyncio.sleep(0.2)
     finally:
         await store.close()
+
+
+async def test_a_schema_newer_than_this_bots_is_refused(database_url: str) -> None:
+    import psycopg
+
+    from bots.store.postgres import PostgresStore
+
+    first = PostgresStore(database_url, "first")
+    await first.open()
+    await first.close()
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("INSERT INTO schema_migrations (version) VALUES (99)")
+    newer = PostgresStore(database_url, "older-bots")
+    with pytest.raises(StoreUnavailable, match="version 99, newer than this bots"):
+        await newer.open()

@@ -110,7 +110,10 @@ class Keeper:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            await self._tick()
+            try:
+                await self._tick()
+            except Exception:  # a schema too new, a bug: said, and the beat goes on
+                log.exception("database heartbeat failed")
 
     async def _tick(self) -> None:
         async with self._lock:

@@ -11,6 +11,8 @@ import logging
 
 import psycopg
 
+from bots.store.base import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 # Advisory lock namespaces (the first key of pg_advisory_lock(int, int)): "bots" in ASCII, + n.
@@ -72,7 +74,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNew(StoreUnavailable):
     """The database was migrated by a newer bots; this one must not write to it."""
 
 

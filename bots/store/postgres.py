@@ -111,7 +111,11 @@ class PostgresStore:
         except psycopg.ProgrammingError as exc:
             raise StoreUnavailable(f"database_url: cannot read it ({exc})") from None
         await self._pool.open(wait=False)
-        await self.keeper.start()
+        try:
+            await self.keeper.start()
+        except BaseException:
+            await self._pool.close()
+            raise
 
     async def _migrated(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Run by the keeper once per (re)connection, before it takes the instance lock."""
