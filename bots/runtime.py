@@ -63,8 +63,8 @@ class Runtime:
     async def start(self, *, watch: bool = True, load_model: bool = True) -> None:
         """Load personas and indexes, load the model, start watching files."""
         self.started_at = time.time()
+        self.store.publish(self.facts)  # before the first heartbeat, which sends them
         await self.store.open()
-        self.store.publish(self.facts)
         if load_model:
             # First: whether pinned documents fit is counted with the model's tokenizer.
             await self.engine.start()

@@ -151,13 +151,16 @@ async def test_two_instances_answer_every_slack_mention_once(
         # Exactly one reply per mention, none lost, none twice.
         shown = {e["ts"]: len(fake.bot_messages(CHANNEL, e["ts"])) for e in mentions}
         assert shown == {e["ts"]: 2 if e is asked else 1 for e in mentions}
-        # Each instance lists both, with the same persona hashes.
-        assert all(s["database"]["ok"] for s in ((await status(a)), (await status(b))))
-        hashes = [
-            {i["id"]: i["personas"] for i in (await status(server))["instances"]}
-            for server in (a, b)
-        ]
-        assert hashes[0] == hashes[1] and len(hashes[0]) == 2
+        # Each instance lists both, with the same persona hashes (sent with each heartbeat).
+        deadline = time.monotonic() + 10
+        while True:
+            said = [await status(a), await status(b)]
+            assert all(s["database"]["ok"] for s in said)
+            hashes = [{i["id"]: i.get("personas") for i in s["instances"]} for s in said]
+            if hashes[0] == hashes[1] and len(hashes[0]) == 2 and all(hashes[0].values()):
+                break
+            assert time.monotonic() < deadline, hashes
+            await asyncio.sleep(0.2)
 
         # A database restart while replies are under way: short notices or whole replies,
         # no crash, and both instances answer again without a restart.
