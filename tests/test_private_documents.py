@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 
 from bots.chat.model import Turn
+from bots.chat.visibility import visible_history
+from bots.knowledge.audience import Reader
 from bots.runtime import Runtime
 from bots.settings import Settings
 from tests.fakes.discord_env import MODEL_TIMEOUT_S, StartDiscord
@@ -132,14 +134,13 @@ async def test_slack_history_of_a_private_answer_never_feeds_a_shared_place(
     assert cites(dm_turn)
     # The document is made public-but-for-bob: the DM's past exchange must not follow alice
     # into a place bob reads, even if a conversation key were reused there.
-    service = app.service
-    persona = service.persona("librarian")
+    persona = app.service.persona("librarian")
     stored = app.store.file.turns(dm_turn.conversation_id)
-    from bots.knowledge.audience import Reader
+    access = app.knowledge.access
 
-    kept = service._visible_history(persona, stored, Reader.members("slack", [ALICE, BOB]))
-    assert kept == []
-    assert service._visible_history(persona, stored, Reader.alone("slack", ALICE)) == stored
+    shared = Reader.members("slack", [ALICE, BOB])
+    assert visible_history(persona, stored, shared, access) == []
+    assert visible_history(persona, stored, Reader.alone("slack", ALICE), access) == stored
     assert engine.requests  # the DM answer used the model
 
 

@@ -20,15 +20,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import bots.chat.grounding as grounding
-import bots.chat.pinned as pinned
+import bots.chat.visibility as visibility
 from bots.chat import notices
 from bots.chat.facts import HISTORY_LIMIT, ConversationFacts
-from bots.chat.model import Admission, ChatRefused, Incoming, Turn
+from bots.chat.model import Admission, ChatRefused, Incoming
 from bots.chat.policy import Policy
 from bots.chat.prompt import build_prompt
 from bots.chat.reply import Reply, ReplyRecord, ReplyStatus, source_dict
 from bots.engine.base import ChatMessage, Engine, EngineBusy, GenerationRequest, Piece, Usage
-from bots.knowledge.audience import EVERYONE, Access, Reader, visible
+from bots.knowledge.audience import EVERYONE, Access, Reader
 from bots.knowledge.library import UnknownPersona
 from bots.knowledge.model import Hit, Retriever
 from bots.persona.model import Persona
@@ -202,7 +202,9 @@ class ChatService(ConversationFacts):
         if conversation_id is not None:
             stored = await self._stored(self.store.history(conversation_id, HISTORY_LIMIT))
             if stored:
-                kept = self._visible_history(persona, stored, incoming.reader)
+                kept = visibility.visible_history(
+                    persona, stored, incoming.reader, self.knowledge.access
+                )
                 history = [ChatMessage(t.role, t.content) for t in kept]  # type: ignore[arg-type]
         try:
             hits = await asyncio.to_thread(
@@ -233,7 +235,7 @@ class ChatService(ConversationFacts):
                 context_size=self.engine.context_size,
                 max_tokens=max_tokens,
                 max_knowledge_tokens=self.settings.retrieval.max_knowledge_tokens,
-                pinned=self._visible_pinned(persona, incoming.reader),
+                pinned=visibility.visible_pinned(persona, incoming.reader, self.knowledge.access),
             )
         )
         sources = prompt.sources if prompt else ()
@@ -321,34 +323,6 @@ class ChatService(ConversationFacts):
             started=started,
             gate=gate,
         )
-
-    def _visible_pinned(self, persona: Persona, reader: Reader) -> tuple[Hit, ...]:
-        """The persona's pinned documents that `reader` may see: a restricted one stays out of
-        the prompt of a place that may not see it, like any chunk of it."""
-        return tuple(
-            hit
-            for hit in pinned.as_hits(persona.pinned)
-            if visible(self.knowledge.access(persona.id, hit.path), reader)
-        )
-
-    def _visible_history(
-        self, persona: Persona, turns: Sequence[Turn], reader: Reader
-    ) -> list[Turn]:
-        """The turns whose answers drew only on documents `reader` may see now: an exchange
-        that used one it may not (the conversation moved, the document became private) is
-        left out with its question, so a restricted answer never feeds this one."""
-        kept: list[Turn] = []
-        for turn in turns:
-            if turn.role == "assistant" and not all(
-                visible(self.knowledge.access(persona.id, source["path"]), reader)
-                for source in turn.sources
-                if "path" in source
-            ):
-                if kept and kept[-1].role == "user":
-                    kept.pop()
-                continue
-            kept.append(turn)
-        return kept
 
     # ---- conversation facts the adapters need (the rest in ConversationFacts) ----
 
