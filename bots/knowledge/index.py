@@ -18,11 +18,10 @@ import bots.knowledge.hygiene as hygiene
 import bots.knowledge.ranking as ranking
 import bots.progress as progress
 from bots.knowledge.cache import ChunkCache, StoredDocument
-from bots.knowledge.chunking import chunk_document
+from bots.knowledge.extract import extract
 from bots.knowledge.lexical import LexicalIndex, Vocabulary, tokenize
 from bots.knowledge.model import Chunk, Exclusion, Hit, IndexStats, RefreshResult
 from bots.knowledge.overrides import SETTINGS_FILE
-from bots.knowledge.readers import DocumentError, read_document
 from bots.knowledge.scan import MAX_DOCUMENT_BYTES, Candidate, scan
 
 log = logging.getLogger(__name__)
@@ -246,7 +245,7 @@ class KnowledgeIndex:
             changes.restamped.append((candidate.rel, candidate.size, candidate.mtime_ns))
             changes.unchanged += 1
             return replace(previous, size=candidate.size, mtime_ns=candidate.mtime_ns)
-        stored = self._extract(candidate, data, digest)
+        stored = extract(candidate, data, digest)
         changes.stored.append(stored)
         if previous:
             changes.updated += 1
@@ -383,35 +382,3 @@ class KnowledgeIndex:
             skipped.append(f"{candidate.rel}: too large (it grew past the limit while read)")
             return None
         return data
-
-    def _extract(self, candidate: Candidate, data: bytes, digest: str) -> StoredDocument:
-        """Read, chunk and tokenize one document; a failure is kept as the document's error."""
-        try:
-            document = read_document(candidate.rel, data)
-        except Exception as error:
-            # One damaged or hostile file must not stop the other documents from being indexed;
-            # besides DocumentError, parsers raise whatever their internals hit.
-            if not isinstance(error, DocumentError):
-                log.warning("knowledge: reading %s failed", candidate.path, exc_info=True)
-            return StoredDocument(
-                rel=candidate.rel,
-                size=candidate.size,
-                mtime_ns=candidate.mtime_ns,
-                sha256=digest,
-                title="",
-                error=f"cannot read: {error}",
-                chunks=(),
-                terms=(),
-            )
-        chunks = tuple(chunk_document(candidate.rel, document))
-        terms = tuple(" ".join(ranking.chunk_terms(chunk)) for chunk in chunks)
-        return StoredDocument(
-            rel=candidate.rel,
-            size=candidate.size,
-            mtime_ns=candidate.mtime_ns,
-            sha256=digest,
-            title=document.title,
-            error=None,
-            chunks=chunks,
-            terms=terms,
-        )
