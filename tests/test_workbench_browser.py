@@ -46,6 +46,9 @@ PAGE_WAIT_S = 30.0
 LATENCY_EDITS = 20
 VACATION = "How many vacation days do employees get?"
 STRICT = {"knowledge": "[handbook]", "grounding": "strict", "citations": "true"}
+# A strict persona's answer shows a checked sentence at a time (one sentence is one piece);
+# streaming word by word is seen on an open one.
+OPEN = {"knowledge": "[handbook]", "grounding": "open", "citations": "true"}
 EDITOR_EVALS = f"""\
 - name: vacation
   ask: {VACATION}
@@ -77,6 +80,10 @@ def browser_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     write(root / "personas" / "editor" / "evals.yaml", EDITOR_EVALS)
     write(root / "personas" / "pirate" / "persona.md", persona_md("You are a pirate.", name="Pete"))
+    write(
+        root / "personas" / "guide" / "persona.md",
+        persona_md("You are the office guide. Use the documents.", name="Gus", **OPEN),
+    )
     return root
 
 
@@ -119,7 +126,7 @@ def text_of(driver: WebDriver, selector: str) -> str:
 def test_chat_streams_the_answer_with_its_sources(
     driver: WebDriver, server: str, tmp_path: Path
 ) -> None:
-    driver.get(server + "/?persona=librarian")
+    driver.get(server + "/?persona=guide")
     wait(driver, PAGE_WAIT_S, lambda d: text_of(d, "#live") == "live")
     # Record every length the answer has while it is still streaming.
     driver.execute_script(
