@@ -1,10 +1,11 @@
 """What a reply was made from, as the store records it: enough to rebuild the prompt the model saw.
 
 Recorded with each assistant turn (next to the persona's content hash) and read by `bots export`:
-the retrieved chunks and the pinned documents that went into the prompt, with their text (a
-document edited or deleted since still rebuilds the old prompt); which earlier turns the prompt
-carried (their ids, or their text when the history was read from the platform and not stored);
-and who could read the place (the audience the documents were chosen for).
+the system message as sent (the persona's instructions of that version); the retrieved chunks
+and the pinned documents that went into the prompt, with their text (a document edited or
+deleted since still rebuilds the old prompt); which earlier turns the prompt carried (their ids,
+or their text when the history was read from the platform and not stored); and who could read
+the place (the audience the documents were chosen for).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def made_from(
         history = {"messages": [{"role": m.role, "content": m.content} for m in shown]}
     return {
         **record,
+        "system": prompt.messages[0].content,
         "chunks": [hit_dict(hit) for hit in prompt.sources],
         "pinned": [hit_dict(hit) for hit in prompt.pinned],
         "history": history,
