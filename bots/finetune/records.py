@@ -138,13 +138,14 @@ def _restricted(turn: Turn, access: AccessOf) -> str:
     A document the place's readers may not see now is one reason; one restricted to some
     readers at all is the other: a tuned model answers in every place, public ones included.
     """
-    reader = reader_of(turn.made_from["reader"]) if "reader" in turn.made_from else EVERYONE
+    made = turn.made_from
+    reader = reader_of(made["reader"]) if "reader" in made else None  # None: not recorded
     paths = [str(s["path"]) for s in turn.sources if "path" in s]
     for key in ("pinned", "chunks"):
-        paths += [str(d["path"]) for d in turn.made_from.get(key, ())]
+        paths += [str(d["path"]) for d in made.get(key, ())]
     for path in dict.fromkeys(paths):
         rules = access(path)
-        if not visible(rules, reader):
+        if reader is not None and not visible(rules, reader):
             return f"drew on {path}, which the audience rules no longer allow where it was answered"
         if not visible(rules, EVERYONE):
             return f"drew on {path}, restricted to some readers (a tuned model answers everywhere)"
