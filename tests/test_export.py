@@ -57,6 +57,10 @@ def write_export_project(root: Path) -> Path:
         persona_md("You are the helper. Answer briefly.", knowledge="[handbook]"),
     )
     write(
+        root / "personas" / "pinner" / "persona.md",
+        persona_md("You are the pinner.", knowledge="[handbook]", pinned="[handbook/security.md]"),
+    )
+    write(
         root / "personas" / "clerk" / "persona.md",
         persona_md("You are the clerk.", knowledge="[handbook]", grounding="strict"),
     )
@@ -165,6 +169,19 @@ async def test_each_reply_records_its_persona_version_and_what_its_prompt_held(b
     rebuilt = lines(result.folder / "chat.jsonl")[1]["messages"][:-1]
     sent = bot.engine.requests[-1].messages
     assert [(m["role"], m["content"]) for m in rebuilt] == [(m.role, m.content) for m in sent]
+
+
+async def test_pinned_documents_are_recorded_and_rebuilt_whole(bot: Bot, tmp_path: Path) -> None:
+    await bot.ask(DAYS, GOOD_DAYS, persona="pinner")
+    conversation = await bot.app.store.conversation_id("slack", "C0PUBLIC1")
+    (_, reply) = await bot.app.store.turns(conversation)
+    (pinned,) = reply.made_from["pinned"]
+    assert pinned["path"] == "handbook/security.md" and "14 characters" in pinned["text"]
+    result = await bot.export(tmp_path / "out", persona="pinner")
+    (example,) = lines(result.folder / "chat.jsonl")
+    sent = bot.engine.requests[-1].messages
+    assert [m["content"] for m in example["messages"][:-1]] == [m.content for m in sent]
+    assert '<document source="handbook/security.md"' in sent[-1].content
 
 
 async def test_export_writes_the_right_rows_with_weights_from_feedback(
