@@ -32,7 +32,7 @@ from bots.store.base import Held, StoreHealth, StoreUnavailable
 from bots.store.held import HeldConversations
 from bots.store.keeper import Keeper
 from bots.store.migrations import SchemaTooNew, migrate
-from bots.store.postgres_rows import SECRET_SQL, TURN_COLUMNS, feedback_of, turn_of
+from bots.store.rows import TURN_COLUMNS, feedback_of, turn_of
 
 log = logging.getLogger(__name__)
 # The pool logs every failed reconnection attempt; the keeper says "unreachable" and "reachable
@@ -44,6 +44,12 @@ CONNECT_TIMEOUT_S = 3
 QUERY_WAIT_S = 3.0
 STATEMENT_TIMEOUT_MS = 5000
 NOW = "extract(epoch from clock_timestamp())::float8"
+# This store's secret `name`: made with the given random value the first time, read after.
+SECRET_SQL = (
+    "WITH made AS (INSERT INTO store_secrets (name, value) VALUES (%s, %s) "
+    "ON CONFLICT (name) DO NOTHING RETURNING value) SELECT value FROM made "
+    "UNION ALL SELECT value FROM store_secrets WHERE name=%s LIMIT 1"
+)
 
 
 def describe(url: str) -> str:

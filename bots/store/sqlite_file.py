@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bots.chat.model import Feedback, Turn, TurnStatus
+from bots.store.rows import feedback_of, turn_of
 
 T = TypeVar("T")
 
@@ -107,7 +108,7 @@ class SqliteFile:
                 "AND status='complete' ORDER BY id DESC LIMIT ?",
                 (conversation_id, limit),
             ).fetchall()
-        return [_turn(r) for r in reversed(rows)]
+        return [turn_of(r) for r in reversed(rows)]
 
     def turns(self, conversation_id: int) -> list[Turn]:
         """Every turn, in order, whatever its status (for inspection and tests)."""
@@ -115,7 +116,7 @@ class SqliteFile:
             rows = self._db.execute(
                 "SELECT * FROM turns WHERE conversation_id=? ORDER BY id", (conversation_id,)
             ).fetchall()
-        return [_turn(r) for r in rows]
+        return [turn_of(r) for r in rows]
 
     def add_turn(
         self,
@@ -188,7 +189,7 @@ class SqliteFile:
                 "WHERE c.platform=? AND t.platform_message_id=? ORDER BY t.id DESC LIMIT 1",
                 (platform, platform_message_id),
             ).fetchone()
-        return _turn(row) if row else None
+        return turn_of(row) if row else None
 
     def conversations(self) -> list[tuple[int, str, str]]:
         """Every conversation as (id, platform, place), oldest first (for `bots export`)."""
@@ -248,20 +249,7 @@ class SqliteFile:
             args = (persona_id,)
         with self._lock:
             rows = self._db.execute(query + "ORDER BY f.created_at DESC", args).fetchall()
-        return [
-            Feedback(
-                turn_id=r["turn_id"],
-                persona_id=r["persona_id"],
-                platform=r["platform"],
-                user_id=r["user_id"],
-                value=r["value"],
-                created_at=r["created_at"],
-                question=r["question"] or "",
-                answer=r["answer"],
-                sources=tuple(json.loads(r["sources"])),
-            )
-            for r in rows
-        ]
+        return [feedback_of(r) for r in rows]
 
     def first_sighting(self, key: str, ttl_s: float) -> bool:
         """True the first time `key` is seen within `ttl_s`; persisted across restarts."""
@@ -298,20 +286,3 @@ def _add_columns(db: sqlite3.Connection) -> None:
         for name, declaration in columns:
             if name not in present:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
-
-
-def _turn(row: sqlite3.Row) -> Turn:
-    return Turn(
-        id=row["id"],
-        conversation_id=row["conversation_id"],
-        role=row["role"],
-        content=row["content"],
-        persona_id=row["persona_id"],
-        user_id=row["user_id"],
-        status=row["status"],
-        sources=tuple(json.loads(row["sources"])),
-        platform_message_id=row["platform_message_id"],
-        created_at=row["created_at"],
-        persona_version=row["persona_version"],
-        made_from=json.loads(row["made_from"]),
-    )

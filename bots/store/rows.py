@@ -1,26 +1,26 @@
-"""The PostgreSQL store's rows as the chat service's records, and the queries kept out of
-`bots.store.postgres` to keep it readable."""
+"""A row of either back end (a psycopg dict row, an sqlite3.Row) as the chat service's records."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from bots.chat.model import Feedback, Turn
+
+
+class Row(Protocol):
+    """What both drivers' rows offer: a column's value by name."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
 
 TURN_COLUMNS = (
     "id, conversation_id, role, content, persona_id, user_id, status, sources, "
     "platform_message_id, created_at, persona_version, made_from"
 )
-# This store's secret `name`: made with the given random value the first time, read after.
-SECRET_SQL = (
-    "WITH made AS (INSERT INTO store_secrets (name, value) VALUES (%s, %s) "
-    "ON CONFLICT (name) DO NOTHING RETURNING value) SELECT value FROM made "
-    "UNION ALL SELECT value FROM store_secrets WHERE name=%s LIMIT 1"
-)
 
 
-def turn_of(row: dict[str, Any]) -> Turn:
+def turn_of(row: Row) -> Turn:
     """A `turns` row (selected as TURN_COLUMNS) as a Turn."""
     return Turn(
         id=int(row["id"]),
@@ -38,7 +38,7 @@ def turn_of(row: dict[str, Any]) -> Turn:
     )
 
 
-def feedback_of(r: dict[str, Any]) -> Feedback:
+def feedback_of(r: Row) -> Feedback:
     """A row of the feedback query as a Feedback."""
     return Feedback(
         turn_id=r["turn_id"],
