@@ -99,7 +99,9 @@ async def export_persona(
         with_sources=options.with_sources,
     )
     names = Pseudonyms((await store.secret(SECRET_NAME)).encode(), real=options.real_ids)
-    users: dict[str, set[str]] = {}
+    users: dict[str, set[str]] = {}  # every user id the store knows, to scrub from the text
+    for feedback in await store.feedback(persona.id):
+        users.setdefault(feedback.platform, set()).add(feedback.user_id)
     for exchange in found:
         users.setdefault(exchange.platform, set()).add(exchange.question.user_id)
         readers = exchange.turn.made_from.get("reader", {}).get("users") or ()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 SECRET_NAME = "export-pseudonyms"
 PREFIX = "user-"
 DIGEST_CHARS = 12  # 48 bits: no collision among a bot's users in practice, short to read
+# A mention as Slack (<@U012ABC>) and Discord (<@123...>, <@!123...>) write it: whoever it names.
+MENTION = re.compile(r"<@!?([A-Za-z0-9]+)>")
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,12 @@ class Pseudonyms:
         return PREFIX + digest.hexdigest()[:DIGEST_CHARS]
 
     def scrub(self, text: str, platform: str, user_ids: set[str]) -> str:
-        """`text` with every known user id in it (a mention, a signature) replaced."""
-        if self.real or not user_ids:
+        """`text` with every mention and every other known user id in it replaced."""
+        if self.real:
             return text
-        pattern = re.compile(
-            "|".join(re.escape(u) for u in sorted(user_ids, key=len, reverse=True))
-        )
+        text = MENTION.sub(lambda match: f"<@{self.of(platform, match.group(1))}>", text)
+        known = sorted((u for u in user_ids if u), key=len, reverse=True)
+        if not known:
+            return text
+        pattern = re.compile("|".join(re.escape(u) for u in known))
         return pattern.sub(lambda match: self.of(platform, match.group(0)), text)
