@@ -86,3 +86,31 @@ async def test_a_postgres_store_at_version_1_with_rows_migrates_to_3(database_ur
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         cursor = await conn.execute("SELECT max(version) FROM schema_migrations")
         assert (await cursor.fetchone()) == (len(MIGRATIONS),)
+
+
+async def test_bots_db_copy_carries_the_new_columns_and_the_store_secret(
+    tmp_path: Path, database_url: str
+) -> None:
+    from bots.store.copy import copy_sqlite
+    from bots.store.postgres import PostgresStore
+
+    path = tmp_path / "conversations.sqlite3"
+    write_old_sqlite(path, "helper")
+    file = SqliteFile(path)
+    try:
+        new = file.add_turn(
+            1, "assistant", "Hi.", "helper", persona_version="abc", made_from=MADE_FROM
+        )
+        secret = file.secret("export-pseudonyms")
+    finally:
+        file.close()
+    counts = await copy_sqlite(path, database_url)
+    assert counts["store_secrets"] == 1 and counts["turns"] == len(OLD_TURNS) + 1
+    store = PostgresStore(database_url, "copied")
+    await store.open()
+    try:
+        (copied,) = [t for t in await store.turns(1) if t.id == new]
+        assert (copied.persona_version, copied.made_from) == ("abc", MADE_FROM)
+        assert await store.secret("export-pseudonyms") == secret  # the same pseudonyms after
+    finally:
+        await store.close()

@@ -37,7 +37,6 @@ class Exchange:
     turn: Turn
     question: Turn
     platform: str
-    place: str
     history: tuple[ChatMessage, ...]  # what the prompt carried before the question
     documents: tuple[Hit, ...]  # pinned first, then the chunks, as the prompt quoted them
     rating: int  # the sum of its thumbs (+1 / -1): > 0 up, < 0 down, 0 unrated
@@ -59,7 +58,7 @@ async def exchanges(
     for feedback in await store.feedback(persona_id):
         ratings[feedback.turn_id] = ratings.get(feedback.turn_id, 0) + feedback.value
     found: list[Exchange] = []
-    for conversation_id, platform, place in await store.conversations():
+    for conversation_id, platform, _ in await store.conversations():
         if platforms and platform not in platforms:
             continue
         turns = await store.turns(conversation_id)
@@ -73,8 +72,7 @@ async def exchanges(
         restricted = {t.id: _restricted(t, access) for t in turns if t.role == "assistant"}
         for turn in mine:
             rating = ratings.get(turn.id, 0)
-            where = (platform, place)
-            found.append(_exchange(turn, turns, restricted, rating, where, with_sources))
+            found.append(_exchange(turn, turns, restricted, rating, platform, with_sources))
     return found
 
 
@@ -83,13 +81,13 @@ def _exchange(
     turns: Sequence[Turn],
     restricted: dict[int, str],
     rating: int,
-    where: tuple[str, str],
+    platform: str,
     with_sources: bool,
 ) -> Exchange:
     before = [t for t in turns if t.id < turn.id]
     asked = [t for t in before if t.role == "user"]
     if not asked:
-        return Exchange(turn, turn, *where, (), (), rating, NO_QUESTION)
+        return Exchange(turn, turn, platform, (), (), rating, NO_QUESTION)
     question = asked[-1]
     made = turn.made_from
     history, documents, why = _made_from(turn, before, question, restricted, with_sources)
@@ -100,7 +98,7 @@ def _exchange(
     elif restricted.get(turn.id):
         why = restricted[turn.id]
     system = str(made.get("system", ""))
-    return Exchange(turn, question, *where, history, documents, rating, why, system)
+    return Exchange(turn, question, platform, history, documents, rating, why, system)
 
 
 def _made_from(
