@@ -98,6 +98,10 @@ class Turn:
     sources: tuple[dict[str, Any], ...]
     platform_message_id: str
     created_at: float
+    # What an assistant reply was made from, recorded since schema version 3 (empty before):
+    # the persona's content hash, and `bots.chat.provenance.made_from`'s record of the prompt.
+    persona_version: str = ""
+    made_from: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import bots.chat.grounding as grounding
+import bots.chat.provenance as provenance
 import bots.chat.visibility as visibility
 from bots.chat import notices
 from bots.chat.facts import HISTORY_LIMIT, ConversationFacts
@@ -199,6 +200,7 @@ class ChatService(ConversationFacts):
         """Retrieve, build the prompt, prime the engine and store the pending turns."""
         incoming, persona = admission.incoming, admission.persona
         history = list(incoming.history)
+        history_ids: list[int] = []  # the stored turns `history` holds, for the record
         if conversation_id is not None:
             stored = await self._stored(self.store.history(conversation_id, HISTORY_LIMIT))
             if stored:
@@ -206,6 +208,7 @@ class ChatService(ConversationFacts):
                     persona, stored, incoming.reader, self.knowledge.access
                 )
                 history = [ChatMessage(t.role, t.content) for t in kept]  # type: ignore[arg-type]
+                history_ids = [t.id for t in kept]
         try:
             hits = await asyncio.to_thread(
                 self.retrieve, persona, incoming.text, None, incoming.reader
@@ -297,6 +300,8 @@ class ChatService(ConversationFacts):
                         persona.id,
                         status="pending",
                         sources=[source_dict(h) for h in sources],
+                        persona_version=persona.content_hash,
+                        made_from=provenance.made_from(incoming, prompt, history_ids),
                     )
                 )
             except BaseException:

@@ -9,7 +9,7 @@ event de-duplication record, per-user rate budgets, the per-conversation lock an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,7 +88,11 @@ class ConversationStore(Protocol):
         status: TurnStatus = "complete",
         sources: Sequence[dict[str, Any]] = (),
         platform_message_id: str = "",
-    ) -> int: ...
+        persona_version: str = "",
+        made_from: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Store a turn; an assistant reply also records what it was made from (the persona's
+        content hash and `bots.chat.provenance.made_from`), for `bots export`."""
 
     async def finish_turn(
         self,
@@ -107,6 +111,13 @@ class ConversationStore(Protocol):
     async def turn_by_message(self, platform: str, platform_message_id: str) -> Turn | None: ...
 
     async def place_of(self, conversation_id: int) -> tuple[str, str] | None: ...
+
+    async def conversations(self) -> list[tuple[int, str, str]]:
+        """Every conversation as (id, platform, place), oldest first (for `bots export`)."""
+
+    async def secret(self, name: str) -> str:
+        """This store's secret `name` (random, made on first use, kept with the conversations:
+        the pseudonyms of an export stay the same across runs, machines and `bots db copy`)."""
 
     async def add_feedback(self, turn_id: int, user_id: str, value: int) -> None:
         """Record a reaction; a user's later reaction on the same reply replaces the earlier."""

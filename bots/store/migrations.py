@@ -71,6 +71,18 @@ MIGRATIONS: tuple[str, ...] = (
         facts JSONB NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: reserved for issue 17's serving work (another branch); replaced by it when merged.
+    "SELECT 1",
+    # 3: what each reply was made from (`bots.chat.provenance`), and the store's own secrets
+    # (the key of an export's pseudonyms). Written to be harmless if run twice.
+    """
+    ALTER TABLE turns ADD COLUMN IF NOT EXISTS persona_version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE turns ADD COLUMN IF NOT EXISTS made_from TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE IF NOT EXISTS store_secrets (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 )
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +32,7 @@ from bots.store.base import Held, StoreHealth, StoreUnavailable
 from bots.store.held import HeldConversations
 from bots.store.keeper import Keeper
 from bots.store.migrations import SchemaTooNew, migrate
+from bots.store.rows import TURN_COLUMNS, feedback_of, turn_of
 
 log = logging.getLogger(__name__)
 # The pool logs every failed reconnection attempt; the keeper says "unreachable" and "reachable
@@ -42,9 +44,11 @@ CONNECT_TIMEOUT_S = 3
 QUERY_WAIT_S = 3.0
 STATEMENT_TIMEOUT_MS = 5000
 NOW = "extract(epoch from clock_timestamp())::float8"
-TURN_COLUMNS = (
-    "id, conversation_id, role, content, persona_id, user_id, status, sources, "
-    "platform_message_id, created_at"
+# This store's secret `name`: made with the given random value the first time, read after.
+SECRET_SQL = (
+    "WITH made AS (INSERT INTO store_secrets (name, value) VALUES (%s, %s) "
+    "ON CONFLICT (name) DO NOTHING RETURNING value) SELECT value FROM made "
+    "UNION ALL SELECT value FROM store_secrets WHERE name=%s LIMIT 1"
 )
 
 
@@ -207,14 +211,14 @@ class PostgresStore:
             "AND status='complete' ORDER BY id DESC LIMIT %s",
             (conversation_id, limit),
         )
-        return [_turn(r) for r in reversed(rows)]
+        return [turn_of(r) for r in reversed(rows)]
 
     async def turns(self, conversation_id: int) -> list[Turn]:
         rows = await self._all(
             f"SELECT {TURN_COLUMNS} FROM turns WHERE conversation_id=%s ORDER BY id",
             (conversation_id,),
         )
-        return [_turn(r) for r in rows]
+        return [turn_of(r) for r in rows]
 
     async def add_turn(
         self,
@@ -227,11 +231,13 @@ class PostgresStore:
         status: TurnStatus = "complete",
         sources: Sequence[dict[str, Any]] = (),
         platform_message_id: str = "",
+        persona_version: str = "",
+        made_from: Mapping[str, Any] | None = None,
     ) -> int:
         row = await self._one(
             "INSERT INTO turns (conversation_id, role, content, persona_id, user_id, status, "
-            "sources, platform_message_id, created_at, owner) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            "sources, platform_message_id, created_at, owner, persona_version, made_from) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
             (
                 conversation_id,
                 role,
@@ -243,6 +249,8 @@ class PostgresStore:
                 platform_message_id,
                 time.time(),
                 self.instance_id if status == "pending" else "",
+                persona_version,
+                json.dumps(dict(made_from or {})),
             ),
         )
         assert row is not None
@@ -278,13 +286,22 @@ class PostgresStore:
             "WHERE c.platform=%s AND t.platform_message_id=%s ORDER BY t.id DESC LIMIT 1",
             (platform, platform_message_id),
         )
-        return _turn(row) if row else None
+        return turn_of(row) if row else None
 
     async def place_of(self, conversation_id: int) -> tuple[str, str] | None:
         row = await self._one(
             "SELECT platform, place FROM conversations WHERE id=%s", (conversation_id,)
         )
         return (row["platform"], row["place"]) if row else None
+
+    async def conversations(self) -> list[tuple[int, str, str]]:
+        rows = await self._all("SELECT id, platform, place FROM conversations ORDER BY id")
+        return [(int(r["id"]), r["platform"], r["place"]) for r in rows]
+
+    async def secret(self, name: str) -> str:
+        row = await self._one(SECRET_SQL, (name, secrets.token_hex(32), name))
+        assert row is not None
+        return str(row["value"])
 
     async def add_feedback(self, turn_id: int, user_id: str, value: int) -> None:
         await self._run(
@@ -314,20 +331,7 @@ class PostgresStore:
             query += "WHERE t.persona_id=%s "
             args = (persona_id,)
         rows = await self._all(query + "ORDER BY f.created_at DESC", args)
-        return [
-            Feedback(
-                turn_id=r["turn_id"],
-                persona_id=r["persona_id"],
-                platform=r["platform"],
-                user_id=r["user_id"],
-                value=r["value"],
-                created_at=r["created_at"],
-                question=r["question"] or "",
-                answer=r["answer"],
-                sources=tuple(json.loads(r["sources"])),
-            )
-            for r in rows
-        ]
+        return [feedback_of(r) for r in rows]
 
     async def first_sighting(self, key: str, ttl_s: float) -> bool:
         async with self._conn() as conn:
@@ -377,18 +381,3 @@ class PostgresStore:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _turn(row: dict[str, Any]) -> Turn:
-    return Turn(
-        id=int(row["id"]),
-        conversation_id=int(row["conversation_id"]),
-        role=row["role"],
-        content=row["content"],
-        persona_id=row["persona_id"],
-        user_id=row["user_id"],
-        status=row["status"],
-        sources=tuple(json.loads(row["sources"])),
-        platform_message_id=row["platform_message_id"],
-        created_at=float(row["created_at"]),
-    )

@@ -7,7 +7,7 @@ process.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,6 +102,8 @@ class SqliteStore:
         status: TurnStatus = "complete",
         sources: Sequence[dict[str, Any]] = (),
         platform_message_id: str = "",
+        persona_version: str = "",
+        made_from: Mapping[str, Any] | None = None,
     ) -> int:
         return await self._run(
             lambda: self.file.add_turn(
@@ -113,6 +115,8 @@ class SqliteStore:
                 status=status,
                 sources=sources,
                 platform_message_id=platform_message_id,
+                persona_version=persona_version,
+                made_from=made_from,
             )
         )
 
@@ -133,6 +137,12 @@ class SqliteStore:
 
     async def turn_by_message(self, platform: str, platform_message_id: str) -> Turn | None:
         return await self._run(self.file.turn_by_message, platform, platform_message_id)
+
+    async def conversations(self) -> list[tuple[int, str, str]]:
+        return await self._run(self.file.conversations)
+
+    async def secret(self, name: str) -> str:
+        return await self._run(self.file.secret, name)
 
     async def place_of(self, conversation_id: int) -> tuple[str, str] | None:
         return await self._run(self.file.place_of, conversation_id)

@@ -6,14 +6,16 @@ One connection guarded by a lock, plain calls (for `SqliteStore`, `bots db copy`
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bots.chat.model import Feedback, Turn, TurnStatus
+from bots.store.rows import feedback_of, turn_of
 
 T = TypeVar("T")
 
@@ -52,7 +54,19 @@ CREATE TABLE IF NOT EXISTS seen_events (
     key TEXT PRIMARY KEY,
     seen_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS store_secrets (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+# Columns added since the first schema, added in place to an older file (idempotent): what each
+# reply was made from (the persona's content hash; sources, pinned documents, history, reader).
+ADDED_COLUMNS = {
+    "turns": (
+        ("persona_version", "TEXT NOT NULL DEFAULT ''"),
+        ("made_from", "TEXT NOT NULL DEFAULT '{}'"),
+    ),
+}
 
 
 class SqliteFile:
@@ -68,6 +82,7 @@ class SqliteFile:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            _add_columns(self._db)
             # A reply that was streaming when the process died stays visibly interrupted.
             self._db.execute("UPDATE turns SET status='interrupted' WHERE status='pending'")
 
@@ -93,7 +108,7 @@ class SqliteFile:
                 "AND status='complete' ORDER BY id DESC LIMIT ?",
                 (conversation_id, limit),
             ).fetchall()
-        return [_turn(r) for r in reversed(rows)]
+        return [turn_of(r) for r in reversed(rows)]
 
     def turns(self, conversation_id: int) -> list[Turn]:
         """Every turn, in order, whatever its status (for inspection and tests)."""
@@ -101,7 +116,7 @@ class SqliteFile:
             rows = self._db.execute(
                 "SELECT * FROM turns WHERE conversation_id=? ORDER BY id", (conversation_id,)
             ).fetchall()
-        return [_turn(r) for r in rows]
+        return [turn_of(r) for r in rows]
 
     def add_turn(
         self,
@@ -114,11 +129,14 @@ class SqliteFile:
         status: TurnStatus = "complete",
         sources: Sequence[dict[str, Any]] = (),
         platform_message_id: str = "",
+        persona_version: str = "",
+        made_from: Mapping[str, Any] | None = None,
     ) -> int:
         with self._lock:
             cur = self._db.execute(
                 "INSERT INTO turns (conversation_id, role, content, persona_id, user_id, status, "
-                "sources, platform_message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "sources, platform_message_id, created_at, persona_version, made_from) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     conversation_id,
                     role,
@@ -129,6 +147,8 @@ class SqliteFile:
                     json.dumps(list(sources)),
                     platform_message_id,
                     time.time(),
+                    persona_version,
+                    json.dumps(dict(made_from or {})),
                 ),
             )
         return int(cur.lastrowid or 0)
@@ -169,7 +189,25 @@ class SqliteFile:
                 "WHERE c.platform=? AND t.platform_message_id=? ORDER BY t.id DESC LIMIT 1",
                 (platform, platform_message_id),
             ).fetchone()
-        return _turn(row) if row else None
+        return turn_of(row) if row else None
+
+    def conversations(self) -> list[tuple[int, str, str]]:
+        """Every conversation as (id, platform, place), oldest first (for `bots export`)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, platform, place FROM conversations ORDER BY id")
+            return [(int(r[0]), r[1], r[2]) for r in rows.fetchall()]
+
+    def secret(self, name: str) -> str:
+        """This store's secret `name`, made (random) the first time it is asked for."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO store_secrets (name, value) VALUES (?, ?)",
+                (name, secrets.token_hex(32)),
+            )
+            row = self._db.execute(
+                "SELECT value FROM store_secrets WHERE name=?", (name,)
+            ).fetchone()
+        return str(row[0])
 
     def place_of(self, conversation_id: int) -> tuple[str, str] | None:
         with self._lock:
@@ -211,20 +249,7 @@ class SqliteFile:
             args = (persona_id,)
         with self._lock:
             rows = self._db.execute(query + "ORDER BY f.created_at DESC", args).fetchall()
-        return [
-            Feedback(
-                turn_id=r["turn_id"],
-                persona_id=r["persona_id"],
-                platform=r["platform"],
-                user_id=r["user_id"],
-                value=r["value"],
-                created_at=r["created_at"],
-                question=r["question"] or "",
-                answer=r["answer"],
-                sources=tuple(json.loads(r["sources"])),
-            )
-            for r in rows
-        ]
+        return [feedback_of(r) for r in rows]
 
     def first_sighting(self, key: str, ttl_s: float) -> bool:
         """True the first time `key` is seen within `ttl_s`; persisted across restarts."""
@@ -246,25 +271,18 @@ class SqliteFile:
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of one table, in id order (for `bots db copy`)."""
-        order = "key" if table == "seen_events" else "id"
+        order = {"seen_events": "key", "store_secrets": "name"}.get(table, "id")
         with self._lock:
             cursor = self._db.execute(f"SELECT * FROM {table} ORDER BY {order}")
             return [dict(r) for r in cursor.fetchall()]
 
 
-TABLES = ("conversations", "turns", "feedback", "seen_events")
+TABLES = ("conversations", "turns", "feedback", "seen_events", "store_secrets")
 
 
-def _turn(row: sqlite3.Row) -> Turn:
-    return Turn(
-        id=row["id"],
-        conversation_id=row["conversation_id"],
-        role=row["role"],
-        content=row["content"],
-        persona_id=row["persona_id"],
-        user_id=row["user_id"],
-        status=row["status"],
-        sources=tuple(json.loads(row["sources"])),
-        platform_message_id=row["platform_message_id"],
-        created_at=row["created_at"],
-    )
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns:
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
