@@ -71,6 +71,14 @@ MIGRATIONS: tuple[str, ...] = (
         facts JSONB NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: REST rate-limit blocks every instance on one bot token honours (bots.store.limits).
+    """
+    CREATE TABLE rest_limits (
+        key TEXT PRIMARY KEY,
+        until DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX rest_limits_by_until ON rest_limits (until);
+    """,
 )
 
 
