@@ -44,10 +44,10 @@ def bot_of(headers: Mapping[str, str]) -> str:
     return hashlib.sha256(auth.encode()).hexdigest()[:12]
 
 
-def route_of(method: str, url: yarl.URL) -> str | None:
+def route_of(method: str, url: yarl.URL, api: str) -> str | None:
     """`POST /channels/123/messages`: the request's bucket as Discord keys it (major ids kept,
-    other ids and tokens replaced); None for a URL outside the REST API (the gateway)."""
-    base = yarl.URL(discord.http.Route.BASE)
+    other ids and tokens replaced); None for a URL outside the REST API at `api` (the gateway)."""
+    base = yarl.URL(api)
     if url.host != base.host or url.port != base.port or not url.path.startswith(base.path):
         return None
     parts = url.path.removeprefix(base.path).strip("/").split("/")
@@ -93,7 +93,7 @@ class SharedRestLimits:
         context: SimpleNamespace,
         params: aiohttp.TraceRequestStartParams,
     ) -> None:
-        route = route_of(params.method, params.url)
+        route = route_of(params.method, params.url, discord.http.Route.BASE)
         if route is None:
             return
         bot = bot_of(params.headers)
@@ -116,7 +116,7 @@ class SharedRestLimits:
         context: SimpleNamespace,
         params: aiohttp.TraceRequestEndParams,
     ) -> None:
-        route = route_of(params.method, params.url)
+        route = route_of(params.method, params.url, discord.http.Route.BASE)
         blocked = blocks_of(params.response.status, params.response.headers)
         if route is None or blocked is None or blocked[1] <= 0:
             return
