@@ -44,6 +44,14 @@ class Held(Protocol):
 class RestLimits(Protocol):
     """A platform's REST rate-limit blocks shared by the instances on one bot token."""
 
+    @property
+    def blocks(self) -> int:
+        """Blocks this instance recorded (for /metrics and /status)."""
+
+    @property
+    def waits(self) -> int:
+        """Requests of this instance that found a live block and waited."""
+
     async def blocked_for(self, keys: Sequence[str]) -> float:
         """Seconds until none of `keys` is blocked any more (0.0: send now)."""
 
