@@ -199,7 +199,7 @@ def _rest_limit_metrics(app: Runtime) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "bots_rest_limit_waits",
-        "REST requests of this instance held back by a limit another instance shared.",
+        "REST requests of this instance held back by a shared limit (any instance's).",
         value=limits.waits,
     )
 
