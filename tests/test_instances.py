@@ -282,6 +282,8 @@ async def test_one_instance_holds_the_discord_shard_and_another_takes_over(
         metrics = (await get(holder, "/metrics")).text
         assert 'bots_leases_held{lease="discord-shard:0/1"} 1.0' in metrics
         assert "bots_database_up 1.0" in metrics
+        assert "bots_rest_limit_waits_total" in metrics  # Discord REST limits are shared
+        assert set((await status(holder))["database"]["rest_limits"]) == {"blocks", "waits"}
 
         # A long reply; its instance is killed while it streams.
         model.words, model.delay_s = 60, 0.1

@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from bots.chat.model import Feedback, Turn
-from bots.store.base import ConversationStore, Held, StoreUnavailable
+from bots.store.base import ConversationStore, Held, RestLimits, StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,6 +55,11 @@ class ConversationFacts:
         except StoreUnavailable as exc:
             log.warning("could not ask for lease %s: %s", name, exc)
             return None
+
+    @property
+    def rest_limits(self) -> RestLimits | None:
+        """REST rate-limit blocks shared with the other instances (None on one machine)."""
+        return self.store.rest_limits
 
     def peers(self, adapter: str) -> int:
         """How many live instances run `adapter` (at least this one)."""

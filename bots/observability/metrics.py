@@ -184,6 +184,24 @@ class _AppCollector(Collector):
         for lease in app.store.leases:
             leases.add_metric([lease], 1)
         yield leases
+        yield from _rest_limit_metrics(app)
+
+
+def _rest_limit_metrics(app: Runtime) -> Iterator[Metric]:
+    """Discord REST rate limits shared with the other instances (PostgreSQL only)."""
+    limits = app.store.rest_limits
+    if limits is None:
+        return
+    yield CounterMetricFamily(
+        "bots_rest_limit_blocks",
+        "Spent REST buckets (or global limits) this instance shared with the others.",
+        value=limits.blocks,
+    )
+    yield CounterMetricFamily(
+        "bots_rest_limit_waits",
+        "REST requests of this instance held back by a shared limit (any instance's).",
+        value=limits.waits,
+    )
 
 
 def _model_metrics(app: Runtime) -> Iterator[Metric]:

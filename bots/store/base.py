@@ -3,8 +3,9 @@
 Two implementations: `bots.store.sqlite` (one machine, the default) and `bots.store.postgres`
 (several instances on one database). Everything several instances must agree on lives behind
 this Protocol: conversations and turns, which platform message shows which turn, feedback, the
-event de-duplication record, per-user rate budgets, the per-conversation lock and the leases
-(a Discord gateway shard) that exactly one instance may hold.
+event de-duplication record, per-user rate budgets, the per-conversation lock, the leases
+(a Discord gateway shard) that exactly one instance may hold, and the REST rate-limit blocks of
+one bot token.
 """
 
 from __future__ import annotations
@@ -40,11 +41,34 @@ class Held(Protocol):
     async def release(self) -> None: ...
 
 
+class RestLimits(Protocol):
+    """A platform's REST rate-limit blocks shared by the instances on one bot token."""
+
+    @property
+    def blocks(self) -> int:
+        """Blocks this instance recorded (for /metrics and /status)."""
+
+    @property
+    def waits(self) -> int:
+        """Requests of this instance that found a live block and waited."""
+
+    async def blocked_for(self, keys: Sequence[str]) -> float:
+        """Seconds until none of `keys` is blocked any more (0.0: send now)."""
+
+    async def block(self, key: str, seconds: float) -> None:
+        """Block `key` for `seconds` for every instance (a longer block already there stays)."""
+
+
 class ConversationStore(Protocol):
     """Turns, feedback, de-duplication, rate budgets, locks and leases of one bot."""
 
     backend: str
     instance_id: str
+
+    @property
+    def rest_limits(self) -> RestLimits | None:
+        """Shared REST rate-limit blocks; None on one machine (the platform library's own
+        handling is all there is)."""
 
     @property
     def connected(self) -> bool:

@@ -71,8 +71,14 @@ MIGRATIONS: tuple[str, ...] = (
         facts JSONB NOT NULL DEFAULT '{}'
     );
     """,
-    # 2: reserved for issue 17's serving work (another branch); replaced by it when merged.
-    "SELECT 1",
+    # 2: REST rate-limit blocks every instance on one bot token honours (bots.store.limits).
+    """
+    CREATE TABLE rest_limits (
+        key TEXT PRIMARY KEY,
+        until DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX rest_limits_by_until ON rest_limits (until);
+    """,
     # 3: what each reply was made from (`bots.chat.provenance`), and the store's own secrets
     # (the key of an export's pseudonyms). Written to be harmless if run twice.
     """

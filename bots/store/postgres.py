@@ -31,6 +31,7 @@ from bots.chat.model import Feedback, Turn, TurnStatus
 from bots.store.base import Held, StoreHealth, StoreUnavailable
 from bots.store.held import HeldConversations
 from bots.store.keeper import Keeper
+from bots.store.limits import PostgresRestLimits
 from bots.store.migrations import SchemaTooNew, migrate
 from bots.store.rows import TURN_COLUMNS, feedback_of, turn_of
 
@@ -95,6 +96,7 @@ class PostgresStore:
         )
         self._conversations = HeldConversations(url, kwargs, held_size, self._failed)
         self.keeper = Keeper(url, instance_id, kwargs, self._migrated)
+        self.rest_limits = PostgresRestLimits(self._conn)
         self._ready = False
 
     @property

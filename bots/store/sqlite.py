@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from bots.chat.model import Feedback, Turn, TurnStatus
 from bots.chat.policy import RateLimiter
-from bots.store.base import Held, StoreHealth
+from bots.store.base import Held, RestLimits, StoreHealth
 from bots.store.sqlite_file import SqliteFile
 
 T = TypeVar("T")
@@ -37,6 +37,7 @@ class SqliteStore:
     """The `ConversationStore` of one process on one SQLite file."""
 
     backend = "sqlite"
+    rest_limits: RestLimits | None = None  # one process: discord.py's own buckets suffice
 
     def __init__(self, path: Path, instance_id: str = "") -> None:
         self.path = path

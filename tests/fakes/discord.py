@@ -130,6 +130,14 @@ class Fault:
     retry_after: float = 0.0
     via: bool = True
     after_processing: bool = False
+    # A spent bucket: every matching request until this time (monotonic) gets a 429.
+    until: float | None = None
+    is_global: bool = False
+
+    def retry_after_s(self) -> float:
+        if self.until is None:
+            return self.retry_after
+        return max(0.0, self.until - time.monotonic())
 
 
 @dataclass
@@ -506,7 +514,12 @@ class FakeDiscord:
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
-            if fault.method == method and fault.pattern.search(path) and fault.times > 0:
+            if not (fault.method == method and fault.pattern.search(path)):
+                continue
+            if fault.until is not None:
+                if time.monotonic() < fault.until:
+                    return fault
+            elif fault.times > 0:
                 fault.times -= 1
                 return fault
         return None
@@ -518,13 +531,19 @@ class FakeDiscord:
             request.transport.close()
             return web.Response(status=CUT_STATUS)  # never sent: the connection is gone
         if fault.status == 429:
-            headers = {"Retry-After": f"{fault.retry_after:.3f}", "X-RateLimit-Scope": "user"}
+            retry_after = fault.retry_after_s()
+            headers = {
+                "Retry-After": f"{retry_after:.3f}",
+                "X-RateLimit-Scope": "global" if fault.is_global else "user",
+            }
+            if fault.is_global:
+                headers["X-RateLimit-Global"] = "true"
             if fault.via:
                 headers["Via"] = "1.1 google"  # without it discord.py assumes a Cloudflare ban
             body = {
                 "message": "You are being rate limited.",
-                "retry_after": fault.retry_after,
-                "global": False,
+                "retry_after": retry_after,
+                "global": fault.is_global,
             }
             return _json(body, status=429, headers=headers)
         return _json({"message": "Service unavailable", "code": 0}, status=fault.status)
@@ -541,6 +560,22 @@ class FakeDiscord:
     ) -> Fault:
         """Answer the next `times` matching requests with an error (429 carries Retry-After)."""
         fault = Fault(method, re.compile(path_pattern), status, times, retry_after, via)
+        self.faults.append(fault)
+        return fault
+
+    def spend(
+        self, method: str, path_pattern: str, seconds: float, *, is_global: bool = False
+    ) -> Fault:
+        """A spent bucket (or, `is_global`, the bot's global limit): every matching request in
+        the next `seconds` is answered 429 with the time left as `Retry-After`."""
+        fault = Fault(
+            method,
+            re.compile(path_pattern),
+            429,
+            0,
+            until=time.monotonic() + seconds,
+            is_global=is_global,
+        )
         self.faults.append(fault)
         return fault
 

@@ -116,6 +116,7 @@ class DiscordAdapter:
                     guild_ready_timeout=self.guild_ready_timeout_s,
                     commands=lambda bot: build_tree(bot, self.commands),
                     shard=self.shard,
+                    rest_limits=self.service.rest_limits,
                 )
                 self.clients.append(client)
                 await client.log_in()

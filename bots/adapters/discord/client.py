@@ -18,7 +18,9 @@ import discord
 import yarl
 from discord import app_commands
 
+from bots.adapters.discord.ratelimits import SharedRestLimits
 from bots.adapters.discord.sinks import NO_MENTIONS
+from bots.store.base import RestLimits
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +133,20 @@ class PersonaClient(discord.Client):
         guild_ready_timeout: float,
         commands: Callable[[discord.Client], app_commands.CommandTree[discord.Client]],
         shard: tuple[int, int] | None = None,
+        rest_limits: RestLimits | None = None,
     ) -> None:
         # One gateway shard (id, count) when the bot is sharded; the whole bot otherwise.
-        sharding: dict[str, Any] = {"shard_id": shard[0], "shard_count": shard[1]} if shard else {}
+        options: dict[str, Any] = {"shard_id": shard[0], "shard_count": shard[1]} if shard else {}
+        # Several instances on one token: their REST rate limits are shared through the store.
+        if rest_limits is not None:
+            options["http_trace"] = SharedRestLimits(rest_limits).trace()
         super().__init__(
             intents=intents(),
             allowed_mentions=NO_MENTIONS,
             guild_ready_timeout=guild_ready_timeout,
             max_messages=MESSAGE_CACHE,
             chunk_guilds_at_startup=False,
-            **sharding,
+            **options,
         )
         self.adapter = adapter
         self.login_as = login

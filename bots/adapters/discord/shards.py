@@ -8,8 +8,9 @@ dies its lock goes with its connection and a standby connects within a poll or t
 holder loses its database connection it drops the shard at once, since another instance may
 already have taken it. The shards are shared out: an instance claims shards up to its fair
 share (shard count / instances running Discord, rounded up) and hands back, gracefully, what it
-holds above that when more instances join. REST calls stay per instance: discord.py waits out
-every 429 it is given, the global limit included, and each instance answers only its shards.
+holds above that when more instances join. REST rate limits are one budget per token whichever
+instance spends it: a bucket one instance found spent blocks the others too
+(`bots.adapters.discord.ratelimits`).
 """
 
 from __future__ import annotations

@@ -162,6 +162,10 @@ async def status(request: web.Request) -> web.Response:
         "detail": store.detail,
         "leases": app.store.leases,
     }
+    limits = app.store.rest_limits
+    if limits is not None:
+        # REST rate limits shared with the other instances on one bot token (Discord).
+        body["database"]["rest_limits"] = {"blocks": limits.blocks, "waits": limits.waits}
     # Every live instance with its persona hashes and connections: instances that disagree
     # (a folder not yet synced) show here.
     body["instances"] = list(store.instances)
