@@ -1,6 +1,6 @@
 """The `bots` command: chat, ask, new, check, serve, status, eval, feedback; `bench`, from
-`bots.bench.commands`; `model`, from `bots.modelhub.commands`; and `db`, from
-`bots.store.commands`."""
+`bots.bench.commands`; `model`, from `bots.modelhub.commands`; `db`, from
+`bots.store.commands`; and `train`, from `bots.finetune.train_commands`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from bots.cli_options import (
     settings_options_but_model,
     settings_reader,
 )
+from bots.finetune.train_commands import train
 from bots.logs import setup_logging
 from bots.modelhub.commands import model
 from bots.settings import SETTINGS_FILE, Settings
@@ -38,6 +39,7 @@ def main() -> None:
 main.add_command(bench)
 main.add_command(model)
 main.add_command(db)
+main.add_command(train)
 
 
 def default_persona(settings: Settings, registry_ids: list[str]) -> str:

@@ -1,0 +1,1 @@
+"""Graduating a persona: its conversations and feedback as training data, and a LoRA adapter."""
