@@ -33,6 +33,7 @@ class TrainJob:
     recipe: Recipe
     device: str = "cpu"
     resume: bool = False
+    threads: int = 0  # CPU threads for torch; 0: torch's default (one per core)
 
 
 def missing_train_modules() -> list[str]:
@@ -56,8 +57,12 @@ def run_training(job: TrainJob, on_step: StepReport | None = None) -> dict[str, 
     require_train_extra()
     dataset = read_dataset(job.data)
     split = split_dataset(dataset, job.recipe.held_out_share, job.recipe.seed)
+    import torch
+
     from bots.finetune.train import device_available, load_base, train_adapter
 
+    if job.threads:
+        torch.set_num_threads(job.threads)
     if not device_available(job.device):
         raise TrainUnavailable(f"--device {job.device}: torch sees no such device here")
     base = load_base(job.model_path, job.device)

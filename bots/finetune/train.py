@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from bots.finetune.dataset import Split
 from bots.finetune.gguf_lora import Heads, write_gguf_adapter
@@ -53,6 +54,7 @@ class Base:
 def load_base(path: Path, device: str) -> Base:
     """The GGUF at `path` as a float32 transformers model on `device`."""
     started = time.monotonic()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # bots draws its own
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model: Any = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32

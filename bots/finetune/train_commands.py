@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
     show_default=True,
     help="conversations per step (one at a time, gradients accumulated)",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    help="CPU threads (0: one per core; 1 is faster on a busy machine)",
+)
 @click.option("--resume", is_flag=True, help="go on with the last run that did not finish")
 @settings_options
 @click.pass_context
@@ -52,6 +58,7 @@ def train(
     max_steps: int,
     lr: float,
     batch: int,
+    threads: int,
     resume: bool,
 ) -> None:
     """Train a LoRA adapter for PERSONA on the shared model (needs the train extra)."""
@@ -76,6 +83,7 @@ def train(
         recipe=recipe,
         device=device,
         resume=resume,
+        threads=threads,
     )
     click.echo(f"training {persona} version {job.version_dir.name} from {job.data}", err=True)
     bar = _LossBar()
