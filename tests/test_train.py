@@ -9,6 +9,7 @@ time; the module skips, saying why, only where that cannot be done.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib
 import json
 import subprocess
@@ -25,7 +26,13 @@ from bots.engine.base import ChatMessage
 from bots.engine.llama_native import Batch, NativeContext, NativeModel, Sampler, Sampling
 from bots.engine.model_files import default_model_path
 from bots.finetune.dataset import DataError, read_dataset, split_dataset
-from bots.finetune.manifest import CHECKPOINT_FILE, new_version, unfinished_version, versions
+from bots.finetune.manifest import (
+    CHECKPOINT_FILE,
+    ResumeRefused,
+    new_version,
+    unfinished_version,
+    versions,
+)
 from bots.finetune.run import CPU_TORCH_INDEX, EXAMPLE_DATA, missing_train_modules
 from tests.cli_runner import run_cli
 
@@ -246,6 +253,9 @@ def test_a_stopped_run_resumes_to_the_same_adapter(base: Any, tmp_path: Path) ->
         train_adapter(base.copy(), split, recipe, tmp_path / "stopped", on_step=stop_at_3)
     assert (tmp_path / "stopped" / CHECKPOINT_FILE).is_file()
     assert not (tmp_path / "stopped" / "adapter.gguf").exists()
+    longer = dataclasses.replace(recipe, max_steps=5)
+    with pytest.raises(ResumeRefused, match="another recipe or other data"):
+        train_adapter(base.copy(), split, longer, tmp_path / "stopped", resume=True)
     resumed = train_adapter(base.copy(), split, recipe, tmp_path / "stopped", resume=True)
     assert resumed.resumed_from == 2 and resumed.steps == 4
     assert resumed.held_out_loss_before == straight.held_out_loss_before

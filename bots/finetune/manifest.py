@@ -22,6 +22,10 @@ MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+class ResumeRefused(ValueError):
+    """The checkpoint was made with another recipe or other data than this run's."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a training run did and measured."""

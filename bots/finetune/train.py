@@ -28,7 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from bots.finetune.dataset import Split
 from bots.finetune.gguf_lora import Heads, write_gguf_adapter
-from bots.finetune.manifest import CHECKPOINT_FILE, Outcome
+from bots.finetune.manifest import CHECKPOINT_FILE, Outcome, ResumeRefused
 from bots.finetune.recipe import Recipe, StepReport
 from bots.finetune.tokens import IGNORE, Example, encode
 
@@ -102,7 +102,9 @@ def train_adapter(
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / CHECKPOINT_FILE
     if resume and checkpoint.is_file():
-        start, losses, before = _restore(checkpoint, model, optimizer, schedule)
+        start, losses, before = _restore(
+            checkpoint, _identity(recipe, train), model, optimizer, schedule
+        )
     else:
         start, losses, before = 0, [], _held_out_loss(model, held, device)
     if device.type == "cuda":
@@ -119,7 +121,8 @@ def train_adapter(
         losses.append(loss)
         trained_tokens += step_tokens
         if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < total:
-            _save(checkpoint, (step + 1, losses, before), model, optimizer, schedule)
+            progress = (step + 1, losses, before)
+            _save(checkpoint, _identity(recipe, train), progress, model, optimizer, schedule)
         if on_step is not None:
             on_step(step + 1, total, loss)
     train_s = time.monotonic() - started
@@ -214,11 +217,23 @@ def _held_out_loss(model: Any, held: Sequence[Example], device: torch.device) ->
     return summed / tokens
 
 
+def _identity(recipe: Recipe, train: Sequence[Example]) -> str:
+    """What a checkpoint must have been made with to be resumed: the recipe and the data."""
+    digest = hashlib.sha256(repr((recipe.as_dict(), [e.input_ids for e in train])).encode())
+    return digest.hexdigest()
+
+
 def _save(
-    path: Path, progress: tuple[int, list[float], float], model: Any, optimizer: Any, schedule: Any
+    path: Path,
+    identity: str,
+    progress: tuple[int, list[float], float],
+    model: Any,
+    optimizer: Any,
+    schedule: Any,
 ) -> None:
     step, losses, before = progress
     state = {
+        "identity": identity,
         "step": step,
         "losses": losses,
         "before": before,
@@ -233,9 +248,14 @@ def _save(
 
 
 def _restore(
-    path: Path, model: Any, optimizer: Any, schedule: Any
+    path: Path, identity: str, model: Any, optimizer: Any, schedule: Any
 ) -> tuple[int, list[float], float]:
     state = torch.load(path, weights_only=True)
+    if state.get("identity") != identity:
+        raise ResumeRefused(
+            f"{path}: made with another recipe or other data; resume with the same options "
+            "and export, or start a new version without --resume"
+        )
     set_peft_model_state_dict(model, state["lora"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])

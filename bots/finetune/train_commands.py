@@ -11,7 +11,12 @@ import click
 from bots.cli_options import settings_of, settings_options
 from bots.engine.model_files import ModelNotFound, resolve_model_path
 from bots.finetune.dataset import DataError
-from bots.finetune.manifest import new_version, persona_adapters, unfinished_version
+from bots.finetune.manifest import (
+    ResumeRefused,
+    new_version,
+    persona_adapters,
+    unfinished_version,
+)
 from bots.finetune.recipe import Recipe
 from bots.finetune.run import TrainJob, TrainUnavailable, require_train_extra, run_training
 from bots.progress import Progress
@@ -89,7 +94,7 @@ def train(
     bar = _LossBar()
     try:
         manifest = run_training(job, on_step=bar)
-    except (DataError, TrainUnavailable) as exc:
+    except (DataError, TrainUnavailable, ResumeRefused) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         bar.finish()
