@@ -108,6 +108,13 @@ def test_resume_without_an_unfinished_run_is_refused(tmp_path: Path, train_extra
     assert code == 1 and "no unfinished run of ahoy to resume" in output
 
 
+def test_an_export_folder_without_data_leaves_no_version(tmp_path: Path, train_extra: None) -> None:
+    code, output = run_cli(tmp_path, "train", "ahoy")
+    assert code == 1
+    assert f"{tmp_path / 'data' / 'exports' / 'ahoy' / 'chat.jsonl'}: no such file" in output
+    assert versions(tmp_path / "data" / "adapters" / "ahoy") == []
+
+
 # -- a real training run -------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -95,6 +96,8 @@ def train(
     try:
         manifest = run_training(job, on_step=bar)
     except (DataError, TrainUnavailable, ResumeRefused) as exc:
+        with contextlib.suppress(OSError):
+            job.version_dir.rmdir()  # a new version refused before its first file: no trace
         raise click.ClickException(str(exc)) from exc
     finally:
         bar.finish()
