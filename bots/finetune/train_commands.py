@@ -38,7 +38,13 @@ log = logging.getLogger(__name__)
 @click.option(
     "--max-steps", type=click.IntRange(min=0), default=0, help="stop after this many steps"
 )
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=Recipe.learning_rate)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=Recipe.learning_rate,
+    show_default=True,
+    help="peak learning rate",
+)
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
