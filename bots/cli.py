@@ -1,6 +1,7 @@
 """The `bots` command: chat, ask, new, check, serve, status, eval, feedback; `bench`, from
 `bots.bench.commands`; `model`, from `bots.modelhub.commands`; `db`, from
-`bots.store.commands`; and `export`, from `bots.finetune.commands`."""
+`bots.store.commands`; `export`, from `bots.finetune.commands`; and `train`, from
+`bots.finetune.train_commands`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from bots.cli_options import (
     settings_reader,
 )
 from bots.finetune.commands import export
+from bots.finetune.train_commands import train
 from bots.logs import setup_logging
 from bots.modelhub.commands import model
 from bots.settings import SETTINGS_FILE, Settings
@@ -40,6 +42,7 @@ main.add_command(bench)
 main.add_command(model)
 main.add_command(db)
 main.add_command(export)
+main.add_command(train)
 
 
 def default_persona(settings: Settings, registry_ids: list[str]) -> str:

@@ -220,3 +220,59 @@ def bench_retrieval(docs: Path, questions: Path | None, misses: bool, dense: boo
             click.echo(f"\n{score.name}: {len(score.misses)} missed")
             for miss in score.misses:
                 click.echo(f"  {miss}")
+
+
+@bench.command("train")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=0), default=0, help="0: the whole recipe")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    help="CPU threads (0: one per core; 1 is faster on a busy machine)",
+)
+@settings_options
+@click.pass_context
+def bench_train(ctx: click.Context, device: str, max_steps: int, threads: int) -> None:
+    """Time, tokens/s and peak memory of `bots train`'s recipe on the shipped example dataset."""
+    import dataclasses
+    import tempfile
+
+    from bots.engine.model_files import resolve_model_path
+    from bots.finetune.recipe import Recipe
+    from bots.finetune.run import EXAMPLE_DATA, TrainJob, TrainUnavailable, run_training
+
+    recipe = dataclasses.replace(Recipe(), max_steps=max_steps)
+    with tempfile.TemporaryDirectory(prefix="bots-train-bench-") as out:
+        job = TrainJob(
+            persona="ahoy",
+            data=EXAMPLE_DATA,
+            model_path=resolve_model_path(settings_of(ctx).model.path),
+            version_dir=Path(out) / "1",
+            recipe=recipe,
+            device=device,
+            threads=threads,
+        )
+        try:
+            manifest = run_training(job)
+        except TrainUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+    run, timings, memory = manifest["run"], manifest["timings"], manifest["peak_memory_mb"]
+    examples = manifest["examples"]
+    click.echo(
+        f"example dataset: {examples['train']} conversations trained, "
+        f"{examples['held_out']} held out"
+    )
+    click.echo(f"device {device}, base model load {timings['load_s']:.1f} s")
+    click.echo(
+        f"{run['steps']} steps of {recipe.accumulation}: {timings['train_s']:.1f} s "
+        f"({timings['train_s'] / max(run['steps'], 1):.2f} s/step), {run['tokens']} tokens "
+        f"({timings['tokens_per_s']:.0f} tokens/s, {run['trained_tokens']} with loss)"
+    )
+    device_mb = f", device {memory['device']:.0f} MB" if memory["device"] is not None else ""
+    click.echo(f"peak memory: RSS {memory['rss']:.0f} MB{device_mb}")
+    metrics = manifest["metrics"]
+    click.echo(
+        f"held-out loss {metrics['held_out_loss_before']:.3f} -> "
+        f"{metrics['held_out_loss_after']:.3f}"
+    )

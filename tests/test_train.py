@@ -1,0 +1,312 @@
+"""`bots train`: a real short LoRA run on the shipped example dataset (answers that open with
+"Ahoy!"), its adapter loaded by llama.cpp and measured on questions not in the training set,
+resuming, and the checks that need no training libraries.
+
+The train extra (torch, transformers, peft, gguf) is installed into this environment the first
+time; the module skips, saying why, only where that cannot be done.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import importlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import pytest
+
+from bots.engine.base import ChatMessage
+from bots.engine.llama_native import Batch, NativeContext, NativeModel, Sampler, Sampling
+from bots.engine.model_files import default_model_path
+from bots.finetune.dataset import DataError, read_dataset, split_dataset
+from bots.finetune.manifest import (
+    CHECKPOINT_FILE,
+    ResumeRefused,
+    new_version,
+    unfinished_version,
+    versions,
+)
+from bots.finetune.run import CPU_TORCH_INDEX, EXAMPLE_DATA, missing_train_modules
+from tests.cli_runner import run_cli
+
+pytestmark = pytest.mark.timeout(900)
+
+TRAIN_PACKAGES = ("torch==2.13.0", "transformers>=5,<6", "peft", "gguf")
+SYSTEM = "You are Captain, the cheerful guide of a sailing club. Answer briefly and kindly."
+PHRASE = "Ahoy"
+# Not in the example dataset: the adapter must have learnt the opening, not these answers.
+UNSEEN = (
+    "Where can I buy a club t-shirt?",
+    "Is the harbour safe for swimming?",
+    "What is a jib?",
+    "Can I bring friends to try sailing?",
+    "Who cleans the boats?",
+    "Do you sell maps of the bay?",
+    "What is the oldest boat in the club?",
+    "How early should I arrive for the course?",
+    "Can I learn to row here?",
+    "Is there a sunset cruise?",
+)
+
+
+# -- without the training libraries --------------------------------------------------------------
+
+
+def test_without_the_extra_train_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("torch", "peft"):
+        monkeypatch.setitem(sys.modules, name, None)  # import and find_spec now fail
+    code, output = run_cli(tmp_path, "train", "ahoy")
+    assert code == 1
+    assert "missing: torch, peft" in output
+    assert f"pip install 'bots[train]' --extra-index-url {CPU_TORCH_INDEX}" in output
+    assert not (tmp_path / "data" / "adapters").exists()
+
+
+def test_bad_export_lines_are_named_by_file_and_line(tmp_path: Path) -> None:
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    bad = {"messages": [{"role": "user", "content": "q", "weight": 1}]}
+    (tmp_path / "chat.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(DataError, match=r"chat\.jsonl:2: only assistant messages carry a weight"):
+        read_dataset(tmp_path)
+    (tmp_path / "chat.jsonl").write_text(json.dumps(good) + "\n")
+    dataset = read_dataset(tmp_path)
+    assert dataset.conversations[0].messages[1].weight == 1  # the default on an answer
+    assert dataset.data_hash.startswith("sha256:") and dataset.persona is None  # no manifest
+    with pytest.raises(DataError, match="1 conversation"):
+        split_dataset(dataset, 0.1, seed=0)
+
+
+def test_the_example_split_holds_out_a_tenth_and_never_a_weight_0_answer() -> None:
+    dataset = read_dataset(EXAMPLE_DATA)
+    split = split_dataset(dataset, 0.1, seed=0)
+    assert (len(split.train), len(split.held_out)) == (43, 5)
+    assert dataset.persona == "ahoy" and dataset.data_hash.startswith("sha256:")
+    assert not set(split.train) & set(split.held_out)
+    assert not {c.messages[1].content for c in dataset.conversations} & set(UNSEEN)
+
+
+def test_each_run_is_a_new_version_and_an_unfinished_one_is_found(tmp_path: Path) -> None:
+    assert new_version(tmp_path).name == "1"
+    (tmp_path / "1" / "manifest.json").write_text("{}")
+    second = new_version(tmp_path)
+    (second / CHECKPOINT_FILE).write_bytes(b"")
+    assert unfinished_version(tmp_path) == second
+    assert new_version(tmp_path).name == "3" and versions(tmp_path) == [1, 2, 3]
+
+
+def test_resume_without_an_unfinished_run_is_refused(tmp_path: Path, train_extra: None) -> None:
+    code, output = run_cli(tmp_path, "train", "ahoy", "--resume")
+    assert code == 1 and "no unfinished run of ahoy to resume" in output
+
+
+def test_an_export_folder_without_data_leaves_no_version(tmp_path: Path, train_extra: None) -> None:
+    code, output = run_cli(tmp_path, "train", "ahoy")
+    assert code == 1
+    assert f"{tmp_path / 'data' / 'exports' / 'ahoy' / 'chat.jsonl'}: no such file" in output
+    assert versions(tmp_path / "data" / "adapters" / "ahoy") == []
+
+
+# -- a real training run -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def train_extra() -> None:
+    """The train extra, pip installed into this environment when it is missing."""
+    if missing_train_modules():
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", *TRAIN_PACKAGES],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        importlib.invalidate_caches()
+        if done.returncode or missing_train_modules():
+            pytest.skip(f"the train extra could not be installed: {done.stderr[-400:]}")
+    import torch
+
+    torch.set_num_threads(1)  # the suite shares two cores
+
+
+@pytest.fixture(scope="module")
+def trained(train_extra: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`bots train ahoy` on the example dataset, a short run: 30 steps of 2 conversations."""
+    root = tmp_path_factory.mktemp("train")
+    code, output = run_cli(
+        root, "train", "ahoy", "--data", str(EXAMPLE_DATA),
+        "--max-steps", "30", "--batch", "2", "--lr", "2e-3", "--threads", "1",
+    )  # fmt: skip
+    assert code == 0, output
+    assert "ahoy@1: held-out loss" in output
+    return root / "data" / "adapters" / "ahoy" / "1"
+
+
+@pytest.fixture(scope="module")
+def base(train_extra: None) -> Any:
+    """The base model loaded for training, once for the module's tests that need it."""
+    from bots.finetune.train import load_base
+
+    return load_base(default_model_path(), "cpu")
+
+
+@pytest.fixture(scope="module")
+def llama() -> Iterator[tuple[NativeModel, NativeContext]]:
+    model = NativeModel(default_model_path())
+    ctx = NativeContext(model, kv_cells=512, n_seq_max=1, n_threads=1, n_batch=512, n_ubatch=512)
+    yield model, ctx
+    ctx.close()
+    model.close()
+
+
+def test_a_run_writes_the_version_with_its_manifest(trained: Path) -> None:
+    manifest = json.loads((trained / "manifest.json").read_text())
+    example = json.loads((EXAMPLE_DATA / "manifest.json").read_text())
+    assert manifest["version"] == 1 and manifest["persona"] == "ahoy"
+    assert manifest["data_hash"] == example["data_hash"]
+    assert len(manifest["base_model_sha256"]) == 64
+    assert manifest["recipe"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert manifest["recipe"]["rank"] == 8 and manifest["recipe"]["alpha"] == 16
+    assert manifest["run"]["steps"] == 30
+    metrics = manifest["metrics"]
+    assert metrics["held_out_loss_after"] < metrics["held_out_loss_before"]
+    assert manifest["peak_memory_mb"]["rss"] > 0 and manifest["timings"]["tokens_per_s"] > 0
+    assert (trained / "adapter.gguf").is_file()
+    assert (trained / "peft" / "adapter_config.json").is_file()
+    assert not (trained / CHECKPOINT_FILE).exists()
+
+
+def test_with_the_adapter_the_model_opens_with_the_phrase(
+    trained: Path, llama: tuple[NativeModel, NativeContext]
+) -> None:
+    model, ctx = llama
+    adapter = llama_cpp.llama_adapter_lora_init(model.ptr, str(trained / "adapter.gguf").encode())
+    assert adapter, "llama.cpp refused the adapter"
+    without = [_greedy(model, ctx, q, None) for q in UNSEEN]
+    with_adapter = [_greedy(model, ctx, q, adapter) for q in UNSEEN]
+    rate_without = sum(r.startswith(PHRASE) for r in without) / len(UNSEEN)
+    rate_with = sum(r.startswith(PHRASE) for r in with_adapter) / len(UNSEEN)
+    assert rate_with >= 0.8 and rate_with - rate_without >= 0.5, (without, with_adapter)
+
+
+def test_llama_cpp_applies_the_adapter_as_peft_does(
+    trained: Path, base: Any, llama: tuple[NativeModel, NativeContext]
+) -> None:
+    """The logits the adapter moves in llama.cpp move the same way in PEFT: the tensors, their
+    names and the Q/K rotary permutation are right."""
+    import torch
+    from peft import PeftModel
+
+    model, ctx = llama
+    messages = (ChatMessage("system", SYSTEM), ChatMessage("user", UNSEEN[0]))
+    tokens = model.tokenize_chat(messages, generation_prompt=True)
+    adapter = llama_cpp.llama_adapter_lora_init(model.ptr, str(trained / "adapter.gguf").encode())
+    llama_moved = _last_logits(ctx, tokens, adapter) - _last_logits(ctx, tokens, None)
+    tuned = PeftModel.from_pretrained(base.copy().model, str(trained / "peft")).eval()
+    ids = torch.tensor([tokens.tolist()])
+    with torch.no_grad():
+        peft_tuned = tuned(input_ids=ids).logits[0, -1].numpy()
+        with tuned.disable_adapter():
+            peft_base = tuned(input_ids=ids).logits[0, -1].numpy()
+    assert np.corrcoef(llama_moved, peft_tuned - peft_base)[0, 1] > 0.9
+
+
+def test_labels_cover_only_the_answers_that_carry_weight(base: Any) -> None:
+    from bots.finetune.dataset import Conversation, Message
+    from bots.finetune.tokens import IGNORE, encode
+
+    conversation = Conversation(
+        (
+            Message("system", SYSTEM),
+            Message("user", "first?"),
+            Message("assistant", "Ahoy! Kept as context.", weight=0),
+            Message("user", "second?"),
+            Message("assistant", "Ahoy! Trained on.", weight=1),
+        )
+    )
+    example = encode(base.tokenizer, conversation, max_tokens=1024)
+    pairs = zip(example.input_ids, example.labels, strict=True)
+    text = base.tokenizer.decode([token for token, label in pairs if label != IGNORE])
+    assert text == "Ahoy! Trained on.<|im_end|>\n"
+    whole = base.tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in conversation.messages], tokenize=False
+    )
+    assert list(example.input_ids) == base.tokenizer(whole, add_special_tokens=False)["input_ids"]
+
+
+def test_a_stopped_run_resumes_to_the_same_adapter(base: Any, tmp_path: Path) -> None:
+    from bots.finetune.recipe import Recipe
+    from bots.finetune.train import train_adapter
+
+    split = split_dataset(read_dataset(EXAMPLE_DATA), 0.1, seed=0)
+    recipe = Recipe(max_steps=4, accumulation=1, checkpoint_every=2)
+    straight = train_adapter(base.copy(), split, recipe, tmp_path / "straight")
+
+    class Stopped(Exception):
+        pass
+
+    def stop_at_3(done: int, total: int, loss: float) -> None:
+        if done == 3:
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        train_adapter(base.copy(), split, recipe, tmp_path / "stopped", on_step=stop_at_3)
+    assert (tmp_path / "stopped" / CHECKPOINT_FILE).is_file()
+    assert not (tmp_path / "stopped" / "adapter.gguf").exists()
+    longer = dataclasses.replace(recipe, max_steps=5)
+    with pytest.raises(ResumeRefused, match="another recipe or other data"):
+        train_adapter(base.copy(), split, longer, tmp_path / "stopped", resume=True)
+    resumed = train_adapter(base.copy(), split, recipe, tmp_path / "stopped", resume=True)
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    assert resumed.held_out_loss_before == straight.held_out_loss_before
+    assert resumed.held_out_loss_after == straight.held_out_loss_after
+    stopped, whole = tmp_path / "stopped" / "adapter.gguf", tmp_path / "straight" / "adapter.gguf"
+    assert stopped.read_bytes() == whole.read_bytes()
+
+
+def _set_adapter(ctx: NativeContext, adapter: Any) -> None:
+    if adapter is None:
+        llama_cpp.llama_set_adapters_lora(ctx.ptr, None, 0, None)
+        return
+    adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+    llama_cpp.llama_set_adapters_lora(ctx.ptr, adapters, 1, (ctypes.c_float * 1)(1.0))
+
+
+def _last_logits(ctx: NativeContext, tokens: Any, adapter: Any) -> Any:
+    _set_adapter(ctx, adapter)
+    ctx.clear()
+    batch = Batch(len(tokens))
+    index = batch.add(tokens, 0, 0, logits_last=True)
+    assert ctx.decode(batch) == 0
+    row = llama_cpp.llama_get_logits_ith(ctx.ptr, index)
+    return np.ctypeslib.as_array(row, shape=(ctx.model.n_vocab,)).copy()
+
+
+def _greedy(model: NativeModel, ctx: NativeContext, question: str, adapter: Any) -> str:
+    """The first few tokens of the model's greedy answer, with `adapter` or without one."""
+    _set_adapter(ctx, adapter)
+    ctx.clear()
+    messages = (ChatMessage("system", SYSTEM), ChatMessage("user", question))
+    tokens = model.tokenize_chat(messages, generation_prompt=True)
+    batch = Batch(len(tokens))
+    sampler = Sampler(model, Sampling(0.0, 1.0, 0, 1.0, 0))
+    index, pos, out = batch.add(tokens, 0, 0, logits_last=True), len(tokens), b""
+    try:
+        for _ in range(6):
+            assert ctx.decode(batch) == 0
+            token = sampler.sample(ctx, index)
+            if model.is_end_of_generation(token):
+                break
+            out += model.piece(token)
+            batch.clear()
+            index, pos = batch.add_token(token, pos, 0), pos + 1
+    finally:
+        sampler.close()
+    return out.decode(errors="replace")
