@@ -54,7 +54,7 @@ class Base:
 def load_base(path: Path, device: str) -> Base:
     """The GGUF at `path` as a float32 transformers model on `device`."""
     started = time.monotonic()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # bots draws its own
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call, unused-ignore]  # bots draws its own
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model: Any = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
@@ -189,7 +189,7 @@ def _step(model: Any, batch: Sequence[Example], device: torch.device) -> tuple[f
         if not example.trained_tokens:
             continue
         loss = _summed_loss(model, example, device) / tokens
-        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
+        loss.backward()  # type: ignore[no-untyped-call, unused-ignore]  # torch leaves it untyped
         total += float(loss.detach())
     return total, tokens
 
