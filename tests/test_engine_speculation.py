@@ -19,7 +19,7 @@ import pytest
 from bots.engine.base import ChatMessage, EngineTimeout, GenerationRequest, Piece, Usage
 from bots.engine.batched import BatchedEngine, Speculation, kv
 from bots.engine.batched.scheduler import Scheduler
-from bots.engine.batched.speculation import MAX_BACKOFF, NGRAM, Drafter
+from bots.engine.batched.speculation import DRAFT_MIN, MAX_BACKOFF, NGRAM, Drafter
 from bots.engine.model_files import default_model_path
 from bots.settings import SettingsError, load_settings
 
@@ -270,24 +270,25 @@ def test_drafter_indexes_the_reply_as_it_grows() -> None:
     assert NGRAM == 3
 
 
-def test_drafter_budget_grows_with_acceptance_and_pauses_after_rejections() -> None:
+def test_drafter_budget_follows_acceptance_and_pauses_after_poor_drafts() -> None:
     drafter = Drafter(np.tile(tokens(1, 2, 3, 4), 20), draft_max=16)
     drafter.budget = 4
     drafter.verified(4, 4)
-    assert drafter.budget == 8
-    drafter.verified(8, 2)
-    assert drafter.budget == 3
+    assert drafter.budget == 8, "doubled after a full acceptance"
+    drafter.verified(8, 5)
+    assert drafter.budget == 6 and drafter.draft(16), "a good draft: what was kept, no pause"
     waits = []
     for _ in range(MAX_BACKOFF + 1):
-        drafter.verified(1, 0)
+        drafter.verified(6, 2)  # under half kept: a poor draft
         wait = 0
         while not drafter.draft(16):
             wait += 1
         waits.append(wait)
-    assert waits == [1, 3, 7, 15, 31, 31]
-    drafter.verified(1, 1)
-    drafter.verified(1, 0)
-    assert not drafter.draft(16) and drafter.draft(16), "an accepted draft resets the pauses"
+    assert waits == [3, 7, 15, 31, 63, 63]
+    assert drafter.budget == 3, "what the last draft kept, and one more"
+    drafter.verified(DRAFT_MIN, 1)
+    drafter.verified(DRAFT_MIN, 0)
+    assert [bool(drafter.draft(16)) for _ in range(4)] == [False] * 3 + [True], "pauses reset"
 
 
 def test_speculation_is_a_setting(tmp_path) -> None:
