@@ -21,6 +21,7 @@ from dotenv import dotenv_values
 
 SETTINGS_FILE = "bots.toml"
 FLASH_ATTN = ("auto", "on", "off")
+SPECULATION = ("ngram", "off")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOST_NAME = re.compile(rf"\.?{_LABEL}(?:\.{_LABEL})*\.?")
 
@@ -72,6 +73,11 @@ class ModelSettings:
     # GPUs), "on" or "off". On a CPU, "off" generates faster deep into a long prompt and "on"
     # evaluates prompts and concurrent streams faster (README, Performance).
     flash_attn: str = "auto"
+    # Prompt-lookup speculation in the batched engine: "ngram" drafts what a reply copies from
+    # its own context (documents, instructions, history), up to draft_max tokens a step, and
+    # keeps what the model agrees with (the same reply, faster when it quotes); "off".
+    speculation: str = "ngram"
+    draft_max: int = 16
     # Run the local model in a supervised child process: a native crash costs one reply only.
     isolate: bool = True
     # Kill and restart the model worker after this long without progress while it has work.
@@ -85,6 +91,12 @@ class ModelSettings:
             raise SettingsError(
                 f"model.flash_attn: {self.flash_attn!r} must be one of {', '.join(FLASH_ATTN)}"
             )
+        if self.speculation not in SPECULATION:
+            raise SettingsError(
+                f"model.speculation: {self.speculation!r} must be one of {', '.join(SPECULATION)}"
+            )
+        if self.draft_max < 1:
+            raise SettingsError(f"model.draft_max: {self.draft_max} must be at least 1")
 
 
 @dataclass(frozen=True)

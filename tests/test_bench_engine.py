@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from bots.bench.engine import run_engine_bench, stream_counts
-from bots.bench.engine_report import NAIVE, SERVER, Row, format_report
+from bots.bench.engine_report import NAIVE, OURS_NO_SPEC, SERVER, Row, format_report
 from bots.bench.engine_workloads import Workload
 from bots.bench.llama_server import llama_cpp_python_version
 from bots.bench.workload import interleaved_schedule, persona_instructions
@@ -33,6 +33,8 @@ TINY = Workload(
     concurrency_reply_tokens=4,
     concurrency_repeats=1,
     memory_personas=2,
+    quoting_questions=1,
+    quoting_reply_tokens=4,
 )
 
 
@@ -63,12 +65,14 @@ async def test_bench_runs_every_section_and_prints_one_table() -> None:
     report = await run_engine_bench(workload=TINY, with_server=False, progress=progress)
     sections = {row.workload.split(" (")[0] for row in report.rows}
     assert {"single stream", "follow-up TTFT", "2 concurrent streams", "memory"} <= sections
+    quoting = [r for r in report.rows if r.workload.startswith("answers quoting")]
+    assert quoting and quoting[0].baselines[OURS_NO_SPEC] > 0
     single = [r for r in report.rows if r.workload == "single stream"]
     assert all(r.ours > 0 and r.baselines[NAIVE] > 0 for r in single)
     table = format_report(report)
     assert "cores" in report.machine and "SmolLM2" in report.model
     assert table.count("\n|") == len(report.rows) + 2  # header and separator lines
-    assert "4/4 memory" in progress.getvalue()
+    assert "5/5 memory" in progress.getvalue()
 
 
 def test_build_server_takes_cmake_options_from_the_command_line(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bots.bench.llama_server import running_llama_server
 from bots.engine.base import Engine
-from bots.engine.batched import DEFAULT_KV_CELLS, DEFAULT_QUEUE_SIZE, BatchedEngine
+from bots.engine.batched import DEFAULT_KV_CELLS, DEFAULT_QUEUE_SIZE, BatchedEngine, Speculation
 from bots.engine.llama_native import amx_kernels_built
 from bots.engine.process.supervisor import SupervisedEngine
 from bots.engine.remote import RemoteEngine
@@ -57,8 +57,15 @@ def llama_server(binary: Path, setup: Setup, args: Sequence[str]) -> Iterator[st
         yield url
 
 
-def ours_engine(setup: Setup, *, parallel: int, kv_cells: int = DEFAULT_KV_CELLS) -> BatchedEngine:
-    """The batched engine on `setup`, queueing at least as many requests as it runs at once."""
+def ours_engine(
+    setup: Setup,
+    *,
+    parallel: int,
+    kv_cells: int = DEFAULT_KV_CELLS,
+    speculation: Speculation | None = None,
+) -> BatchedEngine:
+    """The batched engine on `setup`, queueing at least as many requests as it runs at once
+    (speculation as `bots serve` has it by default, unless told)."""
     return BatchedEngine(
         setup.model,
         n_ctx=ENGINE_N_CTX,
@@ -68,6 +75,7 @@ def ours_engine(setup: Setup, *, parallel: int, kv_cells: int = DEFAULT_KV_CELLS
         parallel=parallel,
         queue_size=max(DEFAULT_QUEUE_SIZE, parallel),
         kv_cells=kv_cells,
+        speculation=speculation,
     )
 
 

@@ -16,6 +16,9 @@ Better = Literal["higher", "lower"]
 OURS = "bots"
 SERVER = "llama-server"
 NAIVE = "naive"
+# The quoting workload's extra baselines: each engine without and with n-gram speculation.
+OURS_NO_SPEC = "bots, speculation off"
+SERVER_NGRAM = "llama-server ngram-simple"
 
 
 @dataclass(frozen=True)
@@ -72,14 +75,22 @@ def gpu_description() -> str:
 
 
 def format_report(report: Report) -> str:
-    """One Markdown table; ratios say how many times better bots is (>1 = better)."""
+    """One Markdown table; ratios say how many times better bots is (>1 = better).
+
+    Columns: llama-server and naive, then any other baseline a row was measured against.
+    """
+    columns = [SERVER, NAIVE]
+    for row in report.rows:
+        columns += [name for name in row.baselines if name not in columns]
     lines = [
         f"bots bench engine: {report.machine}",
         f"model: {report.model}",
         *(f"note: {n}" for n in report.notes),
         "",
-        "| workload | metric | bots | llama-server | vs llama-server | naive | vs naive | target |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| workload | metric | bots | "
+        + "".join(f"{name} | vs {name} | " for name in columns)
+        + "target |",
+        "|---|---|---:|" + "---:|---:|" * len(columns) + "---|",
     ]
 
     def fig(value: float | None) -> str:
@@ -89,9 +100,8 @@ def format_report(report: Report) -> str:
         return "-" if value is None else f"{value:.2f}x"
 
     for row in report.rows:
-        lines.append(
-            f"| {row.workload} | {row.metric} | {fig(row.ours)} | "
-            f"{fig(row.baselines.get(SERVER))} | {times(row.ratio(SERVER))} | "
-            f"{fig(row.baselines.get(NAIVE))} | {times(row.ratio(NAIVE))} | {row.target} |"
+        cells = "".join(
+            f"{fig(row.baselines.get(name))} | {times(row.ratio(name))} | " for name in columns
         )
+        lines.append(f"| {row.workload} | {row.metric} | {fig(row.ours)} | {cells}{row.target} |")
     return "\n".join(lines)

@@ -243,6 +243,18 @@ class Batch:
         self.n = i + 1
         return i
 
+    def add_verified(self, tokens: list[int], start_pos: int, seq_id: int) -> int:
+        """Append a streaming sequence's next token and its draft, all with logits (each
+        position's logits check the next draft token); return the first token's index."""
+        k = len(tokens)
+        lo, hi = self.n, self.n + k
+        self.tokens[lo:hi] = tokens
+        self.pos[lo:hi] = np.arange(start_pos, start_pos + k, dtype=np.int32)
+        self.seq[lo:hi] = seq_id
+        self.logits[lo:hi] = 1
+        self.n = hi
+        return lo
+
     def as_llama_batch(self) -> llama_cpp.llama_batch:
         """The C struct over this batch's arrays (built once; only the count changes)."""
         self._struct.n_tokens = self.n

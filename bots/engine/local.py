@@ -37,7 +37,7 @@ def make_local_engine(settings: Settings, path: Path) -> Engine:
         raise ValueError(
             f"model.engine = {model.engine!r}: must be one of {', '.join(LOCAL_ENGINES)}"
         )
-    from bots.engine.batched import BatchedEngine
+    from bots.engine.batched import BatchedEngine, Speculation
 
     return BatchedEngine(
         served_model_path(settings, path, threads),
@@ -48,6 +48,7 @@ def make_local_engine(settings: Settings, path: Path) -> Engine:
         queue_size=model.queue_size,
         park_bytes=model.park_mb * 2**20,
         flash_attn=model.flash_attn,
+        speculation=Speculation("off" if model.speculation == "off" else "ngram", model.draft_max),
     )
 
 

@@ -10,6 +10,10 @@ Like llama.cpp's server, but from Python and built for many personas:
   sequence plus a chunk of waiting prompts (512 tokens per step in all), so a long new prompt
   delays the streams by one chunk per step instead of freezing them. Sampling runs in llama.cpp's
   sampler chain.
+- Prompt-lookup speculation (`speculation.py`): where a reply's last tokens occurred earlier in
+  its context (a quoted document, the instructions, the conversation), the tokens that followed
+  them are decoded with its next token in the same step and kept as far as the model agrees, so
+  a quoting reply gets several tokens per step; the same reply token for token.
 - Idle sequences leave the KV cache (beyond `HOT_IDLE_TOKENS`) for a RAM park reserved at start, so
   a returning persona or conversation is copied back in milliseconds instead of re-evaluated. A
   conversation is parked without its persona prefix, which is parked once per persona.
@@ -18,9 +22,10 @@ One engine thread owns the llama context; the asyncio side only queues requests 
 pieces the thread posts back, so the event loop never waits on the model.
 
 The package by job: engine.py (the Engine API and the thread's loop), task.py (a request and the
-hand-off of its pieces), scheduler.py (the slot loop: admit, plan, decode, finish), kv.py (the KV
-cache's sequences: assign, evict, park, restore, cool down), prefix_cache.py (the bookkeeping
-behind kv.py) and text.py (tokens to text, stop strings).
+hand-off of its pieces), scheduler.py (the slot loop: admit, plan, decode, finish), slot.py (one
+request's state), speculation.py (n-gram drafts), kv.py (the KV cache's sequences: assign,
+evict, park, restore, cool down), prefix_cache.py (the bookkeeping behind kv.py) and text.py
+(tokens to text, stop strings).
 
 Caching and batching change what is computed, never the tokens attended to: a reply is the same
 as from a fresh context up to floating-point rounding. llama.cpp picks its CPU attention kernel
@@ -38,13 +43,17 @@ from bots.engine.batched.engine import (
     DEFAULT_SEQ_IDS,
     BatchedEngine,
 )
+from bots.engine.batched.speculation import DEFAULT_DRAFT_MAX, SPECULATION_MODES, Speculation
 
 __all__ = [
+    "DEFAULT_DRAFT_MAX",
     "DEFAULT_KV_CELLS",
     "DEFAULT_N_CTX",
     "DEFAULT_PARALLEL",
     "DEFAULT_PARK_BYTES",
     "DEFAULT_QUEUE_SIZE",
     "DEFAULT_SEQ_IDS",
+    "SPECULATION_MODES",
     "BatchedEngine",
+    "Speculation",
 ]

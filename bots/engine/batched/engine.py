@@ -27,7 +27,9 @@ from bots.engine.base import (
 )
 from bots.engine.batched.kv import KVCache
 from bots.engine.batched.prefix_cache import SequenceTable
-from bots.engine.batched.scheduler import BATCH_TOKENS, Scheduler, Slot
+from bots.engine.batched.scheduler import BATCH_TOKENS, Scheduler
+from bots.engine.batched.slot import Slot
+from bots.engine.batched.speculation import Speculation
 from bots.engine.batched.task import PieceOutbox, Task
 from bots.engine.llama_native import NativeContext, NativeModel
 
@@ -63,6 +65,7 @@ class BatchedEngine:
         n_seq_max: int = DEFAULT_SEQ_IDS,
         park_bytes: int = DEFAULT_PARK_BYTES,
         flash_attn: str = "auto",
+        speculation: Speculation | None = None,
     ) -> None:
         if parallel < 1 or queue_size < 0:
             raise ValueError("parallel must be >= 1 and queue_size >= 0")
@@ -77,6 +80,7 @@ class BatchedEngine:
         self._n_seq_max = min(max(n_seq_max, parallel + 2), LLAMA_MAX_SEQ)
         self._park_bytes = park_bytes
         self._flash_attn = flash_attn
+        self._speculation = speculation or Speculation()
         self._cond = threading.Condition()
         self._inbox: collections.deque[Task] = collections.deque()
         self._active: list[Slot] = []
@@ -196,7 +200,7 @@ class BatchedEngine:
             raise
         self._model = model
         kv = KVCache(ctx, SequenceTable(self._n_seq_max, self._park_bytes))
-        return Scheduler(model, kv, context_size=self.context_size)
+        return Scheduler(model, kv, context_size=self.context_size, speculation=self._speculation)
 
     def _tell_places(self, waiting: list[Task]) -> None:
         """Tell each waiting task how many requests must end before it starts, when that

@@ -1,26 +1,30 @@
 """The batched engine's slot loop: admit, plan, decode, finish; on the engine thread only.
 
-Each admitted request holds a `Slot` (llama.cpp's server word) whose `state` says where it is,
-as that server's `slot_state` does: STARTED (prompt tokenized, sequence assigned), PROCESSING_PROMPT
-(some chunks decoded), DONE_PROMPT (the whole prompt decoded: its logits give the first token),
-GENERATING (a sampled token waits for the next step), IDLE again once it ended. Each step is one
-`llama_decode` holding the next token of every GENERATING slot plus prompt chunks of the others,
-`BATCH_TOKENS` in all.
+Each admitted request holds a `Slot` (slot.py) that goes from STARTED through the prompt's
+chunks to GENERATING and back to IDLE. Each step is one `llama_decode` holding the next token of
+every GENERATING slot plus prompt chunks of the others, `BATCH_TOKENS` in all.
+
+With speculation on, a GENERATING slot's next token may bring a draft (`speculation.py`): the
+tokens its context suggests come next, decoded in the same step with logits at each position.
+`_accept` samples position after position with the slot's own sampler chain, exactly as the
+following steps would have, and keeps the draft while the sampled token is the drafted one: a
+reply is the same token for token as without speculation (greedy or seeded), and a sampled one
+is drawn from the model's distribution (a drafted token is kept with the probability the model
+gives it, otherwise the token drawn instead is what the reply gets: standard speculative
+sampling for a deterministic draft). The cells of the rejected tail are removed at once.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Literal
-
-import numpy as np
 
 from bots.engine.base import ChatMessage, EngineError, EngineTimeout, Piece, Usage
 from bots.engine.batched.kv import KVCache, held_tokens
 from bots.engine.batched.prefix_cache import common_prefix
+from bots.engine.batched.slot import Slot, SlotState
+from bots.engine.batched.speculation import Drafter, Speculation
 from bots.engine.batched.task import Task
 from bots.engine.batched.text import TextStream
 from bots.engine.llama_native import Batch, NativeModel, Sampler, Sampling, TokenArray
@@ -36,61 +40,39 @@ BATCH_TOKENS = 512
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
-class SlotState(enum.Enum):
-    """Where a slot is, as llama.cpp's server `slot_state` names it."""
-
-    IDLE = "idle"  # not serving a request (ended, or never admitted)
-    STARTED = "started"
-    PROCESSING_PROMPT = "processing prompt"
-    DONE_PROMPT = "done prompt"
-    GENERATING = "generating"
-
-
-@dataclass(eq=False)
-class Slot:
-    """One admitted request on the engine thread: its prompt, sequence, sampler and text."""
-
-    task: Task
-    admitted: float
-    text: TextStream
-    state: SlotState = SlotState.IDLE
-    tokens: TokenArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
-    # Prompt tokens of the persona (system message), and where the last user message starts.
-    prefix_len: int = 0
-    last_turn_start: int = 0
-    want_prefix_entry: bool = False
-    seq_id: int = -1
-    n_past: int = 0  # positions decoded into the sequence
-    cached: int = 0  # of which came from the cache
-    max_new: int = 0
-    # Sampled reply tokens; the last one is not decoded yet while GENERATING.
-    generated: list[int] = field(default_factory=list)
-    sampler: Sampler | None = None
-    first_token_at: float | None = None
-    batch_index: int = -1  # where this step's logits are
-    chunk_end: int = 0  # the prompt position this step's chunk reaches
-
-    @property
-    def prompt_done(self) -> bool:
-        return self.n_past >= len(self.tokens)
-
-
 class Scheduler:
     """The slot loop's state and steps; every method runs on the engine thread."""
 
-    def __init__(self, model: NativeModel, kv: KVCache, *, context_size: int) -> None:
+    def __init__(
+        self,
+        model: NativeModel,
+        kv: KVCache,
+        *,
+        context_size: int,
+        speculation: Speculation | None = None,
+    ) -> None:
         self.model = model
         self.kv = kv
         self.ctx = kv.ctx
         self.context_size = context_size
+        self.speculation = speculation or Speculation()
         self.batch = Batch(BATCH_TOKENS)
         # Slots admitted and not yet ended; read by status() from other threads.
         self.running = 0
+        # Draft tokens decoded, and of which the model agreed with, since the engine started.
+        self.drafted = 0
+        self.accepted = 0
 
     def describe(self) -> str:
         layers = self.model.gpu_layers
         where = "CPU" if not layers else f"GPU ({'all' if layers < 0 else layers} layers)"
-        return f"{where}; {self.kv.describe()}"
+        spec = self.speculation
+        drafts = (
+            f"n-gram drafts: {self.accepted} of {self.drafted} tokens accepted"
+            if spec.enabled
+            else "speculation off"
+        )
+        return f"{where}; {self.kv.describe()}; {drafts}"
 
     def close(self) -> None:
         self.ctx.close()
@@ -139,6 +121,8 @@ class Scheduler:
             Sampling(req.temperature, req.top_p, req.top_k, req.repeat_penalty, req.seed),
         )
         slot.sampler.accept_prompt(slot.tokens)
+        if self.speculation.enabled:
+            slot.drafter = Drafter(slot.tokens, self.speculation.draft_max)
         slot.state = SlotState.STARTED
         self.running += 1
         return slot
@@ -196,14 +180,23 @@ class Scheduler:
             self._after_decode(slot)
         return [slot for slot in running if slot.state is not SlotState.IDLE]
 
-    def _plan(self, slots: list[Slot], *, prompts: bool) -> list[Slot]:
+    def _plan(self, slots: list[Slot], *, prompts: bool, drafts: bool) -> list[Slot]:
         batch = self.batch
         batch.clear()
         planned: list[Slot] = []
+        streams = sum(1 for slot in slots if slot.state is SlotState.GENERATING)
         for slot in slots:
-            if slot.state is SlotState.GENERATING:
+            if slot.state is not SlotState.GENERATING:
+                continue
+            streams -= 1
+            slot.draft = self._draft(slot, batch.free - 1 - streams) if drafts else []
+            if slot.draft:
+                slot.batch_index = batch.add_verified(
+                    [slot.generated[-1], *slot.draft], slot.n_past, slot.seq_id
+                )
+            else:
                 slot.batch_index = batch.add_token(slot.generated[-1], slot.n_past, slot.seq_id)
-                planned.append(slot)
+            planned.append(slot)
         if not prompts:
             return planned
         budget = batch.free
@@ -222,16 +215,25 @@ class Scheduler:
             planned.append(slot)
         return planned
 
+    def _draft(self, slot: Slot, room: int) -> list[int]:
+        """The slot's draft for this step: within the batch's `room`, the reply's max_tokens
+        and the context."""
+        if slot.drafter is None:
+            return []
+        left = min(room, slot.max_new - len(slot.generated), self.context_size - slot.n_past - 1)
+        return slot.drafter.draft(left)
+
     def _decode(self, slots: list[Slot]) -> list[Slot]:
         """Decode one batch, making room in the KV cache when it is full.
 
-        Room comes from evicting idle sequences first, then from deferring prompt chunks to a
-        later step (streams go on; the prompt waits for a stream to end), and last from ending
-        the newest request with an error so that the others can finish.
+        Room comes from evicting idle sequences first, then from dropping this step's drafts,
+        then from deferring prompt chunks to a later step (streams go on; the prompt waits for a
+        stream to end), and last from ending the newest request with an error so that the
+        others can finish.
         """
-        prompts = True
+        prompts = drafts = True
         while slots:
-            planned = self._plan(slots, prompts=prompts)
+            planned = self._plan(slots, prompts=prompts, drafts=drafts)
             if planned:
                 rc = self.ctx.decode(self.batch)
                 if rc == 0:
@@ -239,6 +241,9 @@ class Scheduler:
                 if rc != 1:
                     raise EngineError(f"llama_decode returned {rc}")
                 if self.kv.evict_one():
+                    continue
+                if drafts and any(s.draft for s in planned):
+                    drafts = False
                     continue
                 streams = any(s.state is SlotState.GENERATING for s in planned)
                 if (
@@ -252,25 +257,61 @@ class Scheduler:
             victim.task.emit(EngineError("the KV cache is full (model.kv_cells); try again later"))
             self._drop(victim)
             slots = [s for s in slots if s is not victim]
-            prompts = True
+            prompts = drafts = True
         return []
 
     def _after_decode(self, slot: Slot) -> None:
         if slot.state is SlotState.GENERATING:
-            slot.n_past += 1
-        else:
-            slot.n_past = slot.chunk_end
-            self.kv.grew(slot.seq_id, slot.tokens[: slot.n_past])
-            if slot.want_prefix_entry and slot.n_past >= slot.prefix_len:
-                slot.want_prefix_entry = False
-                self.kv.add_prefix(slot.seq_id, slot.prefix_len, slot.tokens)
-            if not slot.prompt_done:
-                slot.state = SlotState.PROCESSING_PROMPT
-                return
-            slot.state = SlotState.DONE_PROMPT
+            self._accept(slot)
+            return
+        slot.n_past = slot.kv_end = slot.chunk_end
+        self.kv.grew(slot.seq_id, slot.tokens[: slot.n_past])
+        if slot.want_prefix_entry and slot.n_past >= slot.prefix_len:
+            slot.want_prefix_entry = False
+            self.kv.add_prefix(slot.seq_id, slot.prefix_len, slot.tokens)
+        if not slot.prompt_done:
+            slot.state = SlotState.PROCESSING_PROMPT
+            return
+        slot.state = SlotState.DONE_PROMPT
         assert slot.sampler is not None
-        token = slot.sampler.sample(self.ctx, slot.batch_index)
-        self._on_token(slot, token)
+        self._on_token(slot, slot.sampler.sample(self.ctx, slot.batch_index))
+
+    def _accept(self, slot: Slot) -> None:
+        """Sample after the decoded next token and along its draft while the model agrees.
+
+        Position j's logits saw the draft up to j, so while each sampled token is the drafted
+        one the next position's logits are what the next step would have computed; the first
+        token that differs (or the one after a fully accepted draft) is the new next token.
+        """
+        assert slot.sampler is not None
+        draft, start = slot.draft, slot.n_past
+        slot.draft = []
+        sampled: list[int] = []
+        for j in range(len(draft) + 1):
+            token = slot.sampler.sample(self.ctx, slot.batch_index + j)
+            sampled.append(token)
+            if j == len(draft) or token != draft[j]:
+                break
+        accepted = len(sampled) - 1
+        slot.kv_end = start + 1 + len(draft)
+        if draft:
+            assert slot.drafter is not None
+            slot.drafter.verified(len(draft), accepted)
+            self.drafted += len(draft)
+            self.accepted += accepted
+            slot.n_past = start + 1 + accepted
+            self._trim(slot)
+        for i, token in enumerate(sampled):
+            slot.n_past = start + 1 + i  # the next token and the drafted tokens before `token`
+            self._on_token(slot, token)
+            if slot.state is SlotState.IDLE:
+                return
+
+    def _trim(self, slot: Slot) -> None:
+        """Remove the cells of draft tokens the reply did not keep (past `n_past`)."""
+        if slot.kv_end > slot.n_past:
+            self.ctx.seq_rm(slot.seq_id, slot.n_past, -1)
+            slot.kv_end = slot.n_past
 
     # -- tokens to text ---------------------------------------------------------------------
 
@@ -281,6 +322,8 @@ class Scheduler:
             self._finish(slot, "stop")
             return
         slot.generated.append(token)
+        if slot.drafter is not None:
+            slot.drafter.push(token)
         slot.state = SlotState.GENERATING
         text = slot.text.push(self.model.piece(token))
         if text:
@@ -316,6 +359,7 @@ class Scheduler:
     def _retire(self, slot: Slot) -> None:
         """Keep the slot's sequence as an idle cache entry: what its KV cells hold."""
         self._end(slot)
+        self._trim(slot)
         self.kv.release(slot.seq_id, held_tokens(slot.tokens, slot.generated, slot.n_past))
 
     def _drop(self, slot: Slot) -> None:
