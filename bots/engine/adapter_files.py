@@ -16,6 +16,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from bots.engine.model_files import ModelNotFound, resolve_model_path
+from bots.settings import Settings
+
 GGUF_MAGIC = b"GGUF"
 # Value types of GGUF metadata: (struct format, size) for the fixed-size ones.
 _SCALARS = {
@@ -36,6 +39,7 @@ _STRING, _ARRAY = 8, 9
 _ELEMENT_BYTES = {0: 4, 1: 2, 30: 2}
 MAX_HEADER_ITEMS = 10_000_000  # a count beyond any real file: the header is damaged
 DEFAULT_ALIGNMENT = 32
+ADAPTERS_DIR = "adapters"  # under the data folder: NAME/VERSION/adapter.gguf (bots train)
 
 
 class GGUFProblem(Exception):
@@ -184,3 +188,32 @@ def _file_sha256(path: Path, _mtime_ns: int) -> str:
 def file_sha256(path: Path) -> str:
     """The file's SHA-256 (hex), computed once per file version."""
     return _file_sha256(path, path.stat().st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class AdapterFiles:
+    """Adapter versions under `folder`, checked against the base model file `base` (None: a
+    remote engine's model, of which only the adapter file itself can be checked)."""
+
+    folder: Path
+    base: Path | None = None
+
+    def problem(self, path: Path) -> str:
+        return adapter_problem(path, self.base)
+
+    def base_sha256(self) -> str | None:
+        try:
+            return file_sha256(self.base) if self.base is not None else None
+        except OSError:
+            return None
+
+
+def adapter_files(settings: Settings) -> AdapterFiles:
+    """The adapters under `<data_dir>/adapters`, for the model the settings serve."""
+    base = None
+    if not settings.model.endpoint:
+        try:
+            base = resolve_model_path(settings.model.path or None)
+        except (ModelNotFound, OSError):
+            base = None  # the engine's start says why; a persona's adapter waits for it
+    return AdapterFiles(settings.data_dir / ADAPTERS_DIR, base)

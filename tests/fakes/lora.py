@@ -23,7 +23,7 @@ RANK = 8
 
 
 def write_lora(
-    path: Path, *, seed: int = 1, strength: float = 0.08, wrong_base: bool = False
+    path: Path, *, seed: int = 1, strength: float = 0.05, wrong_base: bool = False
 ) -> Path:
     """Write an adapter on the q and v projections of every layer to `path`; returns `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)

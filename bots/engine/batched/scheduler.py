@@ -5,7 +5,8 @@ as that server's `slot_state` does: STARTED (prompt tokenized, sequence assigned
 (some chunks decoded), DONE_PROMPT (the whole prompt decoded: its logits give the first token),
 GENERATING (a sampled token waits for the next step), IDLE again once it ended. Each step is one
 `llama_decode` holding the next token of every GENERATING slot plus prompt chunks of the others,
-`BATCH_TOKENS` in all.
+`BATCH_TOKENS` in all, of one adapter set: llama.cpp applies the context's LoRA adapters to every
+token of a decode, so slots of different adapters take turns, one adapter set per step.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Literal
 
 import numpy as np
 
-from bots.engine.base import ChatMessage, EngineError, EngineTimeout, Piece, Usage
+from bots.engine.base import Adapter, ChatMessage, EngineError, EngineTimeout, Piece, Usage
 from bots.engine.batched.kv import KVCache, held_tokens
 from bots.engine.batched.prefix_cache import common_prefix
 from bots.engine.batched.task import Task
 from bots.engine.batched.text import TextStream
-from bots.engine.llama_native import Batch, NativeModel, Sampler, Sampling, TokenArray
+from bots.engine.llama_native import Batch, NativeError, NativeModel, Sampler, Sampling, TokenArray
+from bots.engine.lora import LoraAdapters
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ class Scheduler:
         self.ctx = kv.ctx
         self.context_size = context_size
         self.batch = Batch(BATCH_TOKENS)
+        self.adapters = LoraAdapters(model, kv.ctx)
+        self._steps = 0  # which adapter set's turn it is, when several are running
         # Slots admitted and not yet ended; read by status() from other threads.
         self.running = 0
 
@@ -117,11 +121,20 @@ class Scheduler:
             )
             return None
         req = task.request
+        if req.adapter is not None:
+            try:
+                self.adapters.load(req.adapter)
+            except NativeError as exc:
+                task.emit(EngineError(str(exc)))
+                return None
         slot.max_new = min(req.max_tokens, self.context_size - len(slot.tokens))
         if not req.reuse_cache and self.running == 0:
             self.kv.empty()
         assigned = self.kv.assign(
-            slot.tokens, last_turn_start=slot.last_turn_start, reuse=req.reuse_cache
+            slot.tokens,
+            last_turn_start=slot.last_turn_start,
+            reuse=req.reuse_cache,
+            adapter=req.adapter,
         )
         if assigned is None:
             task.emit(EngineError("no free sequence in the KV cache; try again"))
@@ -132,7 +145,7 @@ class Scheduler:
         slot.want_prefix_entry = (
             req.reuse_cache
             and shared < slot.prefix_len < len(slot.tokens)
-            and not self.kv.table.has_prefix(slot.tokens[: slot.prefix_len])
+            and not self.kv.table.has_prefix(slot.tokens[: slot.prefix_len], req.adapter)
         )
         slot.sampler = Sampler(
             self.model,
@@ -184,17 +197,26 @@ class Scheduler:
                 running.append(slot)
         if not running:
             return running
+        adapter, turn = self._turn(running)
         try:
-            planned = self._decode(running)
+            self.adapters.use(adapter)
+            planned = self._decode(turn)
         except Exception as exc:  # a llama.cpp failure ends the slots in this batch, not the engine
             log.exception("decode failed")
-            for slot in running:
+            for slot in turn:
                 slot.task.emit(EngineError(f"the model failed: {exc}"))
                 self._drop(slot)
-            return []
+            return [slot for slot in running if slot.state is not SlotState.IDLE]
         for slot in planned:
             self._after_decode(slot)
         return [slot for slot in running if slot.state is not SlotState.IDLE]
+
+    def _turn(self, running: list[Slot]) -> tuple[Adapter | None, list[Slot]]:
+        """The adapter set this step decodes, and its slots: each set in turn, one per step."""
+        sets = list(dict.fromkeys(slot.task.request.adapter for slot in running))
+        adapter = sets[self._steps % len(sets)]
+        self._steps += 1
+        return adapter, [slot for slot in running if slot.task.request.adapter == adapter]
 
     def _plan(self, slots: list[Slot], *, prompts: bool) -> list[Slot]:
         batch = self.batch
