@@ -70,17 +70,15 @@ def parse_adapter(value: Any, folder: Path, check: AdapterCheck | None) -> Perso
         raise AdapterProblem("adapters need the model; none is loaded here")
     match = VERSION_REF.match(ref)
     if match:
-        version_dir = check.folder / match["name"] / match["version"]
-        path = version_dir / ADAPTER_FILE
-        manifest = _manifest(version_dir / MANIFEST_FILE, check.base_sha256())
+        path = check.folder / match["name"] / match["version"] / ADAPTER_FILE
     elif ref.endswith(".gguf"):
         path = Path(ref).expanduser()
         path = path if path.is_absolute() else folder / path
-        manifest = ()
     else:
         raise AdapterProblem(f"{ref!r}: must be NAME@VERSION (bots train's) or a .gguf file")
     if not path.is_file():
         raise AdapterProblem(f"{path}: no such file")
+    manifest = _manifest(path.parent / MANIFEST_FILE, check.base_sha256()) if match else ()
     problem = check.problem(path)
     if problem:
         raise AdapterProblem(f"{path}: {problem}")
