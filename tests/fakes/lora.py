@@ -1,11 +1,7 @@
-"""A small LoRA adapter GGUF for the embedded SmolLM2-135M, written with `gguf` and numpy.
-
-What llama.cpp's `llama_adapter_lora_init` reads (llama-adapter.cpp): `general.type` adapter,
-`adapter.type` lora, `adapter.lora.alpha`, the base model's `general.architecture`, and per
-changed weight `blk.N.<name>.weight.lora_a` with ne = [n_in, r] and `.lora_b` with ne = [r,
-n_out] (numpy shapes are the reverse: (r, n_in) and (n_out, r)). Random values, large enough
-that greedy replies change. `wrong_base=True` writes shapes of a wider model, which llama.cpp
-(and the persona loader) refuse.
+"""LoRA adapter GGUFs for the embedded SmolLM2-135M: a random one on the q and v projections
+(`bots.bench.lora_file`, strong enough that greedy replies change), one shaped for a wider model
+(`wrong_base=True`, which llama.cpp and the persona loader refuse), and a version folder as
+`bots train` leaves it.
 """
 
 from __future__ import annotations
@@ -13,12 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import gguf
-import numpy as np
+from bots.bench.lora_file import write_random_lora
+from bots.engine.model_files import default_model_path
 
-N_LAYERS = 30  # SmolLM2-135M
-N_EMBD = 576
-N_KV = 192  # 3 key/value heads of 64
 RANK = 8
 
 
@@ -26,24 +19,15 @@ def write_lora(
     path: Path, *, seed: int = 1, strength: float = 0.05, wrong_base: bool = False
 ) -> Path:
     """Write an adapter on the q and v projections of every layer to `path`; returns `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    width = N_EMBD * 2 if wrong_base else N_EMBD
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_string("general.type", "adapter")
-    writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", float(RANK))
-    for layer in range(N_LAYERS):
-        for name, n_out in (("attn_q", N_EMBD), ("attn_v", N_KV)):
-            a = rng.normal(0, strength, (RANK, width)).astype(np.float32)
-            b = rng.normal(0, strength, (n_out, RANK)).astype(np.float32)
-            writer.add_tensor(f"blk.{layer}.{name}.weight.lora_a", a)
-            writer.add_tensor(f"blk.{layer}.{name}.weight.lora_b", b)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_random_lora(
+        path,
+        default_model_path(),
+        rank=RANK,
+        targets=("attn_q", "attn_v"),
+        strength=strength,
+        seed=seed,
+        widen=2 if wrong_base else 1,
+    )
 
 
 def write_version(
