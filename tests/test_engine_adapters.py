@@ -37,15 +37,18 @@ GUIDE = (
     "tree line in the afternoon."
 )
 REPLY_TOKENS = 20
+SHORT_REPLY_TOKENS = 8
 N_CTX = 2048
 KV_CELLS = 4096
 
 MakeEngine = Callable[[], Awaitable[BatchedEngine]]
 
 
-def ask(system: str, question: str, adapter: Adapter | None = None) -> GenerationRequest:
+def ask(
+    system: str, question: str, adapter: Adapter | None = None, max_tokens: int = REPLY_TOKENS
+) -> GenerationRequest:
     messages = (ChatMessage("system", system), ChatMessage("user", question))
-    return GenerationRequest(messages, max_tokens=REPLY_TOKENS, temperature=0.0, adapter=adapter)
+    return GenerationRequest(messages, max_tokens=max_tokens, temperature=0.0, adapter=adapter)
 
 
 async def reply(engine: BatchedEngine, request: GenerationRequest) -> tuple[str, Piece]:
@@ -110,9 +113,12 @@ async def test_personas_with_and_without_an_adapter_run_together_as_they_run_alo
     # in exactly the batch shapes it has alone, and its reply must be the same to the bit. (Two
     # requests of one set share decodes, whose other shapes llama.cpp's kernels round
     # differently: tests/test_engine_batched.py.) Had the sets shared a decode, the adapter
-    # would change the base persona's reply.
-    tuned = ask(LIBRARIAN, "Tell me about the lighthouse.", lora)
-    base = ask(GUIDE, "Is it safe to climb in the rain?")
+    # would change the base persona's reply from its first tokens. Short replies: the other
+    # sequence's cells still move these ones elsewhere in the KV cache, which can change the
+    # rounding of a long greedy reply late in it (seen under heavy load, where steps interleave
+    # differently).
+    tuned = ask(LIBRARIAN, "Tell me about the lighthouse.", lora, SHORT_REPLY_TOKENS)
+    base = ask(GUIDE, "Is it safe to climb in the rain?", max_tokens=SHORT_REPLY_TOKENS)
     expected = [await alone(make_engine, tuned), await alone(make_engine, base)]
     engine = await make_engine()
     together = await asyncio.gather(reply(engine, tuned), reply(engine, base))

@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,9 +123,10 @@ async def mixed(
 
 
 async def run_adapter_bench(model: Path, threads: int, server: Path | None) -> list[Figure]:
-    """Both workloads; the llama-server figure only with `server` (its binary)."""
+    """Both workloads; the llama-server figure only with `server` (its binary). Each figure
+    goes to stderr as soon as it is measured."""
     setup = Setup(model, threads)
-    figures: list[Figure] = []
+    figures = _Figures()
     with tempfile.TemporaryDirectory(prefix="bots-lora-") as folder:
         files = [write_random_lora(Path(folder) / f"a{i}.gguf", model, seed=i) for i in range(2)]
         loras = [Adapter(f"bench@{i}", str(path)) for i, path in enumerate(files)]
@@ -135,7 +136,7 @@ async def run_adapter_bench(model: Path, threads: int, server: Path | None) -> l
         ours = ours_engine(setup, parallel=MIXED_PERSONAS)
         async with started(ours):
             count = ours.count_tokens
-            figures += await single_stream(ours, loras[0], count)
+            figures.extend(await single_stream(ours, loras[0], count))
             plain = await mixed(ours, [None] * MIXED_PERSONAS, count)
             ours_mixed = await mixed(ours, half, count)
         figures.append(
@@ -170,6 +171,18 @@ async def run_adapter_bench(model: Path, threads: int, server: Path | None) -> l
                 )
             )
     return figures
+
+
+class _Figures(list[Figure]):
+    """The figures measured so far, each told on stderr when it is added."""
+
+    def append(self, figure: Figure) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {format_figures([figure])}", file=sys.stderr)
+        super().append(figure)
+
+    def extend(self, figures: Iterable[Figure]) -> None:
+        for figure in figures:
+            self.append(figure)
 
 
 def format_figures(figures: Sequence[Figure]) -> str:
