@@ -134,43 +134,54 @@ async def run_adapter_bench(model: Path, threads: int, server: Path | None) -> l
             loras[i // 2] if i % 2 else None for i in range(MIXED_PERSONAS)
         ]
         ours = ours_engine(setup, parallel=MIXED_PERSONAS)
-        async with started(ours):
+        async with started(ours):  # idle while llama-server runs: its tokenizer counts for both
             count = ours.count_tokens
             figures.extend(await single_stream(ours, loras[0], count))
             plain = await mixed(ours, [None] * MIXED_PERSONAS, count)
             ours_mixed = await mixed(ours, half, count)
-        figures.append(
-            Figure(
-                "mixed",
-                "generation tok/s",
-                "bots, no adapters",
-                plain,
-                "bots, half with adapters",
-                ours_mixed,
-            )
-        )
-        if server is not None:
-            args = ["-c", str(4096 * MIXED_PERSONAS), "-np", str(MIXED_PERSONAS)]
-            for path in files:
-                args += ["--lora", str(path)]
-            with llama_server(server, setup, args) as url:
-                engine = await remote(url, MIXED_PERSONAS)
-                try:
-                    await mixed(engine, [None] * MIXED_PERSONAS, count)  # warm-up
-                    theirs = await mixed(engine, half, count)
-                finally:
-                    await engine.close()
             figures.append(
                 Figure(
-                    "mixed, half with adapters",
+                    "mixed",
                     "generation tok/s",
-                    "llama-server",
-                    theirs,
-                    "bots",
+                    "bots, no adapters",
+                    plain,
+                    "bots, half with adapters",
                     ours_mixed,
                 )
             )
+            if server is not None:
+                theirs = await _server_mixed(server, setup, files, half, count)
+                figures.append(
+                    Figure(
+                        "mixed, half with adapters",
+                        "generation tok/s",
+                        "llama-server",
+                        theirs,
+                        "bots",
+                        ours_mixed,
+                    )
+                )
     return figures
+
+
+async def _server_mixed(
+    server: Path,
+    setup: Setup,
+    files: Sequence[Path],
+    adapters: Sequence[Adapter | None],
+    count: Callable[[str], int],
+) -> float:
+    """The mixed workload on llama-server started with `files` (one slot per persona)."""
+    args = ["-c", str(4096 * MIXED_PERSONAS), "-np", str(MIXED_PERSONAS)]
+    for path in files:
+        args += ["--lora", str(path)]
+    with llama_server(server, setup, args) as url:
+        engine = await remote(url, MIXED_PERSONAS)
+        try:
+            await mixed(engine, [None] * MIXED_PERSONAS, count)  # warm-up
+            return await mixed(engine, adapters, count)
+        finally:
+            await engine.close()
 
 
 class _Figures(list[Figure]):
