@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from bots.chat.pinned import PinnedReader
+from bots.engine.adapter_files import adapter_files
 from bots.evals.loader import load_evals
 from bots.knowledge.library import KnowledgeBase
 from bots.knowledge.model import Exclusion
@@ -23,7 +24,9 @@ def run_checks(settings: Settings) -> tuple[list[str], str]:
     knowledge = KnowledgeBase(settings.personas_dir, settings.knowledge_dir, settings.index_dir)
     # No model here: pinned documents are read and checked, their fit waits for `bots serve`.
     pinned = PinnedReader(settings.knowledge_dir, None, settings.retrieval.max_knowledge_tokens)
-    registry = PersonaRegistry(settings.personas_dir, knowledge.library_names, pinned)
+    registry = PersonaRegistry(
+        settings.personas_dir, knowledge.library_names, pinned, adapter_files(settings)
+    )
     registry.load_all()
     problems = [str(e) for e in registry.errors()]
     for persona_id in registry.folder_ids():

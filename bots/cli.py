@@ -316,6 +316,13 @@ def _ago(timestamp: float) -> str:
     help="a model to run the cases on (GGUF path, catalogue name, or the endpoint's model); "
     "give it twice or more to compare them side by side",
 )
+@click.option(
+    "--adapter",
+    "adapters",
+    multiple=True,
+    help="run the cases with this adapter (a version of the persona's, NAME@VERSION, a .gguf "
+    "file, or none) next to without it; give it twice or more to compare exactly those",
+)
 @settings_options_but_model
 @click.pass_context
 def eval_cases(
@@ -325,11 +332,22 @@ def eval_cases(
     retrieval_only: bool,
     watch: bool,
     models: tuple[str, ...],
+    adapters: tuple[str, ...],
 ) -> None:
     """Run the personas' evals.yaml cases (temperature 0, fixed seed); exit 1 on any failure."""
     from bots.evals.commands import CommandError, run_evals, watch_evals
 
     settings = settings_of(ctx)
+    if adapters and (len(models) > 1 or watch or retrieval_only):
+        raise click.UsageError("--adapter runs on one model, without --watch or --retrieval-only")
+    if adapters:
+        from bots.evals.adapters import compare_adapters
+
+        settings = _with_model(settings, models[0]) if models else settings
+        compare = compare_adapters(
+            settings, adapters, personas, as_json_output=as_json, echo=click.echo, note=_note
+        )
+        sys.exit(asyncio.run(compare))
     if len(models) > 1:
         if watch or retrieval_only:
             raise click.UsageError("--watch and --retrieval-only run one model, not several")
@@ -353,10 +371,14 @@ def eval_cases(
             retrieval_only=retrieval_only,
             as_json_output=as_json,
             echo=click.echo,
-            note=lambda line: click.echo(line, err=True),
+            note=_note,
         )
     )
     sys.exit(status)
+
+
+def _note(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _with_model(settings: Settings, name: str) -> Settings:
@@ -391,7 +413,7 @@ def _compare(
             personas,
             as_json_output=as_json,
             echo=click.echo,
-            note=lambda line: click.echo(line, err=True),
+            note=_note,
         )
     )
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from bots.chat.pinned import PinnedReader
 from bots.chat.service import ChatService
+from bots.engine.adapter_files import adapter_files
 from bots.engine.base import Engine
 from bots.engine.factory import make_engine
 from bots.engine.switch import ModelSwitch
@@ -55,7 +56,9 @@ class Runtime:
         pinned = PinnedReader(
             settings.knowledge_dir, switch.count_tokens, settings.retrieval.max_knowledge_tokens
         )
-        registry = PersonaRegistry(settings.personas_dir, knowledge.library_names, pinned)
+        registry = PersonaRegistry(
+            settings.personas_dir, knowledge.library_names, pinned, adapter_files(settings)
+        )
         store = make_store(settings)
         service = ChatService(settings, registry, knowledge, switch, store)
         return cls(settings, registry, knowledge, switch, store, service)

@@ -174,6 +174,18 @@ def bench_engine(ctx: click.Context) -> None:
 
 
 @bench.command(
+    "adapters", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.pass_context
+def bench_adapters(ctx: click.Context) -> None:
+    """What a LoRA adapter costs: single stream with vs without, and a mixed workload against
+    llama-server (options: --model PATH, --threads N, --server PATH, --no-server)."""
+    from bots.bench.adapters import main as adapters_main
+
+    sys.exit(adapters_main(ctx.args))
+
+
+@bench.command(
     "build-server", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
 )
 @click.pass_context

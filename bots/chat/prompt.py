@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bots.engine.base import ChatMessage
+from bots.engine.base import Adapter, ChatMessage
 from bots.knowledge.model import Hit
 from bots.persona.model import Persona
 
@@ -171,3 +171,11 @@ def _fit_head(text: str, limit: int, count_tokens: Callable[[str], int]) -> str:
     while count_tokens(text[:keep] + TRUNCATED) > limit and keep > 16:
         keep = keep * 3 // 4
     return text[:keep] + TRUNCATED
+
+
+def engine_adapter(persona: Persona) -> Adapter | None:
+    """The adapter the persona's requests carry to the engine (None: the base model)."""
+    chosen = persona.adapter
+    if chosen is None:
+        return None
+    return Adapter(chosen.name, str(chosen.path), chosen.scale)

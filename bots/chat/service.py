@@ -26,7 +26,7 @@ from bots.chat import notices
 from bots.chat.facts import HISTORY_LIMIT, ConversationFacts
 from bots.chat.model import Admission, ChatRefused, Incoming
 from bots.chat.policy import Policy
-from bots.chat.prompt import build_prompt
+from bots.chat.prompt import build_prompt, engine_adapter
 from bots.chat.reply import Reply, ReplyRecord, ReplyStatus, source_dict
 from bots.engine.base import ChatMessage, Engine, EngineBusy, GenerationRequest, Piece, Usage
 from bots.knowledge.audience import EVERYONE, Access, Reader
@@ -256,6 +256,7 @@ class ChatService(ConversationFacts):
                 seed=incoming.seed,
                 timeout_s=model.timeout_s,
                 reuse_cache=not incoming.fresh,
+                adapter=engine_adapter(persona),
             )
             stream = self.engine.stream(request)
             # Prime the generator so a full queue raises EngineBusy here, before any turn is

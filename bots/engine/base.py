@@ -19,6 +19,19 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter applied on the shared model for one request.
+
+    `name` is how a server knows it (vLLM's model name, e.g. `handbook@3`); `path` the GGUF file
+    a local engine loads (and llama-server was started with); `scale` multiplies its effect.
+    """
+
+    name: str
+    path: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """Everything the engine needs for one reply; knows no persona and no platform."""
 
@@ -34,6 +47,8 @@ class GenerationRequest:
     # False evaluates the whole prompt afresh: cached prefixes are evaluated in other batch
     # shapes, whose float rounding can change a long greedy reply, and evals must repeat exactly.
     reuse_cache: bool = True
+    # None: the base model as it is. Requests with different adapters never share a decode.
+    adapter: Adapter | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ reached the user and a retry would repeat it.
 
 The same contract as the local engines: a bounded queue that answers EngineBusy at once, the
 request's timeout, and closing the stream closes the HTTP response, which makes llama-server and
-vLLM stop generating for it.
+vLLM stop generating for it. A request's LoRA adapter is passed the way each server wants it
+(remote_lora.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bots.engine.base import (
     Piece,
     Usage,
 )
+from bots.engine.remote_lora import ServerAdapters, adapter_fields, fetch_server_adapters
 
 DEFAULT_CONTEXT_SIZE = 8192
 DEFAULT_PARALLEL = 8
@@ -106,6 +108,8 @@ class RemoteEngine:
         self._active = 0
         self._next = 0
         self._last_error = ""
+        # What each endpoint says of its adapters, asked before its first request.
+        self._server_adapters: dict[str, ServerAdapters] = {}
 
     @property
     def context_size(self) -> int:
@@ -251,9 +255,13 @@ class RemoteEngine:
         usage: dict[str, Any] = {}
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._session.post(
-                    endpoint.url, json=self._body(request), headers=headers
-                )
+                if endpoint.url not in self._server_adapters:
+                    self._server_adapters[endpoint.url] = await fetch_server_adapters(
+                        self._session, endpoint.url, headers
+                    )
+                server = self._server_adapters.get(endpoint.url)
+                body = self._body(request) | adapter_fields(server, request.adapter)
+                response = await self._session.post(endpoint.url, json=body, headers=headers)
         except TimeoutError:
             raise EngineTimeout(f"no reply within the request's {request.timeout_s:g}s") from None
         except aiohttp.ClientError as exc:

@@ -134,6 +134,11 @@ class SimpleEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Piece]:
         """Stream the reply; leaving the loop early cancels the generation."""
+        if request.adapter is not None:
+            raise EngineError(
+                f"the simple engine serves no adapters ({request.adapter.name}): "
+                "set model.engine = batched"
+            )
         job = _Generation(request, asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             if len(self._line) >= self._queue_size:

@@ -86,7 +86,22 @@ async def compare_models(
         note(f"loading {label} ...")
         results.append(await _run_model(settings, label, keys, persona_ids))
     wall_ms = (time.perf_counter() - started) * 1000
+    return report(settings, results, wall_ms, as_json_output=as_json_output, echo=echo)
+
+
+def report(
+    settings: Settings,
+    results: Sequence[ModelRun],
+    wall_ms: float,
+    *,
+    as_json_output: bool,
+    echo: Echo,
+    compared: str = "models",
+) -> int:
+    """Keep the comparison for the workbench and print it (table or JSON); 1 when any column
+    failed a case. `compared` says what the columns are: "models" or "adapters"."""
     document = {
+        "compared": compared,
         "models": [r.as_dict() for r in results],
         "wall_ms": round(wall_ms, 1),
         "finished_at": time.time(),
@@ -100,7 +115,8 @@ async def compare_models(
         for line in table(results):
             echo(line)
         winners = [r.label for r in results if not r.failed and r.cases]
-        verdict = f"passing every case: {', '.join(winners)}" if winners else "no model passes"
+        nobody = f"no {compared.removesuffix('s')} passes"
+        verdict = f"passing every case: {', '.join(winners)}" if winners else nobody
         echo(f"{verdict} ({latency(wall_ms)})")
     return 1 if any(r.failed for r in results) else 0
 

@@ -9,6 +9,7 @@ service would put into the prompt, which is all a strict persona's decision to d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -154,7 +155,9 @@ async def _converse(service: ChatService, persona: Persona, turns: tuple[str, ..
         )
         for attempt in range(BUSY_RETRIES + 1):
             try:
-                reply = await service.start(incoming)
+                # Answered by the snapshot judged (`bots eval --adapter` gives it its adapter).
+                admission = await service.admit(incoming)
+                reply = await service.start(dataclasses.replace(admission, persona=persona))
                 break
             except ChatRefused as refused:
                 if refused.kind != "busy" or attempt == BUSY_RETRIES:

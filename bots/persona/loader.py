@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from bots.persona.adapter import AdapterCheck, AdapterProblem, PersonaAdapter, parse_adapter
 from bots.persona.model import (
     PERSONA_FILE,
     Access,
@@ -38,7 +39,7 @@ PERSONA_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 @dataclass(frozen=True)
 class _Field:
-    kind: str  # "str", "bool", "float", "int", "strlist", "enum", "map"
+    kind: str  # "str", "bool", "float", "int", "strlist", "enum", "map", "any"
     doc: str
     choices: tuple[str, ...] = ()
     low: float | None = None
@@ -57,6 +58,7 @@ FIELDS: dict[str, _Field] = {
     "pinned": _Field("strlist", "documents put whole into every prompt"),
     "grounding": _Field("enum", "strict or open", choices=("strict", "open")),
     "citations": _Field("bool", "name source documents in replies"),
+    "adapter": _Field("any", "LoRA adapter: NAME@VERSION or a .gguf file (see persona.adapter)"),
     "model": _Field(
         "map",
         "generation settings",
@@ -92,11 +94,12 @@ def load_persona(
     root: Path | None = None,
     clock: Callable[[], float] = time.time,
     pinned: PinnedDocuments | None = None,
+    adapters: AdapterCheck | None = None,
 ) -> Persona:
     """Read `folder/persona.md` into a snapshot, or raise PersonaInvalid listing every problem.
 
     With `pinned`, the documents the persona pins are read into the snapshot (and must fit);
-    without it only their names are checked.
+    without it only their names are checked. An `adapter:` is checked with `adapters`.
     """
     path = folder / PERSONA_FILE
     raw = _read(path, root)
@@ -118,9 +121,15 @@ def load_persona(
         errors.append(PersonaError(path, body_line, "", "the instructions body is empty"))
     _check_references(path, folder, checked, values, known_libraries, errors)
     documents = _pinned(path, folder, checked, values.get("pinned"), pinned, errors)
+    adapter = None
+    if "adapter" in checked:
+        try:
+            adapter = parse_adapter(checked["adapter"], folder, adapters)
+        except AdapterProblem as exc:
+            errors.append(PersonaError(path, values["adapter"].line, "adapter", str(exc)))
     if errors:
         raise PersonaInvalid(errors)
-    return _snapshot(folder, checked, instructions, raw, clock(), documents)
+    return _snapshot(folder, checked, instructions, raw, clock(), documents, adapter)
 
 
 def content_hash(raw: bytes) -> str:
@@ -267,6 +276,8 @@ def _check(
 def _coerce(spec: _Field, item: _Value) -> tuple[str, Any]:
     value = item.value
     kind = spec.kind
+    if kind == "any":  # checked by its own parser
+        return "", value
     if value is None:
         return ("", {} if kind == "map" else None) if kind in ("map", "strlist") else ("", None)
     if kind == "str":
@@ -382,6 +393,7 @@ def _snapshot(
     raw: bytes,
     now: float,
     pinned: tuple[PinnedDocument, ...] = (),
+    adapter: PersonaAdapter | None = None,
 ) -> Persona:
     model = checked.get("model") or {}
     access = checked.get("access") or {}
@@ -405,4 +417,5 @@ def _snapshot(
         slack_channels=(checked.get("slack") or {}).get("channels") or (),
         access=Access(users=access.get("users") or (), roles=access.get("roles") or ()),
         pinned=pinned,
+        adapter=adapter,
     )

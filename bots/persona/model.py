@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from bots.persona.adapter import PersonaAdapter
+
 Grounding = Literal["strict", "open"]
 
 
@@ -101,6 +103,7 @@ class Persona:
     slack_channels: tuple[str, ...] = ()
     access: Access = field(default_factory=Access)
     pinned: tuple[PinnedDocument, ...] = ()
+    adapter: PersonaAdapter | None = None  # None: the base model
 
     @property
     def display_name(self) -> str:

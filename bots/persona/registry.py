@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bots.persona.adapter import AdapterCheck
 from bots.persona.loader import PersonaChanging, content_hash, load_persona, valid_persona_id
 from bots.persona.model import (
     PERSONA_FILE,
@@ -54,7 +55,8 @@ class PersonaRegistry:
 
     With `pinned`, each snapshot holds its pinned documents' text as read when it loaded: a
     pinned document edited into one that no longer fits (or deleted) is an error, and the last
-    good snapshot, with the last good text, keeps serving.
+    good snapshot, with the last good text, keeps serving. With `adapters`, a persona may name
+    a LoRA adapter (`adapter:`); a file that cannot serve is an error the same way.
     """
 
     def __init__(
@@ -62,10 +64,12 @@ class PersonaRegistry:
         personas_dir: Path,
         libraries: Callable[[], Collection[str]],
         pinned: PinnedDocuments | None = None,
+        adapters: AdapterCheck | None = None,
     ) -> None:
         self.root = personas_dir
         self._libraries = libraries
         self._pinned = pinned
+        self._adapters = adapters
         self._states: dict[str, PersonaState] = {}
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -129,7 +133,13 @@ class PersonaRegistry:
         if old and old.persona and not old.errors and self._same_content(old.persona):
             return "unchanged", old
         try:
-            persona = load_persona(folder, self._libraries(), root=self.root, pinned=self._pinned)
+            persona = load_persona(
+                folder,
+                self._libraries(),
+                root=self.root,
+                pinned=self._pinned,
+                adapters=self._adapters,
+            )
         except PersonaChanging:
             return "unchanged", old  # mid-write: the writer's close event reloads it
         except PersonaInvalid as exc:

@@ -1,5 +1,6 @@
-"""The Evals tab's "models compared" table: the last `bots eval --model A --model B` run, for
-the persona shown (read from the JSON the command keeps in the data folder)."""
+"""The Evals tab's comparison table: the last `bots eval --model A --model B` (or `bots eval
+PERSONA --adapter 3`) run, for the persona shown (read from the JSON the command keeps in the
+data folder); and the persona's adapter with its manifest."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from bots.adapters.web.views import clock, h
 from bots.evals.report import LABELS, latency
+from bots.persona.model import Persona
 
 
 def comparison(document: dict[str, Any] | None, persona_id: str) -> str:
@@ -33,9 +35,14 @@ def comparison(document: dict[str, Any] | None, persona_id: str) -> str:
         for _, cases in columns
     )
     when = clock(float(document.get("finished_at", 0)))
+    what, command = (
+        ("Adapters", f"bots eval {persona_id} --adapter …")
+        if document.get("compared") == "adapters"
+        else ("Models", "bots eval --model … --model …")
+    )
     return (
-        f'<h3 class="comparison-head">Models compared <span class="meta">at {when}, by '
-        "<code>bots eval --model … --model …</code></span></h3>"
+        f'<h3 class="comparison-head">{what} compared <span class="meta">at {when}, by '
+        f"<code>{h(command)}</code></span></h3>"
         f'<table class="evals comparison"><thead><tr><th>Case</th>{head}</tr></thead>'
         f"<tbody>{rows}<tr><td>passed</td>{passed}</tr></tbody></table>"
     )
@@ -51,4 +58,17 @@ def _cell(case: dict[str, Any] | None) -> str:
     return (
         f'<td class="status-{h(status)}">{h(label)} '
         f"{latency(float(case.get('latency_ms', 0)))}{speed}{reason}</td>"
+    )
+
+
+def adapter(persona: Persona | None) -> str:
+    """The persona's adapter (`adapter:` in persona.md) and its manifest; "" without one."""
+    if persona is None or persona.adapter is None:
+        return ""
+    chosen = persona.adapter
+    rows = "".join(f"<tr><td>{h(k)}</td><td>{h(v)}</td></tr>" for k, v in chosen.manifest)
+    manifest = f'<table class="manifest"><tbody>{rows}</tbody></table>' if rows else ""
+    return (
+        f'<h3 class="adapter-head">Adapter <code>{h(chosen.name)}</code> '
+        f'<span class="meta">scale {chosen.scale:g} · {h(str(chosen.path))}</span></h3>{manifest}'
     )

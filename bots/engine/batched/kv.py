@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from bots.engine.base import Adapter
 from bots.engine.batched.prefix_cache import Entry, Match, Parked, SequenceTable, may_take_over
 from bots.engine.llama_native import NativeContext, TokenArray
 
@@ -53,16 +54,22 @@ class KVCache:
     # -- a prompt's sequence ------------------------------------------------------------------
 
     def assign(
-        self, tokens: TokenArray, *, last_turn_start: int, reuse: bool
+        self,
+        tokens: TokenArray,
+        *,
+        last_turn_start: int,
+        reuse: bool,
+        adapter: Adapter | None = None,
     ) -> tuple[int, int] | None:
-        """A sequence id for a prompt, holding as much of its start as the cache has.
+        """A sequence id for a prompt under `adapter`, holding as much of its start as the cache
+        has computed under the same adapter.
 
         Returns (seq_id, shared): the id's cells hold `tokens[:shared]` (at most all but the
         last token, whose logits start the reply). None when no id can be freed. With `reuse`
         off the prompt starts from nothing. The sequence is marked busy until `release`.
         """
-        match = self.table.best_match(tokens) if reuse else Match(0)
-        self.table.touch_prefixes_of(tokens)
+        match = self.table.best_match(tokens, adapter) if reuse else Match(0)
+        self.table.touch_prefixes_of(tokens, adapter)
         # At least the last prompt token is evaluated again: its logits start the reply.
         shared = min(match.length, len(tokens) - 1)
         entry = match.entry
@@ -85,7 +92,12 @@ class KVCache:
                 shared = 0
         self.table.put(
             Entry(
-                seq_id, tokens[:shared], "conversation", last_turn_start=last_turn_start, busy=True
+                seq_id,
+                tokens[:shared],
+                "conversation",
+                last_turn_start=last_turn_start,
+                busy=True,
+                adapter=adapter,
             )
         )
         return seq_id, shared
@@ -101,8 +113,10 @@ class KVCache:
         prefix_id = self.table.take_id()
         if prefix_id is None:
             return
+        source = self.table.get(seq_id)
         self.ctx.seq_cp(seq_id, prefix_id, 0, prefix_len)
-        self.table.put(Entry(prefix_id, tokens[:prefix_len].copy(), "prefix"))
+        adapter = source.adapter if source is not None else None
+        self.table.put(Entry(prefix_id, tokens[:prefix_len].copy(), "prefix", adapter=adapter))
 
     def release(self, seq_id: int, tokens: TokenArray) -> None:
         """A reply ended: its sequence, holding `tokens`, stays as an idle cache entry."""
@@ -188,8 +202,8 @@ class KVCache:
     def _cached_base(self, parked: Parked) -> Entry | None:
         """A cached sequence holding `parked`'s persona prefix, restoring the prefix if needed."""
         head = parked.tokens[: parked.base]
-        entry = self.table.cached_holding(head)
-        prefix = self.table.parked_prefix(head) if entry is None else None
+        entry = self.table.cached_holding(head, parked.adapter)
+        prefix = self.table.parked_prefix(head, parked.adapter) if entry is None else None
         if prefix is None:
             return entry
         with _pinned(prefix):
@@ -200,7 +214,7 @@ class KVCache:
                 self.table.release(seq_id)
                 return None
         prefix.touch()
-        entry = Entry(seq_id, prefix.tokens, "prefix")
+        entry = Entry(seq_id, prefix.tokens, "prefix", adapter=prefix.adapter)
         self.table.put(entry)
         return entry
 
@@ -222,7 +236,11 @@ class KVCache:
         otherwise be stored again with each of them: a 1,500-token persona is 35 MB of KV cells
         with the default model, and a conversation's own turns a few hundred tokens.
         """
-        base = self.table.persona_prefix_length(entry.tokens) if entry.kind == "conversation" else 0
+        base = (
+            self.table.persona_prefix_length(entry.tokens, entry.adapter)
+            if entry.kind == "conversation"
+            else 0
+        )
         if len(entry.tokens) - base < MIN_PARK_TOKENS:
             return
         if base:  # the entry is dropped next: its cells before `base` may go now
@@ -245,7 +263,7 @@ class KVCache:
         it may be dropped from the park for another conversation, the prefix may not.
         """
         if entry.kind == "prefix":
-            return self.table.parked_prefix(entry.tokens) is not None
+            return self.table.parked_prefix(entry.tokens, entry.adapter) is not None
         return self.table.covers(entry.tokens, besides=entry)
 
 

@@ -8,7 +8,9 @@ prefix; entries that no generation uses are evicted least recently used first, a
 in RAM (their KV cells copied out) in an arena of fixed size reserved at start.
 
 Matching by tokens makes invalidation automatic: a reloaded persona renders different tokens,
-so its old prefix simply stops matching and ages out.
+so its old prefix simply stops matching and ages out. Every entry also records the LoRA adapter
+its cells were computed under (an adapter on k or v changes them): a prompt matches only entries
+of its own adapter, so switching a persona's adapter is the same automatic invalidation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from bots.engine.base import Adapter
 from bots.engine.llama_native import TokenArray
 
 Kind = Literal["prefix", "conversation"]
@@ -69,6 +72,7 @@ class Entry:
     last_turn_start: int = 0
     busy: bool = False
     last_used: int = field(default_factory=lambda: next(_clock))
+    adapter: Adapter | None = None  # what the cells were computed under
 
     def touch(self) -> None:
         self.last_used = next(_clock)
@@ -92,6 +96,7 @@ class Parked:
     # Being copied back: its bytes must stay where they are until then.
     busy: bool = False
     last_used: int = field(default_factory=lambda: next(_clock))
+    adapter: Adapter | None = None
 
     def touch(self) -> None:
         self.last_used = next(_clock)
@@ -191,8 +196,9 @@ class SequenceTable:
         self._entries.pop(seq_id, None)
         self._free.append(seq_id)
 
-    def best_match(self, tokens: TokenArray) -> Match:
-        """The entry or parked sequence sharing the longest token prefix with `tokens`.
+    def best_match(self, tokens: TokenArray, adapter: Adapter | None = None) -> Match:
+        """The entry or parked sequence of `adapter` sharing the longest token prefix with
+        `tokens`.
 
         Ties go to entries already in the KV cache (no restore needed), and among those to one
         this prompt may take over (its stale tail is then dropped instead of left to age out).
@@ -200,59 +206,71 @@ class SequenceTable:
         best = Match(0)
         best_takeover = False
         for entry in self._entries.values():
+            if entry.adapter != adapter:
+                continue
             n = common_prefix(entry.tokens, tokens)
             takeover = may_take_over(entry, n)
             if n > best.length or (n == best.length and n > 0 and takeover and not best_takeover):
                 best, best_takeover = Match(n, entry=entry), takeover
         for parked in self._parked:
-            n = common_prefix(parked.tokens, tokens)
+            n = common_prefix(parked.tokens, tokens) if parked.adapter == adapter else 0
             if n > best.length:
                 best = Match(n, parked=parked)
         return best
 
-    def has_prefix(self, tokens: TokenArray) -> bool:
-        """Whether a persona prefix, cached or parked, holds exactly `tokens`."""
-        return self.parked_prefix(tokens) is not None or any(
-            e.kind == "prefix" and np.array_equal(e.tokens, tokens) for e in self._entries.values()
+    def has_prefix(self, tokens: TokenArray, adapter: Adapter | None = None) -> bool:
+        """Whether a persona prefix of `adapter`, cached or parked, holds exactly `tokens`."""
+        return self.parked_prefix(tokens, adapter) is not None or any(
+            e.kind == "prefix" and e.adapter == adapter and np.array_equal(e.tokens, tokens)
+            for e in self._entries.values()
         )
 
-    def parked_prefix(self, tokens: TokenArray) -> Parked | None:
-        """The parked persona prefix holding exactly `tokens`, if any."""
+    def parked_prefix(self, tokens: TokenArray, adapter: Adapter | None = None) -> Parked | None:
+        """The parked persona prefix of `adapter` holding exactly `tokens`, if any."""
         for parked in self._parked:
-            if parked.kind == "prefix" and np.array_equal(parked.tokens, tokens):
+            if (
+                parked.kind == "prefix"
+                and parked.adapter == adapter
+                and np.array_equal(parked.tokens, tokens)
+            ):
                 return parked
         return None
 
-    def persona_prefix_length(self, tokens: TokenArray) -> int:
-        """Length of the longest persona prefix, cached or parked, that `tokens` begin with."""
+    def persona_prefix_length(self, tokens: TokenArray, adapter: Adapter | None = None) -> int:
+        """Length of the longest persona prefix of `adapter`, cached or parked, that `tokens`
+        begin with."""
         return max(
             (
                 len(e.tokens)
-                for e in self._held()
+                for e in self._held(adapter)
                 if e.kind == "prefix" and _starts_with(tokens, e.tokens)
             ),
             default=0,
         )
 
-    def cached_holding(self, tokens: TokenArray) -> Entry | None:
-        """A cached entry whose tokens begin with all of `tokens` (its cells can be copied)."""
+    def cached_holding(self, tokens: TokenArray, adapter: Adapter | None = None) -> Entry | None:
+        """A cached entry of `adapter` whose tokens begin with all of `tokens` (its cells can be
+        copied)."""
         for entry in self._entries.values():
-            if _starts_with(entry.tokens, tokens):
+            if entry.adapter == adapter and _starts_with(entry.tokens, tokens):
                 return entry
         return None
 
     def covers(self, tokens: TokenArray, *, besides: Entry) -> bool:
-        """Whether a sequence other than `besides`, cached or parked, starts with all of
-        `tokens` (parking `besides` would then be waste)."""
-        return any(e is not besides and _starts_with(e.tokens, tokens) for e in self._held())
+        """Whether a sequence other than `besides`, of its adapter, cached or parked, starts with
+        all of `tokens` (parking `besides` would then be waste)."""
+        return any(
+            e is not besides and _starts_with(e.tokens, tokens) for e in self._held(besides.adapter)
+        )
 
-    def _held(self) -> list[Entry | Parked]:
-        return [*self._parked, *self._entries.values()]
+    def _held(self, adapter: Adapter | None) -> list[Entry | Parked]:
+        held: list[Entry | Parked] = [*self._parked, *self._entries.values()]
+        return [h for h in held if h.adapter == adapter]
 
-    def touch_prefixes_of(self, tokens: TokenArray) -> None:
-        """Mark every entry and parked persona prefix that `tokens` extends as used: a persona
-        prefix stays warm while its conversations take their own sequences over."""
-        for held in self._held():
+    def touch_prefixes_of(self, tokens: TokenArray, adapter: Adapter | None = None) -> None:
+        """Mark every entry and parked persona prefix of `adapter` that `tokens` extends as used:
+        a persona prefix stays warm while its conversations take their own sequences over."""
+        for held in self._held(adapter):
             wanted = held.kind == "prefix" or isinstance(held, Entry)
             if wanted and len(held.tokens) and _starts_with(tokens, held.tokens):
                 held.touch()
@@ -304,7 +322,15 @@ class SequenceTable:
         """Record `entry`'s cells from position `base` on, written at `offset` of the arena (see
         `make_room`)."""
         self.arena.take(offset, size)
-        parked = Parked(entry.tokens, entry.kind, entry.last_turn_start, offset, size, base)
+        parked = Parked(
+            entry.tokens,
+            entry.kind,
+            entry.last_turn_start,
+            offset,
+            size,
+            base,
+            adapter=entry.adapter,
+        )
         self._parked.append(parked)
         return parked
 
