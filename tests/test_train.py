@@ -14,7 +14,7 @@ import importlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,10 @@ from bots.finetune.run import (
     TRAIN_MODULES,
     missing_train_modules,
 )
+from bots.finetune.train_commands import compare_after_training
+from bots.settings import Settings
 from tests.cli_runner import run_cli
+from tests.fakes.projects import persona_md, write
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -316,3 +319,20 @@ def _greedy(model: NativeModel, ctx: NativeContext, question: str, adapter: Any)
     finally:
         sampler.close()
     return out.decode(errors="replace")
+
+
+def test_train_ends_with_the_evals_without_and_with_the_adapter(
+    trained: Path, settings_for: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `bots train` runs after a run: the persona served with and without the new version,
+    through the real runtime and batched engine, and whether to switch."""
+    root = trained.parents[3]  # root/data/adapters/ahoy/1
+    write(
+        root / "personas" / "ahoy" / "persona.md",
+        persona_md(SYSTEM, name="Captain", model="{temperature: 0, max_tokens: 16}"),
+    )
+    case = f"- name: opens like the captain\n  ask: {UNSEEN[1]}\n  contains: {PHRASE}\n"
+    write(root / "personas" / "ahoy" / "evals.yaml", case)
+    compare_after_training(settings_for(root, data_dir=str(root / "data")), "ahoy", 1)
+    shown = capsys.readouterr().out
+    assert "switch: 1/1 cases with the adapter, 0/1 without" in shown, shown

@@ -45,6 +45,16 @@ async def compare_adapters(
     note: Echo,
 ) -> int:
     """Run the cases under each adapter in turn on one loaded model; 1 when any column failed."""
+    results, wall_ms = await adapter_runs(settings, adapters, persona_ids, note=note)
+    return report(
+        settings, results, wall_ms, as_json_output=as_json_output, echo=echo, compared="adapters"
+    )
+
+
+async def adapter_runs(
+    settings: Settings, adapters: Sequence[str], persona_ids: Sequence[str], *, note: Echo
+) -> tuple[list[ModelRun], float]:
+    """Each adapter's runs of the personas' cases (a column each), and the wall time in ms."""
     started = time.perf_counter()
     note("loading the model ...")
     app = Runtime.create(settings)
@@ -76,7 +86,18 @@ async def compare_adapters(
             results.append(ModelRun(choice, served, load_ms, tuple(runs), "; ".join(problems)))
     finally:
         await app.close()
-    wall_ms = (time.perf_counter() - started) * 1000
-    return report(
-        settings, results, wall_ms, as_json_output=as_json_output, echo=echo, compared="adapters"
+    return results, (time.perf_counter() - started) * 1000
+
+
+def verdict(base: ModelRun, tuned: ModelRun) -> str:
+    """Whether to switch the persona to the adapter, from its evals with and without it."""
+    if tuned.load_error:
+        return f"keep the base model: the adapter did not serve ({tuned.load_error})"
+    score = (
+        f"{tuned.passed}/{tuned.cases} cases with the adapter, {base.passed}/{base.cases} without"
     )
+    if tuned.passed > base.passed:
+        return f"switch: {score}"
+    if tuned.passed < base.passed:
+        return f"keep the base model: {score}"
+    return f"no difference the evals see ({score}): switch if its answers read better to you"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -11,6 +12,9 @@ import click
 
 from bots.cli_options import settings_of, settings_options
 from bots.engine.model_files import ModelNotFound, resolve_model_path
+from bots.evals.adapters import adapter_runs, verdict
+from bots.evals.compare import report
+from bots.evals.loader import load_evals
 from bots.finetune.dataset import DataError
 from bots.finetune.manifest import (
     ResumeRefused,
@@ -21,6 +25,7 @@ from bots.finetune.manifest import (
 from bots.finetune.recipe import Recipe
 from bots.finetune.run import TrainJob, TrainUnavailable, require_train_extra, run_training
 from bots.progress import Progress
+from bots.settings import Settings
 
 EXPORTS_FOLDER = "exports"  # where `bots export PERSONA` writes by default
 log = logging.getLogger(__name__)
@@ -59,6 +64,12 @@ log = logging.getLogger(__name__)
     help="CPU threads (0: one per core; 1 is faster on a busy machine)",
 )
 @click.option("--resume", is_flag=True, help="go on with the last run that did not finish")
+@click.option(
+    "--eval/--no-eval",
+    "evaluate",
+    default=True,
+    help="run the persona's evals without and with the new adapter at the end (default: on)",
+)
 @settings_options
 @click.pass_context
 def train(
@@ -72,6 +83,7 @@ def train(
     batch: int,
     threads: int,
     resume: bool,
+    evaluate: bool,
 ) -> None:
     """Train a LoRA adapter for PERSONA on the shared model (needs the train extra)."""
     settings = settings_of(ctx)
@@ -116,6 +128,28 @@ def train(
         f"  {job.version_dir}/adapter.gguf (llama.cpp), peft/ (vLLM), manifest.json\n"
         f"  to serve it: adapter: {persona}@{manifest['version']} in persona.md"
     )
+    if evaluate:
+        compare_after_training(settings, persona, int(manifest["version"]))
+
+
+def compare_after_training(settings: Settings, persona: str, version: int) -> None:
+    """The persona's evals without and with the new version, side by side, and the verdict."""
+    suite = load_evals(settings.personas_dir / persona)
+    if not suite.cases:
+        click.echo(
+            f"  no eval cases in {suite.path}: write some, then compare with "
+            f"`bots eval {persona} --adapter {version}`"
+        )
+        return
+    results, wall_ms = asyncio.run(
+        adapter_runs(settings, [str(version)], [persona], note=_to_stderr)
+    )
+    report(settings, results, wall_ms, as_json_output=False, echo=click.echo, compared="adapters")
+    click.echo(verdict(results[0], results[1]))
+
+
+def _to_stderr(line: str) -> None:
+    click.echo(line, err=True)
 
 
 class _LossBar:
