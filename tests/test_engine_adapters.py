@@ -20,6 +20,7 @@ from bots.engine.batched import BatchedEngine
 from bots.engine.batched.prefix_cache import Entry, SequenceTable
 from bots.engine.model_files import default_model_path
 from bots.engine.simple import SimpleEngine
+from tests.fakes.engines import collect
 from tests.fakes.lora import write_lora
 
 LIBRARIAN = (
@@ -51,15 +52,6 @@ def ask(
     return GenerationRequest(messages, max_tokens=max_tokens, temperature=0.0, adapter=adapter)
 
 
-async def reply(engine: BatchedEngine, request: GenerationRequest) -> tuple[str, Piece]:
-    text: list[str] = []
-    last = Piece("")
-    async for piece in engine.stream(request):
-        text.append(piece.text)
-        last = piece
-    return "".join(text), last
-
-
 def cached(piece: Piece) -> int:
     assert piece.usage is not None
     return piece.usage.cached_tokens
@@ -88,7 +80,7 @@ async def make_engine() -> AsyncIterator[MakeEngine]:
 
 async def alone(make_engine: MakeEngine, request: GenerationRequest) -> str:
     engine = await make_engine()
-    text, _ = await reply(engine, request)
+    text, _ = await collect(engine, request)
     await engine.close()
     return text
 
@@ -100,8 +92,8 @@ async def test_the_adapter_changes_the_reply_and_without_it_the_reply_is_the_old
     tuned = ask(LIBRARIAN, "Which book about the sea should I read?", lora)
     before = await alone(make_engine, base)
     engine = await make_engine()
-    with_adapter, _ = await reply(engine, tuned)
-    after, _ = await reply(engine, base)
+    with_adapter, _ = await collect(engine, tuned)
+    after, _ = await collect(engine, base)
     assert with_adapter != before, "the adapter must change the reply, or this proves nothing"
     assert after == before
 
@@ -121,16 +113,16 @@ async def test_personas_with_and_without_an_adapter_run_together_as_they_run_alo
     base = ask(GUIDE, "Is it safe to climb in the rain?", max_tokens=SHORT_REPLY_TOKENS)
     expected = [await alone(make_engine, tuned), await alone(make_engine, base)]
     engine = await make_engine()
-    together = await asyncio.gather(reply(engine, tuned), reply(engine, base))
+    together = await asyncio.gather(collect(engine, tuned), collect(engine, base))
     assert [text for text, _ in together] == expected
-    swapped = await asyncio.gather(reply(engine, base), reply(engine, tuned))
+    swapped = await asyncio.gather(collect(engine, base), collect(engine, tuned))
     assert [text for text, _ in reversed(swapped)] == expected
 
     # Interleaved: the base reply starts while the tuned one is streaming, and the other way.
     for first, second in ((tuned, base), (base, tuned)):
         streaming = engine.stream(first)
         head = await anext(streaming)
-        later = asyncio.ensure_future(reply(engine, second))
+        later = asyncio.ensure_future(collect(engine, second))
         rest = [piece.text async for piece in streaming]
         texts = {first: head.text + "".join(rest), second: (await later)[0]}
         assert [texts[tuned], texts[base]] == expected
@@ -143,13 +135,13 @@ async def test_a_cached_prefix_is_reused_only_under_the_adapter_it_was_computed_
     question = "Where is the history shelf?"
     fresh_tuned = await alone(make_engine, ask(LIBRARIAN, question, lora))
     engine = await make_engine()
-    await reply(engine, ask(LIBRARIAN, "Good morning!"))
-    tuned, last = await reply(engine, ask(LIBRARIAN, question, lora))
+    await collect(engine, ask(LIBRARIAN, "Good morning!"))
+    tuned, last = await collect(engine, ask(LIBRARIAN, question, lora))
     assert cached(last) == 0
     assert tuned == fresh_tuned
-    _, base_again = await reply(engine, ask(LIBRARIAN, question))
+    _, base_again = await collect(engine, ask(LIBRARIAN, question))
     assert cached(base_again) > engine.count_tokens(LIBRARIAN)
-    _, tuned_again = await reply(engine, ask(LIBRARIAN, "Good evening!", lora))
+    _, tuned_again = await collect(engine, ask(LIBRARIAN, "Good evening!", lora))
     assert cached(tuned_again) > engine.count_tokens(LIBRARIAN)
 
 
@@ -159,8 +151,8 @@ async def test_an_adapter_llama_cpp_refuses_fails_that_request_only(
     wrong = Adapter("other@1", str(write_lora(tmp_path / "wrong.gguf", wrong_base=True)))
     engine = await make_engine()
     with pytest.raises(EngineError, match=r"wrong\.gguf"):
-        await reply(engine, ask(GUIDE, "Hello?", wrong))
-    text, _ = await reply(engine, ask(GUIDE, "Hello?"))
+        await collect(engine, ask(GUIDE, "Hello?", wrong))
+    text, _ = await collect(engine, ask(GUIDE, "Hello?"))
     assert text.strip()
 
 
@@ -180,4 +172,4 @@ def test_the_prefix_table_matches_only_entries_of_the_same_adapter() -> None:
 async def test_the_simple_engine_refuses_an_adapter_by_name(lora: Adapter) -> None:
     engine = SimpleEngine(default_model_path())
     with pytest.raises(EngineError, match=r"librarian@1.*model\.engine = batched"):
-        await reply(engine, ask(GUIDE, "Hello?", lora))  # type: ignore[arg-type]
+        await collect(engine, ask(GUIDE, "Hello?", lora))  # type: ignore[arg-type]

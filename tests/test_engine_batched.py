@@ -31,8 +31,6 @@ from bots.engine.base import (
     EngineError,
     EngineTimeout,
     GenerationRequest,
-    Piece,
-    Usage,
 )
 from bots.engine.batched import BatchedEngine, kv
 from bots.engine.batched.kv import KVCache
@@ -50,6 +48,7 @@ from bots.engine.llama_native import Batch, NativeContext, NativeModel, gpu_offl
 from bots.engine.model_files import default_model_path
 from bots.engine.quantize import is_q8_0, prepared_model_path
 from bots.settings import SettingsError, load_settings
+from tests.fakes.engines import collect, usage
 
 PIRATE = (
     "You are Pip, the pirate captain of the good ship Marmalade. You always talk like a pirate, "
@@ -89,20 +88,6 @@ def request(messages: tuple[ChatMessage, ...], **kw: object) -> GenerationReques
     kw.setdefault("max_tokens", REPLY_TOKENS)
     kw.setdefault("temperature", 0.0)
     return GenerationRequest(messages=messages, **kw)  # type: ignore[arg-type]
-
-
-async def collect(engine: BatchedEngine, req: GenerationRequest) -> tuple[str, Piece]:
-    text: list[str] = []
-    last = Piece("")
-    async for piece in engine.stream(req):
-        text.append(piece.text)
-        last = piece
-    return "".join(text), last
-
-
-def usage(piece: Piece) -> Usage:
-    assert piece.usage is not None
-    return piece.usage
 
 
 @pytest.fixture

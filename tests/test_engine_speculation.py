@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from bots.engine.base import ChatMessage, EngineTimeout, GenerationRequest, Piece, Usage
+from bots.engine.base import ChatMessage, EngineTimeout, GenerationRequest, Piece
 from bots.engine.batched import BatchedEngine, Speculation, kv
 from bots.engine.batched.scheduler import Scheduler
 from bots.engine.batched.speculation import DRAFT_MIN, MAX_BACKOFF, NGRAM, Drafter
 from bots.engine.model_files import default_model_path
 from bots.settings import SettingsError, load_settings
+from tests.fakes.engines import collect, usage
 
 HANDBOOK = (
     "You are the Acme handbook assistant. Answer from the handbook text below.\n\nHandbook:\n"
@@ -50,20 +51,6 @@ def request(system: str, question: str, **kw: object) -> GenerationRequest:
     kw.setdefault("temperature", 0.0)
     kw.setdefault("repeat_penalty", 1.0)
     return GenerationRequest(messages=chat(system, question), **kw)  # type: ignore[arg-type]
-
-
-async def collect(engine: BatchedEngine, req: GenerationRequest) -> tuple[str, Piece]:
-    text: list[str] = []
-    last = Piece("")
-    async for piece in engine.stream(req):
-        text.append(piece.text)
-        last = piece
-    return "".join(text), last
-
-
-def usage(piece: Piece) -> Usage:
-    assert piece.usage is not None
-    return piece.usage
 
 
 def scheduler(engine: BatchedEngine) -> Scheduler:

@@ -6,9 +6,7 @@ the real model with a real LoRA file the two columns answer differently."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from bots.engine.model_files import default_model_path
 from bots.persona.adapter import PersonaAdapter
 from bots.persona.model import Persona
 from tests.cli_runner import run_cli
+from tests.fakes.by_model import answering_by_model
 from tests.fakes.lora import write_version
 from tests.fakes.projects import persona_md, write
 
@@ -33,35 +32,10 @@ EVALS = """\
 """
 
 
-class _Completions(BaseHTTPRequestHandler):
-    """A vLLM-like server: no /lora-adapters, the answer chosen by the request's model."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = ANSWERS.get(body.get("model", ""), "which model?")
-        events = [{"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]}]
-        data = ("".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
 def endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Completions)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering_by_model(ANSWERS) as url:
+        yield url
 
 
 @pytest.fixture

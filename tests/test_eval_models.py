@@ -5,9 +5,7 @@ case passes on one of them only; and two local GGUF files run in turn."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from bots.engine.model_files import default_model_path
 from bots.engine.quantize import prepared_model_path
 from tests.cli_runner import run_cli
 from tests.conftest import MODEL_CACHE_DIR
+from tests.fakes.by_model import answering_by_model
 from tests.fakes.projects import persona_md, write
 
 ANSWERS = {"big-model": "You get 25 vacation days a year.", "small-model": "Vacation is nice."}
@@ -30,38 +29,10 @@ EVALS = """\
 """
 
 
-class _Completions(BaseHTTPRequestHandler):
-    """POST /v1/chat/completions, streamed as server-sent events, the answer by model name."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = ANSWERS.get(body.get("model", ""), "which model?")
-        events = [{"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}
-                  for w in text.split(" ")]  # fmt: skip
-        events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-        data = payload.replace('"content": "', '"content": " ', len(events) - 2).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
 def endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Completions)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering_by_model(ANSWERS) as url:
+        yield url
 
 
 @pytest.fixture

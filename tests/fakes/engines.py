@@ -154,3 +154,19 @@ class TimedEngine:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+async def collect(engine: Engine, request: GenerationRequest) -> tuple[str, Piece]:
+    """A whole reply of `engine`: its text and its last piece (finish reason, usage)."""
+    text: list[str] = []
+    last = Piece("")
+    async for piece in engine.stream(request):
+        text.append(piece.text)
+        last = piece
+    return "".join(text), last
+
+
+def usage(piece: Piece) -> Usage:
+    """The usage a reply's last piece carries."""
+    assert piece.usage is not None
+    return piece.usage
