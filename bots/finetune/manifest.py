@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bots.engine.adapter_files import ADAPTERS_DIR
 from bots.finetune.recipe import Recipe
 
-ADAPTERS_FOLDER = "adapters"
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -60,7 +60,7 @@ class Provenance:
 
 def persona_adapters(data_dir: Path, persona: str) -> Path:
     """The folder of PERSONA's adapter versions."""
-    return data_dir / ADAPTERS_FOLDER / persona
+    return data_dir / ADAPTERS_DIR / persona
 
 
 def versions(folder: Path) -> list[int]:

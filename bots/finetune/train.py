@@ -26,6 +26,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from bots.engine.adapter_files import file_sha256
 from bots.finetune.dataset import Split
 from bots.finetune.gguf_lora import Heads, write_gguf_adapter
 from bots.finetune.manifest import CHECKPOINT_FILE, Outcome, ResumeRefused
@@ -66,15 +67,6 @@ def load_base(path: Path, device: str) -> Base:
 def device_available(device: str) -> bool:
     """Whether torch can train on `device` ("cpu" always; "cuda" with a GPU and a CUDA torch)."""
     return device == "cpu" or (device == "cuda" and torch.cuda.is_available())
-
-
-def file_sha256(path: Path) -> str:
-    """The hex SHA-256 of a file (the base model's identity in a manifest)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def train_adapter(
