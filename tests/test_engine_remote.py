@@ -18,11 +18,11 @@ from bots.engine.base import (
     EngineError,
     EngineTimeout,
     GenerationRequest,
-    Piece,
 )
 from bots.engine.batched import BatchedEngine
 from bots.engine.model_files import default_model_path
 from bots.engine.remote import RemoteEngine, chat_completions_url
+from tests.fakes.engines import collect
 
 SYSTEM = (
     "You are Rosa, a gardener who loves tomatoes and talks about compost whenever she can. You "
@@ -37,17 +37,6 @@ def request(**kw: object) -> GenerationRequest:
     kw.setdefault("max_tokens", 16)
     kw.setdefault("temperature", 0.0)
     return GenerationRequest(messages=MESSAGES, **kw)  # type: ignore[arg-type]
-
-
-async def collect(
-    engine: RemoteEngine | BatchedEngine, req: GenerationRequest
-) -> tuple[str, Piece]:
-    text: list[str] = []
-    last = Piece("")
-    async for piece in engine.stream(req):
-        text.append(piece.text)
-        last = piece
-    return "".join(text), last
 
 
 def openai_app(engine: BatchedEngine) -> web.Application:
