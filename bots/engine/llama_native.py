@@ -222,16 +222,10 @@ class Batch:
 
     def add(self, tokens: TokenArray, start_pos: int, seq_id: int, *, logits_last: bool) -> int:
         """Append `tokens` at positions start_pos.. of `seq_id`; return the last token's index."""
-        k = len(tokens)
-        lo, hi = self.n, self.n + k
-        self.tokens[lo:hi] = tokens
-        self.pos[lo:hi] = np.arange(start_pos, start_pos + k, dtype=np.int32)
-        self.seq[lo:hi] = seq_id
-        self.logits[lo:hi] = 0
+        self._put(tokens, start_pos, seq_id, logits=0)
         if logits_last:
-            self.logits[hi - 1] = 1
-        self.n = hi
-        return hi - 1
+            self.logits[self.n - 1] = 1
+        return self.n - 1
 
     def add_token(self, token: int, pos: int, seq_id: int) -> int:
         """Append one token that needs logits (a streaming sequence's next step)."""
@@ -246,12 +240,16 @@ class Batch:
     def add_verified(self, tokens: list[int], start_pos: int, seq_id: int) -> int:
         """Append a streaming sequence's next token and its draft, all with logits (each
         position's logits check the next draft token); return the first token's index."""
+        return self._put(tokens, start_pos, seq_id, logits=1)
+
+    def _put(self, tokens: TokenArray | list[int], start_pos: int, seq_id: int, logits: int) -> int:
+        """Append `tokens` at start_pos.. of `seq_id`, each with `logits`; the first's index."""
         k = len(tokens)
         lo, hi = self.n, self.n + k
         self.tokens[lo:hi] = tokens
         self.pos[lo:hi] = np.arange(start_pos, start_pos + k, dtype=np.int32)
         self.seq[lo:hi] = seq_id
-        self.logits[lo:hi] = 1
+        self.logits[lo:hi] = logits
         self.n = hi
         return lo
 
