@@ -1,7 +1,7 @@
-"""The `bots` command: chat, ask, new, check, serve, status, eval, feedback; `bench`, from
-`bots.bench.commands`; `model`, from `bots.modelhub.commands`; `db`, from
-`bots.store.commands`; `export`, from `bots.finetune.commands`; and `train`, from
-`bots.finetune.train_commands`."""
+"""The `bots` command: chat, ask, new, check, serve, status, feedback; `bench`, from
+`bots.bench.commands`; `eval`, from `bots.evals.commands`; `model`, from
+`bots.modelhub.commands`; `db`, from `bots.store.commands`; `export`, from
+`bots.finetune.commands`; and `train`, from `bots.finetune.train_commands`."""
 
 from __future__ import annotations
 
@@ -17,9 +17,17 @@ from bots.cli_options import (
     flags_of,
     settings_of,
     settings_options,
-    settings_options_but_model,
     settings_reader,
 )
+from bots.evals.commands import (
+    CommandError,
+    describe_append,
+    eval_cases,
+    feedback_to_evals,
+    list_feedback,
+    print_feedback,
+)
+from bots.evals.feedback import AppendRefused
 from bots.finetune.commands import export
 from bots.finetune.train_commands import train
 from bots.logs import setup_logging
@@ -39,6 +47,7 @@ def main() -> None:
 
 
 main.add_command(bench)
+main.add_command(eval_cases)
 main.add_command(model)
 main.add_command(db)
 main.add_command(export)
@@ -304,120 +313,6 @@ def _ago(timestamp: float) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
-@main.command("eval")
-@click.argument("personas", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-@click.option("--retrieval-only", is_flag=True, help="judge `cites`/`declines` without generating")
-@click.option("--watch", is_flag=True, help="re-run one persona's cases on every save")
-@click.option(
-    "--model",
-    "models",
-    multiple=True,
-    help="a model to run the cases on (GGUF path, catalogue name, or the endpoint's model); "
-    "give it twice or more to compare them side by side",
-)
-@click.option(
-    "--adapter",
-    "adapters",
-    multiple=True,
-    help="run the cases with this adapter (a version of the persona's, NAME@VERSION, a .gguf "
-    "file, or none) next to without it; give it twice or more to compare exactly those",
-)
-@settings_options_but_model
-@click.pass_context
-def eval_cases(
-    ctx: click.Context,
-    personas: tuple[str, ...],
-    as_json: bool,
-    retrieval_only: bool,
-    watch: bool,
-    models: tuple[str, ...],
-    adapters: tuple[str, ...],
-) -> None:
-    """Run the personas' evals.yaml cases (temperature 0, fixed seed); exit 1 on any failure."""
-    from bots.evals.commands import CommandError, run_evals, watch_evals
-
-    settings = settings_of(ctx)
-    if adapters and (len(models) > 1 or watch or retrieval_only):
-        raise click.UsageError("--adapter runs on one model, without --watch or --retrieval-only")
-    if adapters:
-        from bots.evals.adapters import compare_adapters
-
-        settings = _with_model(settings, models[0]) if models else settings
-        compare = compare_adapters(
-            settings, adapters, personas, as_json_output=as_json, echo=click.echo, note=_note
-        )
-        sys.exit(asyncio.run(compare))
-    if len(models) > 1:
-        if watch or retrieval_only:
-            raise click.UsageError("--watch and --retrieval-only run one model, not several")
-        sys.exit(_compare(settings, models, personas, as_json))
-    if models:
-        settings = _with_model(settings, models[0])
-    if watch:
-        if len(personas) != 1:
-            raise click.UsageError("--watch takes exactly one PERSONA")
-        try:
-            asyncio.run(
-                watch_evals(settings, personas[0], retrieval_only=retrieval_only, echo=click.echo)
-            )
-        except CommandError as exc:
-            raise click.ClickException(str(exc)) from exc
-        return
-    status = asyncio.run(
-        run_evals(
-            settings,
-            personas,
-            retrieval_only=retrieval_only,
-            as_json_output=as_json,
-            echo=click.echo,
-            note=_note,
-        )
-    )
-    sys.exit(status)
-
-
-def _note(line: str) -> None:
-    click.echo(line, err=True)
-
-
-def _with_model(settings: Settings, name: str) -> Settings:
-    import dataclasses
-
-    from bots.modelhub.choose import ChooseError, model_keys, with_model_keys
-    from bots.modelhub.commands import hub_access
-
-    try:
-        keys = model_keys(name, settings.model, hub_access(settings))
-    except ChooseError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return dataclasses.replace(settings, model=with_model_keys(settings.model, keys))
-
-
-def _compare(
-    settings: Settings, models: tuple[str, ...], personas: tuple[str, ...], as_json: bool
-) -> int:
-    from bots.evals.compare import compare_models
-    from bots.modelhub.choose import ChooseError, model_keys
-    from bots.modelhub.commands import hub_access
-
-    access = hub_access(settings)
-    try:
-        chosen = [(name, model_keys(name, settings.model, access)) for name in models]
-    except ChooseError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return asyncio.run(
-        compare_models(
-            settings,
-            chosen,
-            personas,
-            as_json_output=as_json,
-            echo=click.echo,
-            note=_note,
-        )
-    )
-
-
 @main.command()
 @click.argument("persona", required=False)
 @click.option("--json", "as_json", is_flag=True, help="print the reactions as JSON")
@@ -428,15 +323,6 @@ def _compare(
 @click.pass_context
 def feedback(ctx: click.Context, persona: str | None, as_json: bool, to_evals: bool) -> None:
     """List thumbs-up/down reactions from chat, newest first (of PERSONA, or of all)."""
-    from bots.evals.commands import (
-        CommandError,
-        describe_append,
-        feedback_to_evals,
-        list_feedback,
-        print_feedback,
-    )
-    from bots.evals.feedback import AppendRefused
-
     settings = settings_of(ctx)
     if to_evals:
         if not persona:

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bots.persona.loader import LEASES, load_persona
+from bots.persona.file_read import LEASES
+from bots.persona.loader import load_persona
 from bots.persona.model import PersonaInvalid
 from bots.persona.registry import PersonaRegistry
 from bots.persona.scaffold import ScaffoldError, new_persona

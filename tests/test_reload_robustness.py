@@ -13,7 +13,7 @@ import pytest
 
 from bots.chat.model import Incoming
 from bots.persona import watcher
-from bots.persona.loader import LEASES
+from bots.persona.file_read import LEASES
 from bots.persona.registry import ReloadEvent
 from bots.runtime import Runtime
 from tests.fakes.projects import persona_md, write

@@ -24,11 +24,12 @@ import bots.chat.provenance as provenance
 import bots.chat.visibility as visibility
 from bots.chat import notices
 from bots.chat.facts import HISTORY_LIMIT, ConversationFacts
+from bots.chat.generation import generation_request, primed
 from bots.chat.model import Admission, ChatRefused, Incoming
 from bots.chat.policy import Policy
-from bots.chat.prompt import build_prompt, engine_adapter
+from bots.chat.prompt import build_prompt
 from bots.chat.reply import Reply, ReplyRecord, ReplyStatus, source_dict
-from bots.engine.base import ChatMessage, Engine, EngineBusy, GenerationRequest, Piece, Usage
+from bots.engine.base import ChatMessage, Engine, EngineBusy, Piece, Usage
 from bots.knowledge.audience import EVERYONE, Access, Reader
 from bots.knowledge.library import UnknownPersona
 from bots.knowledge.model import Hit, Retriever
@@ -244,34 +245,13 @@ class ChatService(ConversationFacts):
         sources = prompt.sources if prompt else ()
         pieces: AsyncIterator[Piece] | None = None
         if prompt is not None:
-            temperature = incoming.temperature
-            if temperature is None:
-                temperature = persona.sampling.temperature
-            request = GenerationRequest(
-                messages=prompt.messages,
-                max_tokens=max_tokens,
-                temperature=model.temperature if temperature is None else temperature,
-                top_p=persona.sampling.top_p or model.top_p,
-                repeat_penalty=persona.sampling.repeat_penalty or model.repeat_penalty,
-                seed=incoming.seed,
-                timeout_s=model.timeout_s,
-                reuse_cache=not incoming.fresh,
-                adapter=engine_adapter(persona),
-            )
+            request = generation_request(incoming, persona, prompt, model, max_tokens)
             stream = self.engine.stream(request)
             # Prime the generator so a full queue raises EngineBusy here, before any turn is
             # stored; a caller that gives up while waiting (message deleted) frees the engine.
             try:
-                first = await stream.__anext__()
-                while first.ahead is not None:
-                    if on_wait is not None:
-                        on_wait(first.ahead)
-                    first = await stream.__anext__()
-            except BaseException as exc:
-                await stream.aclose()  # type: ignore[attr-defined]
-                if not isinstance(exc, EngineBusy):
-                    self._observe(persona.id, incoming.platform, "error", None, started)
-                    raise
+                pieces = await primed(stream, on_wait)
+            except EngineBusy as exc:
                 self._observe(persona.id, incoming.platform, "busy", None, started)
                 raise ChatRefused(
                     notices.busy(exc.retry_after_s),
@@ -279,7 +259,9 @@ class ChatService(ConversationFacts):
                     status=503,
                     retry_after_s=exc.retry_after_s,
                 ) from exc
-            pieces = _prepend(first, stream)
+            except BaseException:
+                self._observe(persona.id, incoming.platform, "error", None, started)
+                raise
         turn_id = None
         if conversation_id is not None:
             try:
@@ -403,13 +385,3 @@ class ChatService(ConversationFacts):
                 listener(record)
             except Exception:  # metrics must never break a reply
                 log.exception("reply listener failed")
-
-
-async def _prepend(first: Piece, rest: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
-    try:
-        yield first
-        if first.finish_reason is None:
-            async for piece in rest:
-                yield piece
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]

@@ -1,14 +1,20 @@
-"""What `bots eval` and `bots feedback` do; `bots.cli` parses the flags and calls these."""
+"""`bots eval`, and what `bots eval` and `bots feedback` do; `bots.cli` registers the command
+and parses `bots feedback`'s flags, then calls these."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 
+import click
+
 from bots.chat.model import Feedback
+from bots.cli_options import settings_of, settings_options_but_model
 from bots.evals.feedback import AppendResult, append_feedback_cases, feedback_rows
 from bots.evals.model import PersonaRun
 from bots.evals.report import as_json, flip_lines, header, persona_summary, rows, total
@@ -160,4 +166,114 @@ def describe_append(result: AppendResult) -> str:
     return (
         f"appended {len(result.added)} case(s) to {result.path}: replace each `todo:` with "
         "checks, then run `bots eval`"
+    )
+
+
+@click.command("eval")
+@click.argument("personas", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+@click.option("--retrieval-only", is_flag=True, help="judge `cites`/`declines` without generating")
+@click.option("--watch", is_flag=True, help="re-run one persona's cases on every save")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="a model to run the cases on (GGUF path, catalogue name, or the endpoint's model); "
+    "give it twice or more to compare them side by side",
+)
+@click.option(
+    "--adapter",
+    "adapters",
+    multiple=True,
+    help="run the cases with this adapter (a version of the persona's, NAME@VERSION, a .gguf "
+    "file, or none) next to without it; give it twice or more to compare exactly those",
+)
+@settings_options_but_model
+@click.pass_context
+def eval_cases(
+    ctx: click.Context,
+    personas: tuple[str, ...],
+    as_json: bool,
+    retrieval_only: bool,
+    watch: bool,
+    models: tuple[str, ...],
+    adapters: tuple[str, ...],
+) -> None:
+    """Run the personas' evals.yaml cases (temperature 0, fixed seed); exit 1 on any failure."""
+    settings = settings_of(ctx)
+    if adapters and (len(models) > 1 or watch or retrieval_only):
+        raise click.UsageError("--adapter runs on one model, without --watch or --retrieval-only")
+    if adapters:
+        from bots.evals.adapters import compare_adapters
+
+        settings = _with_model(settings, models[0]) if models else settings
+        compare = compare_adapters(
+            settings, adapters, personas, as_json_output=as_json, echo=click.echo, note=_note
+        )
+        sys.exit(asyncio.run(compare))
+    if len(models) > 1:
+        if watch or retrieval_only:
+            raise click.UsageError("--watch and --retrieval-only run one model, not several")
+        sys.exit(_compare(settings, models, personas, as_json))
+    if models:
+        settings = _with_model(settings, models[0])
+    if watch:
+        if len(personas) != 1:
+            raise click.UsageError("--watch takes exactly one PERSONA")
+        try:
+            asyncio.run(
+                watch_evals(settings, personas[0], retrieval_only=retrieval_only, echo=click.echo)
+            )
+        except CommandError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
+    status = asyncio.run(
+        run_evals(
+            settings,
+            personas,
+            retrieval_only=retrieval_only,
+            as_json_output=as_json,
+            echo=click.echo,
+            note=_note,
+        )
+    )
+    sys.exit(status)
+
+
+def _note(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _with_model(settings: Settings, name: str) -> Settings:
+    from bots.modelhub.choose import ChooseError, model_keys, with_model_keys
+    from bots.modelhub.commands import hub_access
+
+    try:
+        keys = model_keys(name, settings.model, hub_access(settings))
+    except ChooseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return dataclasses.replace(settings, model=with_model_keys(settings.model, keys))
+
+
+def _compare(
+    settings: Settings, models: tuple[str, ...], personas: tuple[str, ...], as_json: bool
+) -> int:
+    from bots.evals.compare import compare_models
+    from bots.modelhub.choose import ChooseError, model_keys
+    from bots.modelhub.commands import hub_access
+
+    access = hub_access(settings)
+    try:
+        chosen = [(name, model_keys(name, settings.model, access)) for name in models]
+    except ChooseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return asyncio.run(
+        compare_models(
+            settings,
+            chosen,
+            personas,
+            as_json_output=as_json,
+            echo=click.echo,
+            note=_note,
+        )
     )

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
-import os
 import re
-import signal
-import sys
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -18,6 +13,7 @@ from typing import Any
 import yaml
 
 from bots.persona.adapter import AdapterCheck, AdapterProblem, PersonaAdapter, parse_adapter
+from bots.persona.file_read import decode_persona_file, read_persona_file
 from bots.persona.model import (
     PERSONA_FILE,
     Access,
@@ -30,9 +26,6 @@ from bots.persona.model import (
     Sampling,
 )
 
-MAX_PERSONA_BYTES = 256 * 1024
-# Linux tells whether anyone holds a file open for writing: a read lease is refused then.
-LEASES = sys.platform.startswith("linux")
 FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?\n?", re.DOTALL | re.MULTILINE)
 PERSONA_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -102,8 +95,8 @@ def load_persona(
     without it only their names are checked. An `adapter:` is checked with `adapters`.
     """
     path = folder / PERSONA_FILE
-    raw = _read(path, root)
-    text = _decode(path, raw)
+    raw = read_persona_file(path, root)
+    text = decode_persona_file(path, raw)
     match = FRONT_MATTER.match(text)
     header, body, offset = (
         ("", text, 0) if match is None else (match.group(1), text[match.end() :], 1)
@@ -135,69 +128,6 @@ def load_persona(
 def content_hash(raw: bytes) -> str:
     """Short content hash shown in /status and used to skip no-op saves."""
     return hashlib.sha256(raw).hexdigest()[:16]
-
-
-class PersonaChanging(Exception):
-    """The file changed while it was read: a writer is at work; its close event reloads it."""
-
-
-def _read(path: Path, root: Path | None) -> bytes:
-    """The file's bytes, read through its resolved path, inside `root`, not changed meanwhile."""
-    try:
-        real = path.resolve(strict=True)
-        if root is not None and not real.is_relative_to(root.resolve()):
-            raise PersonaInvalid(
-                [PersonaError(path, 0, "", "refused: it leads outside the personas folder")]
-            )
-        # O_NOFOLLOW: a symlink swapped in after the check above cannot redirect the read.
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as handle:
-            _shut_out_writers(fd, path)
-            before = os.fstat(fd)
-            if before.st_size > MAX_PERSONA_BYTES:
-                message = f"file is {before.st_size} bytes; the limit is {MAX_PERSONA_BYTES}"
-                raise PersonaInvalid([PersonaError(path, 0, "", message)])
-            raw = handle.read(MAX_PERSONA_BYTES + 1)
-            after = os.fstat(fd)
-    except OSError as exc:
-        raise PersonaInvalid([PersonaError(path, 0, "", f"cannot read: {exc.strerror}")]) from exc
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(
-        raw
-    ) != after.st_size:
-        raise PersonaChanging(str(path))
-    return raw
-
-
-def _shut_out_writers(fd: int, path: Path) -> None:
-    """Hold a read lease on `fd` until it is closed, or raise PersonaChanging if a writer has the
-    file open. The kernel grants the lease only while nobody has the file open for writing, and
-    makes a writer's open wait until the lease is gone, so the bytes read next are a whole save
-    (the size and mtime check alone passes a writer that stalls inside its write).
-    """
-    if not LEASES:
-        return
-    try:
-        # A writer's open breaks the lease by signalling its holder: SIGURG, ignored unless
-        # handled, instead of the default SIGIO, which would end the process.
-        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as exc:
-        if exc.errno == errno.EAGAIN:
-            raise PersonaChanging(str(path)) from exc
-        # No leases on this file (its filesystem, another owner, leases off): the size and
-        # mtime check after the read is all there is.
-
-
-def _decode(path: Path, raw: bytes) -> str:
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise PersonaInvalid([PersonaError(path, line, "", "not UTF-8 text")]) from exc
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise PersonaInvalid([PersonaError(path, line, "", "binary content (NUL byte)")])
-    return text
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Literal
 
 from bots.persona.adapter import AdapterCheck
-from bots.persona.loader import PersonaChanging, content_hash, load_persona, valid_persona_id
+from bots.persona.file_read import PersonaChanging
+from bots.persona.loader import content_hash, load_persona, valid_persona_id
 from bots.persona.model import (
     PERSONA_FILE,
     Persona,

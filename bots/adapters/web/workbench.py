@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+import bots.adapters.web.evals_view as evals_view
 import bots.adapters.web.views as views
 from bots.adapters.web.comparison_view import adapter, comparison
 from bots.adapters.web.events import EventHub, ServerEvent, json_event
@@ -71,14 +72,14 @@ class Workbench:
         return ServerEvent("personas", self.personas_html())
 
     def evals_event(self, persona_id: str) -> ServerEvent:
-        html = views.evals(self.eval_view(persona_id), self.root) + self._compared(persona_id)
+        html = evals_view.evals(self.eval_view(persona_id), self.root) + self._compared(persona_id)
         return json_event("evals", persona=persona_id, html=html)
 
     def evals_html(self, persona_id: str) -> str:
         """The evals fragment; the first time a persona is looked at, its evals start running."""
         if self.monitor.last(persona_id) is None and not self.monitor.running(persona_id):
             self.monitor.request(persona_id)
-        return views.evals(self.eval_view(persona_id), self.root) + self._compared(persona_id)
+        return evals_view.evals(self.eval_view(persona_id), self.root) + self._compared(persona_id)
 
     def _compared(self, persona_id: str) -> str:
         """The persona's adapter and the last comparison (of models or adapters) it was in."""
