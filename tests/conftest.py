@@ -1,5 +1,6 @@
 """Shared fixtures: real persona folders in tmp_path, the real embedded model, a running app,
-Discord worlds, the Slack module app and its fakes (the kit itself is in tests/fakes/)."""
+batched engines, Discord worlds, the Slack module app and its fakes (the kit itself is in
+tests/fakes/)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 import pytest_asyncio
@@ -16,6 +17,7 @@ from bots.settings import Settings, load_settings
 from tests.fakes.projects import write_project
 
 if TYPE_CHECKING:
+    from bots.engine.batched import BatchedEngine
     from bots.runtime import Runtime
     from tests.fakes.discord_env import StartDiscord
     from tests.fakes.slack import FakeSlack
@@ -28,6 +30,13 @@ pytest_plugins = ["tests.secret_scan"]
 # kept between runs) instead of once per test project; `bots serve` subprocesses inherit it.
 MODEL_CACHE_DIR = str(Path(tempfile.gettempdir()) / "bots-test-model-cache")
 os.environ["BOTS_MODEL_CACHE_DIR"] = MODEL_CACHE_DIR
+
+# The engine tests' batched engines: a small window and cache. On a machine with a GPU build of
+# llama-cpp-python, BOTS_TEST_N_GPU_LAYERS=-1 runs them with the model offloaded (the README's
+# "GPU" section).
+ENGINE_N_CTX = 2048
+ENGINE_KV_CELLS = 4096
+GPU_LAYERS = int(os.environ.get("BOTS_TEST_N_GPU_LAYERS", "0"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -67,6 +76,36 @@ async def app(project: Path, settings_for: Callable[..., Settings]) -> AsyncIter
         yield application
     finally:
         await application.close()
+
+
+class MakeEngine(Protocol):
+    """`await make_engine(**options)`: a started BatchedEngine (`model_path` and the engine's own
+    keyword arguments, over the defaults above)."""
+
+    async def __call__(self, **options: Any) -> BatchedEngine: ...
+
+
+@pytest.fixture
+async def make_engine() -> AsyncIterator[MakeEngine]:
+    """Batched engines on the embedded model, started by the test; all closed after it."""
+    from bots.engine.batched import BatchedEngine
+    from bots.engine.model_files import default_model_path
+
+    engines: list[BatchedEngine] = []
+
+    async def make(**options: Any) -> BatchedEngine:
+        options.setdefault("n_ctx", ENGINE_N_CTX)
+        options.setdefault("kv_cells", ENGINE_KV_CELLS)
+        options.setdefault("n_gpu_layers", GPU_LAYERS)
+        path = options.pop("model_path", default_model_path())
+        engine = BatchedEngine(path, **options)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        await engine.close()
 
 
 @pytest.fixture

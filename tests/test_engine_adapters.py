@@ -9,17 +9,16 @@ reply in a mixed, concurrent workload must equal the same request run alone on a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bots.engine.base import Adapter, ChatMessage, EngineError, GenerationRequest, Piece
-from bots.engine.batched import BatchedEngine
 from bots.engine.batched.prefix_cache import Entry, SequenceTable
 from bots.engine.model_files import default_model_path
 from bots.engine.simple import SimpleEngine
+from tests.conftest import MakeEngine
 from tests.fakes.engines import collect
 from tests.fakes.lora import write_lora
 
@@ -39,10 +38,6 @@ GUIDE = (
 )
 REPLY_TOKENS = 20
 SHORT_REPLY_TOKENS = 8
-N_CTX = 2048
-KV_CELLS = 4096
-
-MakeEngine = Callable[[], Awaitable[BatchedEngine]]
 
 
 def ask(
@@ -61,21 +56,6 @@ def cached(piece: Piece) -> int:
 def lora(tmp_path_factory: pytest.TempPathFactory) -> Adapter:
     path = write_lora(tmp_path_factory.mktemp("lora") / "librarian.gguf")
     return Adapter("librarian@1", str(path))
-
-
-@pytest.fixture
-async def make_engine() -> AsyncIterator[MakeEngine]:
-    engines: list[BatchedEngine] = []
-
-    async def make() -> BatchedEngine:
-        engine = BatchedEngine(default_model_path(), n_ctx=N_CTX, kv_cells=KV_CELLS)
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        await engine.close()
 
 
 async def alone(make_engine: MakeEngine, request: GenerationRequest) -> str:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,7 @@ from bots.engine.llama_native import Batch, NativeContext, NativeModel, gpu_offl
 from bots.engine.model_files import default_model_path
 from bots.engine.quantize import is_q8_0, prepared_model_path
 from bots.settings import SettingsError, load_settings
+from tests.conftest import ENGINE_N_CTX, GPU_LAYERS
 from tests.fakes.engines import collect, usage
 
 PIRATE = (
@@ -67,12 +67,7 @@ GARDENER = (
     "grow vegetables on a small city balcony, you answer with practical steps, and you always "
     "mention what season is best for the task at hand."
 )
-KV_CELLS = 4096
-N_CTX = 2048
 REPLY_TOKENS = 16
-# On a machine with a GPU build of llama-cpp-python, BOTS_TEST_N_GPU_LAYERS=-1 runs every engine
-# test below with the model offloaded (the README's "GPU" section).
-GPU_LAYERS = int(os.environ.get("BOTS_TEST_N_GPU_LAYERS", "0"))
 
 
 def chat(system: str, *turns: str) -> tuple[ChatMessage, ...]:
@@ -90,25 +85,6 @@ def request(messages: tuple[ChatMessage, ...], **kw: object) -> GenerationReques
     return GenerationRequest(messages=messages, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def make_engine() -> AsyncIterator[object]:
-    engines: list[BatchedEngine] = []
-
-    async def make(**kw: object) -> BatchedEngine:
-        kw.setdefault("n_ctx", N_CTX)
-        kw.setdefault("kv_cells", KV_CELLS)
-        kw.setdefault("n_gpu_layers", GPU_LAYERS)
-        path = kw.pop("model_path", default_model_path())
-        engine = BatchedEngine(path, **kw)  # type: ignore[arg-type]
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        await engine.close()
-
-
 async def test_stream_yields_text_then_a_final_piece_with_usage(make_engine) -> None:
     engine = await make_engine()
     text, last = await collect(engine, request(chat(PIRATE, "Who are you?")))
@@ -118,7 +94,7 @@ async def test_stream_yields_text_then_a_final_piece_with_usage(make_engine) -> 
     assert u.prompt_tokens > 40 and 0 < u.completion_tokens <= REPLY_TOKENS
     assert u.ttft_ms > 0 and u.total_ms >= u.ttft_ms
     assert engine.count_tokens("hello world") == 2
-    assert engine.context_size == N_CTX
+    assert engine.context_size == ENGINE_N_CTX
 
 
 @pytest.mark.xfail(

@@ -19,17 +19,9 @@ from bots.persona.model import Persona
 from tests.cli_runner import run_cli
 from tests.fakes.by_model import answering_by_model
 from tests.fakes.lora import write_version
-from tests.fakes.projects import persona_md, write
+from tests.fakes.projects import persona_md, write, write_hr
 
 ANSWERS = {"hr@3": "You get 25 vacation days a year.", "base": "Vacation is nice."}
-EVALS = """\
-- name: knows the number of days
-  ask: How many vacation days do I get?
-  contains: "25"
-- name: stays short
-  ask: How many vacation days do I get?
-  max_chars: 400
-"""
 
 
 @pytest.fixture
@@ -40,8 +32,7 @@ def endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    write(tmp_path / "personas" / "hr" / "persona.md", persona_md("You answer HR questions."))
-    write(tmp_path / "personas" / "hr" / "evals.yaml", EVALS)
+    write_hr(tmp_path)
     write_version(
         tmp_path / "data" / "adapters", "hr", 3, base_sha256=file_sha256(default_model_path())
     )

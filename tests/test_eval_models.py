@@ -16,17 +16,9 @@ from bots.engine.quantize import prepared_model_path
 from tests.cli_runner import run_cli
 from tests.conftest import MODEL_CACHE_DIR
 from tests.fakes.by_model import answering_by_model
-from tests.fakes.projects import persona_md, write
+from tests.fakes.projects import persona_md, write, write_hr
 
 ANSWERS = {"big-model": "You get 25 vacation days a year.", "small-model": "Vacation is nice."}
-EVALS = """\
-- name: knows the number of days
-  ask: How many vacation days do I get?
-  contains: "25"
-- name: stays short
-  ask: How many vacation days do I get?
-  max_chars: 400
-"""
 
 
 @pytest.fixture
@@ -37,8 +29,7 @@ def endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    write(tmp_path / "personas" / "hr" / "persona.md", persona_md("You answer HR questions."))
-    write(tmp_path / "personas" / "hr" / "evals.yaml", EVALS)
+    write_hr(tmp_path)
     # One short case for the local models, which really generate.
     brief = persona_md("You answer briefly.", model="{max_tokens: 8}")
     write(tmp_path / "personas" / "brief" / "persona.md", brief)

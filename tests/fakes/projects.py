@@ -23,6 +23,17 @@ HANDBOOK = {
         """,
 }
 
+# The cases the `bots eval` comparisons run (models, adapters): an answer that knows the number
+# of days passes both; one that does not fails the first.
+HR_EVALS = """\
+- name: knows the number of days
+  ask: How many vacation days do I get?
+  contains: "25"
+- name: stays short
+  ask: How many vacation days do I get?
+  max_chars: 400
+"""
+
 
 def write(path: Path, text: str) -> Path:
     """Write dedented text, creating folders."""
@@ -61,4 +72,11 @@ def write_project(root: Path) -> Path:
         root / "personas" / "pirate" / "persona.md",
         persona_md("You are a pirate. Always answer like a pirate.", name="Pete"),
     )
+    return root
+
+
+def write_hr(root: Path) -> Path:
+    """The `hr` persona with HR_EVALS, the cases the eval comparisons run."""
+    write(root / "personas" / "hr" / "persona.md", persona_md("You answer HR questions."))
+    write(root / "personas" / "hr" / "evals.yaml", HR_EVALS)
     return root
