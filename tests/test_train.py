@@ -146,24 +146,47 @@ def train_extra() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(train_extra: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`bots train ahoy` on the example dataset, a short run: 30 steps of 2 conversations."""
+def trained_run(train_extra: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """`bots train ahoy` on the example dataset, a short run: 30 steps of 2 conversations; its
+    version folder, and a copy of the base model as the run loaded it, before training."""
+    import bots.finetune.train as train
+
+    loaded: list[Any] = []
+
+    def load_base(path: Path, device: str) -> Any:
+        base = real_load_base(path, device)
+        loaded.append(base.copy())  # training changes `base.model`: keep it as loaded
+        return base
+
+    real_load_base = train.load_base
     root = tmp_path_factory.mktemp("train")
-    code, output = run_cli(
-        root, "train", "ahoy", "--data", str(EXAMPLE_DATA),
-        "--max-steps", "30", "--batch", "2", "--lr", "2e-3", "--threads", "1",
-    )  # fmt: skip
+    # The command runs in this process (click's runner), so its load can be watched here.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "load_base", load_base)
+        code, output = run_cli(
+            root, "train", "ahoy", "--data", str(EXAMPLE_DATA),
+            "--max-steps", "30", "--batch", "2", "--lr", "2e-3", "--threads", "1",
+        )  # fmt: skip
     assert code == 0, output
     assert "ahoy@1: held-out loss" in output
-    return root / "data" / "adapters" / "ahoy" / "1"
+    assert [(b.path, next(b.model.parameters()).device.type) for b in loaded] == [
+        (default_model_path(), "cpu")
+    ], "the run loads the base model once, the same file and device as the tests use"
+    return root / "data" / "adapters" / "ahoy" / "1", loaded[0]
 
 
 @pytest.fixture(scope="module")
-def base(train_extra: None) -> Any:
-    """The base model loaded for training, once for the module's tests that need it."""
-    from bots.finetune.train import load_base
+def trained(trained_run: tuple[Path, Any]) -> Path:
+    """The version folder `bots train ahoy` wrote."""
+    return trained_run[0]
 
-    return load_base(default_model_path(), "cpu")
+
+@pytest.fixture(scope="module")
+def base(trained_run: tuple[Path, Any]) -> Any:
+    """The base model for the module's tests that need it: the one the training run loaded,
+    not a second load from the GGUF (about 14 s on two cores). A test that asks for it alone
+    runs the training too."""
+    return trained_run[1]
 
 
 @pytest.fixture(scope="module")
