@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+import pytest_asyncio
 
 from bots.engine.base import ChatMessage, EngineTimeout, GenerationRequest, Piece
 from bots.engine.batched import BatchedEngine, Speculation, kv
@@ -76,6 +77,22 @@ async def make_engine() -> AsyncIterator[object]:
 
     yield make
     for engine in engines:
+        await engine.close()
+
+
+# The tests that only check what one speculating engine does to itself (a timeout, rejected
+# drafts) share one, in the module's event loop; the tests that compare replies with speculation
+# off start fresh engines, so that both sides begin from the same empty cache.
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def speculating() -> AsyncIterator[BatchedEngine]:
+    """One n-gram speculating engine for the module."""
+    engine = BatchedEngine(
+        default_model_path(), speculation=Speculation("ngram"), n_ctx=N_CTX, kv_cells=KV_CELLS
+    )
+    await engine.start()
+    try:
+        yield engine
+    finally:
         await engine.close()
 
 
@@ -204,8 +221,11 @@ async def test_cancelling_mid_draft_ends_the_stream_and_keeps_the_cache_consiste
     assert (await collect(engine, other))[0] == expected
 
 
-async def test_a_timeout_mid_draft_raises_and_the_engine_keeps_serving(make_engine) -> None:
-    engine = await make_engine()
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_timeout_mid_draft_raises_and_the_engine_keeps_serving(
+    speculating: BatchedEngine,
+) -> None:
+    engine = speculating
     with pytest.raises(EngineTimeout):
         await collect(engine, request(HANDBOOK, QUOTE, max_tokens=1000, timeout_s=1.0))
     await wait_idle(engine)
@@ -213,17 +233,19 @@ async def test_a_timeout_mid_draft_raises_and_the_engine_keeps_serving(make_engi
     assert text
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_many_rejected_drafts_leave_no_cells_behind(
-    make_engine, monkeypatch: pytest.MonkeyPatch
+    speculating: BatchedEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(kv, "HOT_IDLE_TOKENS", 10**9)
-    engine = await make_engine()
+    engine = speculating
+    spec = scheduler(engine)
+    rejected_before = spec.drafted - spec.accepted  # the shared engine's earlier tests
     for i in range(6):
         req = request(HANDBOOK, f"{POEM} Number {i}.", temperature=1.0, seed=i, max_tokens=48)
         await collect(engine, req)
         assert_cells_match_entries(engine)
-    spec = scheduler(engine)
-    assert spec.drafted - spec.accepted > 10, "many drafts were rejected"
+    assert spec.drafted - spec.accepted - rejected_before > 10, "many drafts were rejected"
     monkeypatch.setattr(kv, "HOT_IDLE_TOKENS", 0)
     spec.kv.cool_down()  # the engine thread is idle: nothing else touches the cache now
     for seq_id in range(engine._n_seq_max):
