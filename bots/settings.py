@@ -55,6 +55,9 @@ class ModelSettings:
     engine: str = "batched"
     n_ctx: int = 8192
     n_threads: int = 0
+    # Decode with fewer threads while other processes keep cores busy (README, Performance):
+    # llama.cpp's threads stall at every barrier when one of them loses its core.
+    adapt_threads: bool = True
     n_gpu_layers: int = 0
     parallel: int = 8
     queue_size: int = 32

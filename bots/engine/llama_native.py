@@ -351,6 +351,10 @@ class NativeContext:
         self.kv_cells = int(llama_cpp.llama_n_ctx(ctx))
         self.memory = llama_cpp.llama_get_memory(ctx)
 
+    def set_threads(self, n_threads: int) -> None:
+        """Decode with `n_threads` threads from the next `llama_decode` on."""
+        llama_cpp.llama_set_n_threads(self.ptr, n_threads, n_threads)
+
     def decode(self, batch: Batch) -> int:
         """llama_decode: 0 on success, 1 when the KV cache has no room (state unchanged)."""
         return int(llama_cpp.llama_decode(self.ptr, batch.as_llama_batch()))

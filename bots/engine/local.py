@@ -48,6 +48,7 @@ def make_local_engine(settings: Settings, path: Path) -> Engine:
         queue_size=model.queue_size,
         park_bytes=model.park_mb * 2**20,
         flash_attn=model.flash_attn,
+        adapt_threads=model.adapt_threads,
         speculation=Speculation("off" if model.speculation == "off" else "ngram", model.draft_max),
     )
 

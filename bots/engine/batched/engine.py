@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import threading
 import time
@@ -31,7 +32,10 @@ from bots.engine.batched.scheduler import BATCH_TOKENS, Scheduler
 from bots.engine.batched.slot import Slot
 from bots.engine.batched.speculation import Speculation
 from bots.engine.batched.task import PieceOutbox, Task
+from bots.engine.cpu_share import CpuShare
 from bots.engine.llama_native import NativeContext, NativeModel
+
+log = logging.getLogger(__name__)
 
 DEFAULT_N_CTX = 8192
 # KV cells shared by all sequences (about 23 KB each for SmolLM2-135M in f16, allocated up front):
@@ -66,6 +70,7 @@ class BatchedEngine:
         park_bytes: int = DEFAULT_PARK_BYTES,
         flash_attn: str = "auto",
         speculation: Speculation | None = None,
+        adapt_threads: bool = True,
     ) -> None:
         if parallel < 1 or queue_size < 0:
             raise ValueError("parallel must be >= 1 and queue_size >= 0")
@@ -81,6 +86,10 @@ class BatchedEngine:
         self._park_bytes = park_bytes
         self._flash_attn = flash_attn
         self._speculation = speculation or Speculation()
+        # On a CPU, fewer threads while other processes hold cores (cpu_share.py); on a GPU the
+        # threads only feed it, and the configured count stays.
+        self._adapt_threads = adapt_threads and n_gpu_layers == 0
+        self._cpu_share: CpuShare | None = None
         self._cond = threading.Condition()
         self._inbox: collections.deque[Task] = collections.deque()
         self._active: list[Slot] = []
@@ -146,6 +155,12 @@ class BatchedEngine:
     def status(self) -> EngineStatus:
         scheduler = self._scheduler
         detail = scheduler.describe() if scheduler is not None else "not started"
+        share = self._cpu_share
+        if scheduler is not None and share is not None and share.current < share.configured:
+            detail += (
+                f"; {share.current} of {share.configured} threads "
+                f"(other processes use {share.others:.1f} cores)"
+            )
         return EngineStatus(
             model=self.model_path.name,
             queue_depth=len(self._inbox),
@@ -216,6 +231,9 @@ class BatchedEngine:
         self._places = places
 
     def _serve(self, scheduler: Scheduler) -> None:
+        share = CpuShare(self._n_threads) if self._adapt_threads else None
+        self._cpu_share = share
+        threads = self._n_threads
         try:
             while True:
                 with self._cond:
@@ -233,6 +251,15 @@ class BatchedEngine:
                         self._active.append(slot)
                 self._tell_places(waiting)
                 self._outbox.flush()  # refusals and places in line, before this step's decode
+                if share is not None and share.threads() != threads:
+                    threads = share.current
+                    scheduler.ctx.set_threads(threads)
+                    log.info(
+                        "decoding with %d of %d threads: other processes use %.1f cores",
+                        threads,
+                        share.configured,
+                        share.others,
+                    )
                 self._active = scheduler.step(self._active)
                 self._outbox.flush()
                 scheduler.kv.cool_down()
