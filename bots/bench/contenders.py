@@ -63,9 +63,10 @@ def ours_engine(
     parallel: int,
     kv_cells: int = DEFAULT_KV_CELLS,
     speculation: Speculation | None = None,
+    adapt_threads: bool = True,
 ) -> BatchedEngine:
     """The batched engine on `setup`, queueing at least as many requests as it runs at once
-    (speculation as `bots serve` has it by default, unless told)."""
+    (speculation and thread adaptation as `bots serve` has them by default, unless told)."""
     return BatchedEngine(
         setup.model,
         n_ctx=ENGINE_N_CTX,
@@ -76,6 +77,7 @@ def ours_engine(
         queue_size=max(DEFAULT_QUEUE_SIZE, parallel),
         kv_cells=kv_cells,
         speculation=speculation,
+        adapt_threads=adapt_threads,
     )
 
 

@@ -13,11 +13,14 @@ Workloads (sizes in `Workload`):
 3. Concurrency: N simultaneous streams; aggregate generation tokens/s and median TTFT.
 4. Quoting: answers that quote the documents in their prompt, and answers that do not, on bots
    with speculation on and off and on llama-server without and with its n-gram speculation.
-5. Memory: resident memory of an engine process with 1 and with many personas served.
+5. Busy machine: one and several streams while another process keeps a core busy, on bots
+   as it serves (fewer threads while others hold cores) and with its threads fixed, and on
+   llama-server.
+6. Memory: resident memory of an engine process with 1 and with many personas served.
 
 This module runs them in turn and reads the command line; the engines and how each is launched
-are in `contenders.py`, the workloads in `engine_workloads.py` and `engine_quoting.py`, the
-table in `engine_report.py`.
+are in `contenders.py`, the workloads in `engine_workloads.py`, `engine_quoting.py` and
+`engine_busy.py`, the table in `engine_report.py`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from bots.bench.contenders import (
     remote,
     started,
 )
+from bots.bench.engine_busy import busy_rows
 from bots.bench.engine_quoting import quoting_rows
 from bots.bench.engine_report import (
     NAIVE,
@@ -133,7 +137,7 @@ async def run_engine_bench(
                     llama_server(server, setup, ["-c", str(ENGINE_N_CTX), "-np", "1"])
                 )
                 engines[SERVER] = await remote(url, 1)
-            say("1/5 single stream")
+            say("1/6 single stream")
             keep(await bench_single(engines, count, workload))
             if SERVER in engines:
                 await engines.pop(SERVER).close()
@@ -147,7 +151,7 @@ async def run_engine_bench(
                 ]  # fmt: skip
                 url = stack.enter_context(llama_server(server, setup, args))
                 engines[SERVER] = await remote(url, slots)
-            say("2/5 follow-up TTFT (the longest part)")
+            say("2/6 follow-up TTFT (the longest part)")
             keep(
                 await bench_followups(
                     engines, count, workload, {NAIVE: workload.naive_messages}, say
@@ -155,14 +159,16 @@ async def run_engine_bench(
             )
             if SERVER in engines:
                 await engines.pop(SERVER).close()
-        say("3/5 concurrency")
+        say("3/6 concurrency")
         for n in workload.concurrency:
             keep(await concurrency_rows(ours, server, setup, n, count, workload))
-    say("4/5 quoting answers")
+    say("4/6 quoting answers")
     quoted, quoting_notes = await quoting_rows(setup, server, workload)
     keep(quoted)
     notes += quoting_notes
-    say("5/5 memory")
+    say("5/6 busy machine: one other process keeps a core busy")
+    keep(await busy_rows(setup, server, workload))
+    say("6/6 memory")
     keep([bench_memory(setup, workload)])
     notes.append(f"load average at end: {load_average()}")
     if server is None and with_server:

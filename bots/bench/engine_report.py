@@ -19,6 +19,8 @@ NAIVE = "naive"
 # The quoting workload's extra baselines: each engine without and with n-gram speculation.
 OURS_NO_SPEC = "bots, speculation off"
 SERVER_NGRAM = "llama-server ngram-simple"
+# The busy-machine workload's: bots keeping every configured thread.
+OURS_FIXED_THREADS = "bots, threads fixed"
 
 
 @dataclass(frozen=True)
