@@ -11,7 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 from bots.bench.engine import run_engine_bench, stream_counts
-from bots.bench.engine_report import NAIVE, OURS_NO_SPEC, SERVER, Row, format_report
+from bots.bench.engine_report import (
+    NAIVE,
+    OURS_FIXED_THREADS,
+    OURS_NO_SPEC,
+    SERVER,
+    Row,
+    format_report,
+)
 from bots.bench.engine_workloads import Workload
 from bots.bench.llama_server import llama_cpp_python_version
 from bots.bench.workload import interleaved_schedule, persona_instructions
@@ -35,6 +42,8 @@ TINY = Workload(
     memory_personas=2,
     quoting_questions=1,
     quoting_reply_tokens=4,
+    busy_streams=(2,),
+    busy_repeats=1,
 )
 
 
@@ -72,7 +81,9 @@ async def test_bench_runs_every_section_and_prints_one_table() -> None:
     table = format_report(report)
     assert "cores" in report.machine and "SmolLM2" in report.model
     assert table.count("\n|") == len(report.rows) + 2  # header and separator lines
-    assert "5/5 memory" in progress.getvalue()
+    busy = [r for r in report.rows if r.workload.startswith("busy machine")]
+    assert busy and busy[0].ours > 0 and busy[0].baselines[OURS_FIXED_THREADS] > 0
+    assert "6/6 memory" in progress.getvalue()
 
 
 def test_build_server_takes_cmake_options_from_the_command_line(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ keeps one core busy, as a build, a test run or a second service does on a small 
 llama.cpp's decode threads stall at every graph barrier when one of them loses its core
 (`bots/engine/cpu_share.py`). Measured: bots as `bots serve` runs it (fewer threads while
 others hold cores), bots with its thread count fixed, and llama-server with the same threads;
-one stream and `BUSY_STREAMS` at once, engines taking turns, all under the same busy process.
+one stream and several at once (`Workload.busy_streams`), engines taking turns, all under the
+same busy process.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ from bots.bench.engine_workloads import Workload, bench_concurrency
 from bots.engine.base import Engine
 from bots.engine.batched import BatchedEngine
 from bots.engine.llama_native import NativeModel
-
-BUSY_STREAMS = (1, 4)
-BUSY_REPEATS = 2
 
 
 @contextlib.contextmanager
@@ -44,19 +42,19 @@ async def busy_rows(setup: Setup, server: Path | None, w: Workload) -> list[Row]
     Each bots engine runs alone in this process, started and closed in its turn: two llama.cpp
     contexts alive in one process share its OpenMP threads and slow each other down.
     """
-    most = max(BUSY_STREAMS)
+    most = max(w.busy_streams)
     ours: dict[str, Callable[[], BatchedEngine]] = {
         OURS: lambda: ours_engine(setup, parallel=most),
         OURS_FIXED_THREADS: lambda: ours_engine(setup, parallel=most, adapt_threads=False),
     }
-    rates: dict[int, dict[str, list[float]]] = {n: {} for n in BUSY_STREAMS}
+    rates: dict[int, dict[str, list[float]]] = {n: {} for n in w.busy_streams}
     vocab = NativeModel(setup.model, vocab_only=True)  # counts prompt tokens; computes nothing
 
     def count(text: str) -> int:
         return len(vocab.tokenize(text))
 
     async def measure(name: str, engine: Engine, count: Callable[[str], int], rep: int) -> None:
-        for n in BUSY_STREAMS:
+        for n in w.busy_streams:
             rate, _ = await bench_concurrency(engine, n, count, w, f"busy{rep}")
             rates[n].setdefault(name, []).append(rate)
 
@@ -69,7 +67,7 @@ async def busy_rows(setup: Setup, server: Path | None, w: Workload) -> list[Row]
             theirs = await remote(url, most)
             stack.push_async_callback(theirs.close)
         with busy_core():
-            for rep in range(BUSY_REPEATS):
+            for rep in range(w.busy_repeats):
                 for name, make in ours.items():
                     engine = make()
                     async with started(engine):

@@ -54,6 +54,10 @@ class Workload:
     # The quoting workload (engine_quoting.py): questions of each kind, reply length.
     quoting_questions: int = 4
     quoting_reply_tokens: int = 128
+    # The busy-machine workload (engine_busy.py): stream counts and runs of each, with the
+    # concurrency workload's prompt and reply sizes.
+    busy_streams: tuple[int, ...] = (1, 4)
+    busy_repeats: int = 2
 
 
 FULL = Workload()
@@ -75,6 +79,8 @@ QUICK = Workload(
     memory_personas=3,
     quoting_questions=1,
     quoting_reply_tokens=24,
+    busy_streams=(2,),
+    busy_repeats=1,
 )
 
 
