@@ -93,6 +93,17 @@ def test_samples_at_most_once_an_interval() -> None:
     assert share.threads() == 2
 
 
+def test_a_window_spanning_a_pause_of_the_engine_starts_a_new_one() -> None:
+    machine = Machine()
+    share = share_on(machine)
+    share.pause()
+    for _ in range(5):  # the engine idle while another process was busy: not a reason
+        machine.second(others=1.0, own=0.0)
+    assert share.threads() == 2
+    machine.second(others=1.0)  # busy now, measured over one second of the engine's work
+    assert share.threads() == 1
+
+
 def test_without_proc_the_configured_count_stays() -> None:
     share = CpuShare(2, cores=CORES, read=lambda: None)
     assert share.threads() == 2

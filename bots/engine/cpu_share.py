@@ -11,8 +11,8 @@ between any two decodes (`llama_set_n_threads`), so the engine asks `CpuShare` b
 as many threads as the cores others leave free, never more than configured, never fewer than 1.
 
 "Others" is the whole machine's busy time (steal included: a VM's host taking the core is the
-same stall) minus this process's own, from /proc, sampled at most every `INTERVAL_S`. Where
-/proc cannot be read (not Linux), the configured count stays.
+same stall) minus this process's own, from /proc, sampled at most every `INTERVAL_S` while the
+engine decodes. Where /proc cannot be read (not Linux), the configured count stays.
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ class CpuShare:
         self._last_at = clock()
         self.current = self.configured
         self.others = 0.0  # cores other processes used over the last interval
+        self._paused = False
+
+    def pause(self) -> None:
+        """The engine is idle: the next window starts when it decodes again. Others may be
+        busy only while it waits (a benchmark's engines taking turns); that is no reason to
+        decode with fewer threads."""
+        self._paused = True
 
     def threads(self) -> int:
         """The thread count the next decode should use."""
@@ -80,6 +87,9 @@ class CpuShare:
             return self.current
         sample = self._read()
         if sample is None or sample.total <= self._last.total:
+            return self.current
+        if self._paused:
+            self._last, self._last_at, self._paused = sample, now, False
             return self.current
         elapsed = (sample.total - self._last.total) / self.cores  # ticks of one core
         others = (sample.busy - self._last.busy) - (sample.own - self._last.own)

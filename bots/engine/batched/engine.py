@@ -238,6 +238,8 @@ class BatchedEngine:
             while True:
                 with self._cond:
                     while not self._stopping and not self._inbox and not self._active:
+                        if share is not None:
+                            share.pause()
                         self._cond.wait()
                     if self._stopping:
                         break
