@@ -5,7 +5,8 @@ repeats the document's sentences, which is what prompt-lookup speculation drafts
 personas are also asked for answers that do not quote (a poem, a story), where drafts are
 rejected and must cost (almost) nothing. Each kind is timed on bots with speculation on (the
 default) and off, and on llama-server without and with its own n-gram speculation
-(`--spec-type ngram-simple`, its defaults), single stream, engines taking turns.
+(`--spec-type ngram-simple`, its defaults), single stream, engines taking turns kind by kind
+(one bots engine alive at a time).
 """
 
 from __future__ import annotations
@@ -99,27 +100,33 @@ async def quoting_rows(
     }
     rates: dict[str, dict[str, list[float]]] = {kind: {} for kind in kinds}
     replies: dict[str, list[str]] = {}
-    ours = ours_engine(setup, parallel=1)
-    off = ours_engine(setup, parallel=1, speculation=Speculation("off"))
+    notes: list[str] = []
+
+    async def measure(name: str, engine: Engine, kind: str) -> None:
+        for i, question in enumerate(kinds[kind]):
+            rate, text = await _generation_rate(engine, _request(i, question, w))
+            rates[kind].setdefault(name, []).append(rate)
+            replies.setdefault(name, []).append(text)
+
     async with contextlib.AsyncExitStack() as stack:
-        engines: dict[str, Engine] = {
-            OURS: await stack.enter_async_context(started(ours)),
-            OURS_NO_SPEC: await stack.enter_async_context(started(off)),
-        }
+        servers: dict[str, Engine] = {}
         if server is not None:
             for name, extra in ((SERVER, ()), (SERVER_NGRAM, SERVER_NGRAM_ARGS)):
                 args = ["-c", str(ENGINE_N_CTX), "-np", "1", *extra]
                 url = stack.enter_context(llama_server(server, setup, args))
-                engines[name] = await remote(url, 1)
-                stack.push_async_callback(engines[name].close)
-        for kind, questions in kinds.items():
-            for i, question in enumerate(questions):
-                request = _request(i, question, w)
-                for name, engine in engines.items():
-                    rate, text = await _generation_rate(engine, request)
-                    rates[kind].setdefault(name, []).append(rate)
-                    replies.setdefault(name, []).append(text)
-        notes = [f"quoting workload, bots: {_drafts(ours)}"]
+                servers[name] = await remote(url, 1)
+                stack.push_async_callback(servers[name].close)
+        for kind in kinds:
+            # One bots engine alive at a time: two llama.cpp contexts in one process share its
+            # OpenMP threads and halve each other's speed.
+            for name, spec in ((OURS, Speculation()), (OURS_NO_SPEC, Speculation("off"))):
+                engine = ours_engine(setup, parallel=1, speculation=spec)
+                async with started(engine):
+                    await measure(name, engine, kind)
+                    if name == OURS:
+                        notes.append(f"{kind} workload, bots: {_drafts(engine)}")
+            for name, remote_engine in servers.items():
+                await measure(name, remote_engine, kind)
     same = sum(a == b for a, b in zip(replies[OURS], replies[OURS_NO_SPEC], strict=True))
     notes.append(
         f"quoting workload: {same} of {len(replies[OURS])} bots replies identical with "
