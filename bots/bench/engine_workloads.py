@@ -57,7 +57,7 @@ class Workload:
     # The busy-machine workload (engine_busy.py): stream counts and runs of each, with the
     # concurrency workload's prompt and reply sizes.
     busy_streams: tuple[int, ...] = (1, 4)
-    busy_repeats: int = 2
+    busy_repeats: int = 1
 
 
 FULL = Workload()

@@ -41,10 +41,10 @@ log = logging.getLogger(__name__)
 # graph node each: 128-token chunks made 4 concurrent streams 7% slower, 48 five times slower.
 BATCH_TOKENS = 512
 
-# Steps one adapter set decodes before the next set's turn. A decode after the context's adapter
-# set changed is slow (llama.cpp plans its compute graph again, as far as we can tell): switching
-# every step made 4 streams, half with adapters, 17x slower than without (2.5 vs 42.9 tok/s on 2
-# cores); in turns of 16 steps the switch is paid once per 16 tokens of each stream.
+# Steps one adapter set decodes before the next set's turn. The first decode after the context's
+# adapter set changed costs about 5 ms more on 2 cores (llama.cpp reserves its compute graph again:
+# `sched_need_reserve`), against 20-25 ms for a step of a few streams; in turns of 16 steps the
+# switch is paid once per 16 tokens of each stream.
 ADAPTER_TURN_STEPS = 16
 
 FinishReason = Literal["stop", "length", "cancelled"]
