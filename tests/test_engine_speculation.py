@@ -23,6 +23,7 @@ from bots.engine.batched.scheduler import Scheduler
 from bots.engine.batched.speculation import DRAFT_MIN, MAX_BACKOFF, NGRAM, Drafter
 from bots.engine.model_files import default_model_path
 from bots.settings import SettingsError, load_settings
+from tests.conftest import ENGINE_KV_CELLS, ENGINE_N_CTX, MakeEngine
 from tests.fakes.engines import collect, usage
 
 HANDBOOK = (
@@ -38,8 +39,7 @@ EDITED = HANDBOOK.replace("thirty days", "sixty days").replace("ten percent", "f
 QUOTE = "Quote the returns policy paragraph verbatim."
 POEM = "Write a short poem about the sea."
 OTHERS = ("What is a restocking fee?", "Can I return a gift card?", "Hello!")
-N_CTX = 2048
-KV_CELLS = 4096
+OFF = Speculation("off")
 REPLY_TOKENS = 80
 
 
@@ -59,27 +59,6 @@ def scheduler(engine: BatchedEngine) -> Scheduler:
     return engine._scheduler
 
 
-@pytest.fixture
-async def make_engine() -> AsyncIterator[object]:
-    engines: list[BatchedEngine] = []
-
-    async def make(mode: str = "ngram", **kw: object) -> BatchedEngine:
-        kw.setdefault("n_ctx", N_CTX)
-        kw.setdefault("kv_cells", KV_CELLS)
-        engine = BatchedEngine(
-            default_model_path(),
-            speculation=Speculation(mode),  # type: ignore[arg-type]
-            **kw,  # type: ignore[arg-type]
-        )
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        await engine.close()
-
-
 # The tests that only check what one speculating engine does to itself (a timeout, rejected
 # drafts) share one, in the module's event loop; the tests that compare replies with speculation
 # off start fresh engines, so that both sides begin from the same empty cache.
@@ -87,7 +66,10 @@ async def make_engine() -> AsyncIterator[object]:
 async def speculating() -> AsyncIterator[BatchedEngine]:
     """One n-gram speculating engine for the module."""
     engine = BatchedEngine(
-        default_model_path(), speculation=Speculation("ngram"), n_ctx=N_CTX, kv_cells=KV_CELLS
+        default_model_path(),
+        speculation=Speculation("ngram"),
+        n_ctx=ENGINE_N_CTX,
+        kv_cells=ENGINE_KV_CELLS,
     )
     await engine.start()
     try:
@@ -103,9 +85,11 @@ async def replies(engine: BatchedEngine, reqs: list[GenerationRequest]) -> list[
 # -- the same replies --------------------------------------------------------------------------
 
 
-async def test_a_quoting_reply_is_drafted_and_the_same_token_for_token(make_engine) -> None:
+async def test_a_quoting_reply_is_drafted_and_the_same_token_for_token(
+    make_engine: MakeEngine,
+) -> None:
     quote = request(HANDBOOK, QUOTE)
-    plain, plain_last = await collect(await make_engine("off"), quote)
+    plain, plain_last = await collect(await make_engine(speculation=OFF), quote)
     engine = await make_engine()
     drafted, last = await collect(engine, quote)
     assert drafted == plain
@@ -114,16 +98,18 @@ async def test_a_quoting_reply_is_drafted_and_the_same_token_for_token(make_engi
     assert "n-gram drafts:" in engine.status().detail
 
 
-async def test_rejected_drafts_are_rolled_back_and_the_reply_goes_on_the_same(make_engine) -> None:
+async def test_rejected_drafts_are_rolled_back_and_the_reply_goes_on_the_same(
+    make_engine: MakeEngine,
+) -> None:
     reqs = [request(HANDBOOK, POEM), request(HANDBOOK, "Summarise the handbook.")]
-    expected = await replies(await make_engine("off"), reqs)
+    expected = await replies(await make_engine(speculation=OFF), reqs)
     engine = await make_engine()
     assert await replies(engine, reqs) == expected
     spec = scheduler(engine)
     assert 0 < spec.accepted < spec.drafted, "drafts were partly rejected"
 
 
-async def test_concurrent_sequences_agree_with_speculation_off(make_engine) -> None:
+async def test_concurrent_sequences_agree_with_speculation_off(make_engine: MakeEngine) -> None:
     # Bit for bit only as far as llama.cpp's cell order allows: the cells of a rejected draft
     # are freed at once and the other sequences' next tokens may take them, so their attention
     # sums cells in another order, as after a finished sequence leaves the cache (see
@@ -135,7 +121,7 @@ async def test_concurrent_sequences_agree_with_speculation_off(make_engine) -> N
     async def together(engine: BatchedEngine) -> list[tuple[str, Piece]]:
         return await asyncio.gather(*(collect(engine, r) for r in reqs))
 
-    expected = await together(await make_engine("off"))
+    expected = await together(await make_engine(speculation=OFF))
     engine = await make_engine()
     results = await together(engine)
     for (text, last), (expected_text, expected_last) in zip(results, expected, strict=True):
@@ -144,17 +130,19 @@ async def test_concurrent_sequences_agree_with_speculation_off(make_engine) -> N
     assert scheduler(engine).accepted > 0
 
 
-async def test_a_sampled_reply_with_a_seed_is_the_same(make_engine) -> None:
+async def test_a_sampled_reply_with_a_seed_is_the_same(make_engine: MakeEngine) -> None:
     reqs = [request(HANDBOOK, QUOTE, temperature=0.7, seed=11, repeat_penalty=1.15)]
     reqs.append(request(HANDBOOK, POEM, temperature=0.3, seed=3, top_k=40, top_p=0.9))
-    expected = await replies(await make_engine("off"), reqs)
+    expected = await replies(await make_engine(speculation=OFF), reqs)
     engine = await make_engine()
     assert await replies(engine, reqs) == expected
     assert scheduler(engine).drafted > 0
 
 
-async def test_stop_strings_and_max_tokens_inside_an_accepted_draft(make_engine) -> None:
-    reference = await make_engine("off")
+async def test_stop_strings_and_max_tokens_inside_an_accepted_draft(
+    make_engine: MakeEngine,
+) -> None:
+    reference = await make_engine(speculation=OFF)
     full, _ = await collect(reference, request(HANDBOOK, QUOTE))
     words = full.split()
     stop = words[len(words) // 2]
@@ -175,9 +163,9 @@ async def test_stop_strings_and_max_tokens_inside_an_accepted_draft(make_engine)
     assert stop not in text and scheduler(engine).accepted > 0
 
 
-async def test_a_persona_reload_is_answered_from_the_new_text(make_engine) -> None:
-    expected, _ = await collect(await make_engine("off"), request(EDITED, QUOTE))
-    before, _ = await collect(await make_engine("off"), request(HANDBOOK, QUOTE))
+async def test_a_persona_reload_is_answered_from_the_new_text(make_engine: MakeEngine) -> None:
+    expected, _ = await collect(await make_engine(speculation=OFF), request(EDITED, QUOTE))
+    before, _ = await collect(await make_engine(speculation=OFF), request(HANDBOOK, QUOTE))
     assert expected != before, "the edit must change the reply, or this test proves nothing"
     engine = await make_engine()
     assert (await collect(engine, request(HANDBOOK, QUOTE)))[0] == before
@@ -205,7 +193,7 @@ def assert_cells_match_entries(engine: BatchedEngine) -> None:
 
 
 async def test_cancelling_mid_draft_ends_the_stream_and_keeps_the_cache_consistent(
-    make_engine, monkeypatch: pytest.MonkeyPatch
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(kv, "HOT_IDLE_TOKENS", 10**9)  # idle sequences stay to be checked
     engine = await make_engine()
@@ -217,7 +205,7 @@ async def test_cancelling_mid_draft_ends_the_stream_and_keeps_the_cache_consiste
     await wait_idle(engine)
     assert_cells_match_entries(engine)
     other = request(PIRATE, POEM)
-    expected, _ = await collect(await make_engine("off"), other)
+    expected, _ = await collect(await make_engine(speculation=OFF), other)
     assert (await collect(engine, other))[0] == expected
 
 
