@@ -4,7 +4,7 @@ Each admitted request holds a `Slot` (slot.py) that goes from STARTED through th
 chunks to GENERATING and back to IDLE. Each step is one `llama_decode` holding the next token of
 every GENERATING slot plus prompt chunks of the others, `BATCH_TOKENS` in all, of one adapter set:
 llama.cpp applies the context's LoRA adapters to every token of a decode, so slots of different
-adapters take turns, one adapter set per step.
+adapters take turns, one adapter set per step (adapter_turns.py).
 
 With speculation on, a GENERATING slot's next token may bring a draft (`speculation.py`): the
 tokens its context suggests come next, decoded in the same step with logits at each position.
@@ -23,7 +23,8 @@ import logging
 import time
 from typing import Literal
 
-from bots.engine.base import Adapter, ChatMessage, EngineError, EngineTimeout, Piece, Usage
+from bots.engine.base import ChatMessage, EngineError, EngineTimeout, Piece, Usage
+from bots.engine.batched.adapter_turns import AdapterTurns
 from bots.engine.batched.kv import KVCache, held_tokens
 from bots.engine.batched.prefix_cache import common_prefix
 from bots.engine.batched.slot import Slot, SlotState
@@ -40,12 +41,6 @@ log = logging.getLogger(__name__)
 # step (0.7 s on 2 cores with Q8_0). Smaller chunks cost llama.cpp a thread synchronisation per
 # graph node each: 128-token chunks made 4 concurrent streams 7% slower, 48 five times slower.
 BATCH_TOKENS = 512
-
-# Steps one adapter set decodes before the next set's turn. The first decode after the context's
-# adapter set changed costs about 5 ms more on 2 cores (llama.cpp reserves its compute graph again:
-# `sched_need_reserve`), against 20-25 ms for a step of a few streams; in turns of 16 steps the
-# switch is paid once per 16 tokens of each stream.
-ADAPTER_TURN_STEPS = 16
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -68,9 +63,7 @@ class Scheduler:
         self.speculation = speculation or Speculation()
         self.batch = Batch(BATCH_TOKENS)
         self.adapters = LoraAdapters(model, kv.ctx)
-        # The adapter set whose turn it is, and for how many steps it has had it.
-        self._turn_set: Adapter | None = None
-        self._turn_steps = 0
+        self.turns = AdapterTurns()
         # Slots admitted and not yet ended; read by status() from other threads.
         self.running = 0
         # Draft tokens decoded, and of which the model agreed with, since the engine started.
@@ -191,7 +184,7 @@ class Scheduler:
                 running.append(slot)
         if not running:
             return running
-        adapter, turn = self._turn(running)
+        adapter, turn = self.turns.pick(running)
         try:
             self.adapters.use(adapter)
             planned = self._decode(turn)
@@ -204,17 +197,6 @@ class Scheduler:
         for slot in planned:
             self._after_decode(slot)
         return [slot for slot in running if slot.state is not SlotState.IDLE]
-
-    def _turn(self, running: list[Slot]) -> tuple[Adapter | None, list[Slot]]:
-        """The adapter set this step decodes, and its slots: each set in turn, for up to
-        `ADAPTER_TURN_STEPS` steps while others wait."""
-        sets = list(dict.fromkeys(slot.task.request.adapter for slot in running))
-        if self._turn_set not in sets or (len(sets) > 1 and self._turn_steps >= ADAPTER_TURN_STEPS):
-            after = sets.index(self._turn_set) + 1 if self._turn_set in sets else 0
-            self._turn_set, self._turn_steps = sets[after % len(sets)], 0
-        self._turn_steps += 1
-        adapter = self._turn_set
-        return adapter, [slot for slot in running if slot.task.request.adapter == adapter]
 
     def _plan(self, slots: list[Slot], *, prompts: bool, drafts: bool) -> list[Slot]:
         batch = self.batch
