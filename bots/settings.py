@@ -81,6 +81,7 @@ class ModelSettings:
     # keeps what the model agrees with (the same reply, faster when it quotes); "off".
     speculation: str = "ngram"
     draft_max: int = 16
+    draft_max_streams: int = 2  # steps of more streams draft nothing (README: Performance)
     # Run the local model in a supervised child process: a native crash costs one reply only.
     isolate: bool = True
     # Kill and restart the model worker after this long without progress while it has work.
@@ -98,8 +99,9 @@ class ModelSettings:
             raise SettingsError(
                 f"model.speculation: {self.speculation!r} must be one of {', '.join(SPECULATION)}"
             )
-        if self.draft_max < 1:
-            raise SettingsError(f"model.draft_max: {self.draft_max} must be at least 1")
+        for name in ("draft_max", "draft_max_streams"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"model.{name}: {getattr(self, name)} must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -122,12 +122,30 @@ async def test_concurrent_sequences_agree_with_speculation_off(make_engine: Make
         return await asyncio.gather(*(collect(engine, r) for r in reqs))
 
     expected = await together(await make_engine(speculation=OFF))
-    engine = await make_engine()
+    # Drafts in every step, however many streams it holds: this checks drafting beside others.
+    engine = await make_engine(speculation=Speculation(max_streams=len(reqs)))
     results = await together(engine)
     for (text, last), (expected_text, expected_last) in zip(results, expected, strict=True):
         assert text[:12] == expected_text[:12]
         assert last.finish_reason == expected_last.finish_reason
     assert scheduler(engine).accepted > 0
+
+
+async def test_steps_of_more_streams_than_max_streams_draft_nothing(
+    make_engine: MakeEngine,
+) -> None:
+    # Two requests admitted together, whose prompts fit one batch, start streaming in the same
+    # step; neither stops before its max_tokens, so every step of theirs holds both streams.
+    pair = [request(HANDBOOK, QUOTE, max_tokens=16), request(HANDBOOK, QUOTE, max_tokens=16)]
+
+    async def drafted(max_streams: int) -> int:
+        engine = await make_engine(speculation=Speculation(max_streams=max_streams))
+        results = await asyncio.gather(*(collect(engine, r) for r in pair))
+        assert [usage(last).completion_tokens for _, last in results] == [16, 16]
+        return scheduler(engine).drafted
+
+    assert await drafted(2) > 0, "the pair drafts when allowed: the check below would prove nothing"
+    assert await drafted(1) == 0
 
 
 async def test_a_sampled_reply_with_a_seed_is_the_same(make_engine: MakeEngine) -> None:

@@ -49,7 +49,11 @@ def make_local_engine(settings: Settings, path: Path) -> Engine:
         park_bytes=model.park_mb * 2**20,
         flash_attn=model.flash_attn,
         adapt_threads=model.adapt_threads,
-        speculation=Speculation("off" if model.speculation == "off" else "ngram", model.draft_max),
+        speculation=Speculation(
+            "off" if model.speculation == "off" else "ngram",
+            model.draft_max,
+            model.draft_max_streams,
+        ),
     )
 
 

@@ -203,6 +203,7 @@ class Scheduler:
         batch.clear()
         planned: list[Slot] = []
         streams = sum(1 for slot in slots if slot.state is SlotState.GENERATING)
+        drafts = drafts and streams <= self.speculation.max_streams
         for slot in slots:
             if slot.state is not SlotState.GENERATING:
                 continue
