@@ -95,6 +95,26 @@ async def test_full_queue_answers_busy_at_once(engine: Engine) -> None:
     assert text  # recovers once the queue drains
 
 
+async def test_a_request_closed_while_it_waits_frees_its_place_at_once(engine: Engine) -> None:
+    holding = engine.stream(request(max_tokens=400, text="Write a long story about the sea."))
+    async for piece in holding:
+        if piece.text:
+            break  # the only slot stays taken while the test runs
+    capacity = engine.status().queue_capacity
+    waiting = [engine.stream(request(max_tokens=4)) for _ in range(capacity)]
+    for stream in waiting:
+        first = await stream.__anext__()  # type: ignore[attr-defined]
+        assert first.ahead is not None
+    for stream in waiting:
+        await stream.aclose()  # type: ignore[attr-defined]
+    # The slot is still taken, so only the closed requests' places can make room for this one.
+    again = engine.stream(request(max_tokens=4))
+    first = await again.__anext__()  # type: ignore[attr-defined]
+    assert first.ahead == 1
+    await holding.aclose()  # type: ignore[attr-defined]
+    assert "".join([p.text async for p in again])
+
+
 async def test_a_waiting_request_is_told_its_place_in_line(engine: Engine) -> None:
     holding = engine.stream(request(max_tokens=400, text="Write a long story about the sea."))
     async for piece in holding:

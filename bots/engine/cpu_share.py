@@ -54,7 +54,11 @@ def read_cpu_times(proc: Path = Path("/proc")) -> CpuTimes | None:
 
 
 class CpuShare:
-    """The decode thread count for now; used from the engine thread only."""
+    """The decode thread count for now; used from the engine thread only.
+
+    The load is measured over the engine's decoding only: a stretch runs from the first decode
+    after a pause to the next pause, and stretches add up until they span `INTERVAL_S`. Replies
+    shorter than that, with idle time between them, are measured all the same."""
 
     def __init__(
         self,
@@ -68,33 +72,43 @@ class CpuShare:
         self.cores = cores or os.cpu_count() or 1
         self._read = read
         self._clock = clock
-        self._last = read()
-        self._last_at = clock()
         self.current = self.configured
-        self.others = 0.0  # cores other processes used over the last interval
-        self._paused = False
+        self.others = 0.0  # cores other processes used over the last full window
+        # The open stretch (None while paused) and what the closed ones of this window add up to.
+        self._start: CpuTimes | None = None
+        self._start_at = 0.0
+        self._window_s = 0.0
+        self._others_ticks = 0
+        self._total_ticks = 0
+        self._begin(clock())
+        self._enabled = self._start is not None  # no /proc here: the configured count stays
 
     def pause(self) -> None:
-        """The engine is idle: the next window starts when it decodes again. Others may be
-        busy only while it waits (a benchmark's engines taking turns); that is no reason to
-        decode with fewer threads."""
-        self._paused = True
+        """The engine is idle: its stretch ends here. Others may be busy only while it waits
+        (a benchmark's engines taking turns); that is no reason to decode with fewer threads."""
+        start, self._start = self._start, None
+        if start is not None and (sample := self._read()) is not None:
+            self._add(start, sample, self._clock())
 
     def threads(self) -> int:
         """The thread count the next decode should use."""
         now = self._clock()
-        if self._last is None or now - self._last_at < INTERVAL_S:
+        start = self._start
+        if start is None:
+            if self._enabled:
+                self._begin(now)
+            return self.current
+        if self._window_s + (now - self._start_at) < INTERVAL_S:
             return self.current
         sample = self._read()
-        if sample is None or sample.total <= self._last.total:
+        if sample is None:
             return self.current
-        if self._paused:
-            self._last, self._last_at, self._paused = sample, now, False
+        self._add(start, sample, now)
+        self._start, self._start_at = sample, now
+        if self._total_ticks <= 0:
             return self.current
-        elapsed = (sample.total - self._last.total) / self.cores  # ticks of one core
-        others = (sample.busy - self._last.busy) - (sample.own - self._last.own)
-        self._last, self._last_at = sample, now
-        self.others = max(0.0, others / elapsed)
+        self.others = max(0.0, self._others_ticks / (self._total_ticks / self.cores))
+        self._window_s, self._others_ticks, self._total_ticks = 0.0, 0, 0
         free = self.cores - self.others
         wanted = max(1, min(self.configured, int(free + 0.5)))
         if wanted > self.current and free < self.current + 0.5 + HYSTERESIS:
@@ -103,3 +117,12 @@ class CpuShare:
             return self.current
         self.current = wanted
         return self.current
+
+    def _begin(self, now: float) -> None:
+        self._start, self._start_at = self._read(), now
+
+    def _add(self, start: CpuTimes, sample: CpuTimes, now: float) -> None:
+        """Count the stretch from `start` to `sample` into the window."""
+        self._others_ticks += (sample.busy - start.busy) - (sample.own - start.own)
+        self._total_ticks += sample.total - start.total
+        self._window_s += now - self._start_at

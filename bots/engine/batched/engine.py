@@ -194,6 +194,8 @@ class BatchedEngine:
         finally:
             task.cancelled.set()
             with self._cond:
+                if task in self._inbox:  # its caller left while it waited: the place is free now
+                    self._inbox.remove(task)
                 self._cond.notify()
 
     # -- the engine thread ------------------------------------------------------------------

@@ -96,7 +96,10 @@ class RequestServer:
                 elif kind == "cancel":
                     task = self.tasks.get(frame[1])
                     if task is not None:
+                        # Frames take effect in order: the next "gen" must find the engine's
+                        # queue without this request, as the supervisor already counts it.
                         task.cancel()
+                        await asyncio.wait([task])
                 elif kind == "status":
                     self.outbox.send(("status", self.engine.status()))
                 elif kind == "stop":
