@@ -25,7 +25,7 @@ from bots.engine.process.supervisor import SupervisedEngine
 from bots.settings import Settings, load_settings
 
 # Short enough for a test, long enough for a first token on a busy 2-core machine.
-WATCHDOG_S = 10.0
+WATCHDOG_S = 6.0
 # A crash is seen at once (the pipe closes); the error reaches the caller well within this.
 CRASH_ERROR_BOUND_S = 2.0
 # Silence is noticed after the watchdog limit plus one watchdog tick.
@@ -252,7 +252,7 @@ async def test_supervisor_overhead_is_small(tmp_path: Path) -> None:
     try:
         for eng in (direct, worker):
             await _timed(eng, req)  # warm the prefix cache
-        for _ in range(3):
+        for _ in range(2):
             for name, eng in (("direct", direct), ("worker", worker)):
                 figures[name].append(await _timed(eng, req))
     finally:
