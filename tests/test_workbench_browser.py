@@ -119,8 +119,13 @@ def wait(driver: WebDriver, seconds: float, condition: Callable[[WebDriver], obj
 
 
 def text_of(driver: WebDriver, selector: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, selector)
-    return found[0].text if found else ""
+    """The element's text read in one script call: the page re-renders lists as state
+    changes, so a found element can be replaced before a second call reads it."""
+    text = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
+        selector,
+    )
+    return str(text).strip()
 
 
 def test_chat_streams_the_answer_with_its_sources(
