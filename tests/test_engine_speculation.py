@@ -95,6 +95,7 @@ async def test_a_quoting_reply_is_drafted_and_the_same_token_for_token(
     assert drafted == plain
     assert usage(last).completion_tokens == usage(plain_last).completion_tokens
     assert scheduler(engine).accepted > 0, "speculation never ran: this test would prove nothing"
+    assert scheduler(engine).odds.cost(1) > 0, "the steps were timed: drafts are weighed"
     assert "n-gram drafts:" in engine.status().detail
 
 

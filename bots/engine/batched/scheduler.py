@@ -25,6 +25,7 @@ from typing import Literal
 
 from bots.engine.base import ChatMessage, EngineError, EngineTimeout, Piece, Usage
 from bots.engine.batched.adapter_turns import AdapterTurns
+from bots.engine.batched.draft_odds import DraftOdds
 from bots.engine.batched.kv import KVCache, held_tokens
 from bots.engine.batched.prefix_cache import common_prefix
 from bots.engine.batched.slot import Slot, SlotState
@@ -69,6 +70,7 @@ class Scheduler:
         # Draft tokens decoded, and of which the model agreed with, since the engine started.
         self.drafted = 0
         self.accepted = 0
+        self.odds = DraftOdds()
 
     def describe(self) -> str:
         layers = self.model.gpu_layers
@@ -138,7 +140,7 @@ class Scheduler:
         )
         slot.sampler.accept_prompt(slot.tokens)
         if self.speculation.enabled:
-            slot.drafter = Drafter(slot.tokens, self.speculation.draft_max)
+            slot.drafter = Drafter(slot.tokens, self.speculation.draft_max, self.odds)
         slot.state = SlotState.STARTED
         self.running += 1
         return slot
@@ -185,6 +187,7 @@ class Scheduler:
         if not running:
             return running
         adapter, turn = self.turns.pick(running)
+        started = time.perf_counter()
         try:
             self.adapters.use(adapter)
             planned = self._decode(turn)
@@ -194,8 +197,13 @@ class Scheduler:
                 slot.task.emit(EngineError(f"the model failed: {exc}"))
                 self._drop(slot)
             return [slot for slot in running if slot.state is not SlotState.IDLE]
+        tokens = self.batch.n
+        streams = 0
         for slot in planned:
+            streams += slot.state is SlotState.GENERATING
             self._after_decode(slot)
+        if streams == len(planned) and streams:  # no prompt chunk: what the draft costs
+            self.odds.stepped(streams, tokens, time.perf_counter() - started)
         return [slot for slot in running if slot.state is not SlotState.IDLE]
 
     def _plan(self, slots: list[Slot], *, prompts: bool, drafts: bool) -> list[Slot]:
@@ -204,11 +212,12 @@ class Scheduler:
         planned: list[Slot] = []
         streams = sum(1 for slot in slots if slot.state is SlotState.GENERATING)
         drafts = drafts and streams <= self.speculation.max_streams
+        later = streams  # streams still to place, this one included
         for slot in slots:
             if slot.state is not SlotState.GENERATING:
                 continue
-            streams -= 1
-            slot.draft = self._draft(slot, batch.free - 1 - streams) if drafts else []
+            later -= 1
+            slot.draft = self._draft(slot, batch.free - 1 - later, streams) if drafts else []
             if slot.draft:
                 slot.batch_index = batch.add_verified(
                     [slot.generated[-1], *slot.draft], slot.n_past, slot.seq_id
@@ -234,13 +243,13 @@ class Scheduler:
             planned.append(slot)
         return planned
 
-    def _draft(self, slot: Slot, room: int) -> list[int]:
-        """The slot's draft for this step: within the batch's `room`, the reply's max_tokens
-        and the context."""
+    def _draft(self, slot: Slot, room: int, streams: int) -> list[int]:
+        """The slot's draft for this step of `streams` streams: within the batch's `room`, the
+        reply's max_tokens and the context."""
         if slot.drafter is None:
             return []
         left = min(room, slot.max_new - len(slot.generated), self.context_size - slot.n_past - 1)
-        return slot.drafter.draft(left)
+        return slot.drafter.draft(left, streams)
 
     def _decode(self, slots: list[Slot]) -> list[Slot]:
         """Decode one batch, making room in the KV cache when it is full.

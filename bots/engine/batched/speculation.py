@@ -11,9 +11,11 @@ quotes, one extra position per drafted token when it does not.
 `Drafter` keeps one reply's index and its draft budget, which adapts to what was accepted so that
 replies that do not quote stop paying: a draft is made only where an n-gram match exists, its
 length shrinks to what was accepted, and after poor drafts (less than half accepted) in a row
-the drafter pauses for longer and longer. On a 2-core CPU a step of one token takes 11 ms and
-one of a token and a 4-token draft 35 ms, so a rejected draft costs about two steps: the pauses
-keep that to a few per reply. No llama.cpp calls: testable alone, like `prefix_cache.py`.
+the drafter pauses for longer and longer. With the engine's `DraftOdds` (draft_odds.py) it also
+drafts only as many tokens as are worth their measured cost, given how drafts behind matches as
+long as this one went: on a 2-core CPU each drafted token adds half a step, so a coincidental
+three-token match in a story is not drafted while a reply eight tokens into a quote is. No
+llama.cpp calls: testable alone, like `prefix_cache.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from bots.engine.batched.draft_odds import MATCH_CAP, DraftOdds
 from bots.engine.llama_native import TokenArray
 
 SpeculationMode = Literal["ngram", "off"]
@@ -83,8 +86,10 @@ def _keys(tokens: TokenArray) -> list[int]:
 class Drafter:
     """One reply's n-gram index over its context, and its adaptive draft budget."""
 
-    def __init__(self, prompt: TokenArray, draft_max: int) -> None:
+    def __init__(self, prompt: TokenArray, draft_max: int, odds: DraftOdds | None = None) -> None:
         self._tokens: list[int] = prompt.tolist()
+        self._odds = odds
+        self._match = 0  # the length of the match behind the last draft
         # n-gram key -> where the token after its latest occurrence is; the context's own last
         # n-gram has no next token yet, so it is indexed only once the next one arrives.
         keys = _keys(prompt)[:-1] if len(prompt) > NGRAM else []
@@ -101,8 +106,9 @@ class Drafter:
             self._next[self._key(len(tokens) - NGRAM)] = len(tokens)
         tokens.append(token)
 
-    def draft(self, limit: int) -> list[int]:
-        """Up to min(budget, `limit`) tokens that followed the context's last n-gram earlier."""
+    def draft(self, limit: int, streams: int = 1) -> list[int]:
+        """Up to min(budget, `limit`) tokens that followed the context's last n-gram earlier;
+        with `odds`, only as many as are worth their cost in a step of `streams` streams."""
         if self._pause:
             self._pause -= 1
             return []
@@ -113,10 +119,18 @@ class Drafter:
         start = self._next.get(self._key(len(tokens) - NGRAM))
         if start is None:
             return []
+        self._match = _match_length(tokens, start)
+        if self._odds is not None:
+            worth = self._odds.length(self._match, n, streams)
+            if worth == 0:
+                return []
+            n = min(n, max(worth, DRAFT_MIN))
         return tokens[start : start + n]
 
     def verified(self, drafted: int, accepted: int) -> None:
         """How a draft went: grow the budget after a full acceptance, shrink it after a miss."""
+        if self._odds is not None:
+            self._odds.drafted(self._match, drafted, accepted)
         if accepted == drafted:
             self._misses = 0
             self.budget = min(self._draft_max, self.budget * 2)
@@ -133,3 +147,13 @@ class Drafter:
         for token in self._tokens[i : i + NGRAM]:
             key = (key << _KEY_BITS) | token
         return key
+
+
+def _match_length(tokens: list[int], start: int) -> int:
+    """How many tokens before `start` equal the context's last ones (at least the n-gram), up
+    to `MATCH_CAP`."""
+    end = len(tokens)
+    n = NGRAM
+    while n < MATCH_CAP and start - 1 - n >= 0 and tokens[start - 1 - n] == tokens[end - 1 - n]:
+        n += 1
+    return n
