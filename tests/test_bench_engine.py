@@ -17,6 +17,7 @@ from bots.bench.engine_report import (
     OURS_NO_SPEC,
     SERVER,
     Row,
+    Target,
     format_report,
 )
 from bots.bench.engine_workloads import Workload
@@ -67,6 +68,18 @@ def test_ratios_say_how_many_times_better_whatever_the_direction() -> None:
     quicker = Row("w", "ms", "lower", 50.0, {NAIVE: 500.0})
     assert faster.ratio(SERVER) == 1.5 and faster.ratio(NAIVE) is None
     assert quicker.ratio(NAIVE) == 10.0
+
+
+def test_a_row_says_whether_its_target_was_met() -> None:
+    ahead = Row("w", "tok/s", "higher", 106.0, {SERVER: 100.0}, Target(1.05, SERVER))
+    behind = Row("w", "ms", "lower", 60.0, {SERVER: 100.0}, Target(2.0, SERVER))
+    alone = Row("w", "tok/s", "higher", 106.0, {}, Target(1.05, SERVER))
+    memory = Row("m", "MB", "lower", 101.0, {}, Target(100.0))
+    assert ahead.verdict() == ">= 1.05x llama-server: met"
+    assert behind.verdict() == ">= 2x llama-server: missed"
+    assert alone.verdict() == ">= 1.05x llama-server: not measured"
+    assert memory.verdict() == "< 100: missed"
+    assert Row("w", "ms", "lower", 1.0).verdict() == ""
 
 
 async def test_bench_runs_every_section_and_prints_one_table() -> None:

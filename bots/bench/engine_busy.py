@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bots.bench.contenders import SERVER_SLOT_CTX, Setup, llama_server, ours_engine, remote, started
-from bots.bench.engine_report import OURS, OURS_FIXED_THREADS, SERVER, Row
+from bots.bench.engine_report import OURS, OURS_FIXED_THREADS, SERVER, Row, Target
 from bots.bench.engine_workloads import Workload, bench_concurrency
 from bots.engine.base import Engine
 from bots.engine.batched import BatchedEngine
@@ -78,6 +78,6 @@ async def busy_rows(setup: Setup, server: Path | None, w: Workload) -> list[Row]
     for n, by_engine in rates.items():
         medians = {name: statistics.median(v) for name, v in by_engine.items()}
         label = f"busy machine, {n} stream{'s' if n > 1 else ''}"
-        target = ">= 1.0x llama-server" if n == most else ""
+        target = Target(1.0, SERVER) if n == most else None
         rows.append(Row(label, "aggregate tok/s", "higher", medians.pop(OURS), medians, target))
     return rows

@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from bots.bench.contenders import ENGINE_N_CTX, Setup, llama_server, ours_engine, remote, started
-from bots.bench.engine_report import OURS, OURS_NO_SPEC, SERVER, SERVER_NGRAM, Row
+from bots.bench.engine_report import OURS, OURS_NO_SPEC, SERVER, SERVER_NGRAM, Row, Target
 from bots.bench.engine_workloads import Workload, timed
 from bots.engine.base import ChatMessage, Engine, GenerationRequest
 from bots.engine.batched import BatchedEngine, Speculation
@@ -135,7 +135,7 @@ async def quoting_rows(
     rows = []
     for kind, by_engine in rates.items():
         medians = {name: statistics.median(v) for name, v in by_engine.items()}
-        target = ">= 1.0x llama-server ngram-simple" if kind == "quoting" else ">= 0.95x spec off"
+        target = Target(1.0, SERVER_NGRAM) if kind == "quoting" else Target(0.95, OURS_NO_SPEC)
         label = f"answers {kind} their documents ({len(kinds[kind])} questions)"
         rows.append(Row(label, "generation tok/s", "higher", medians.pop(OURS), medians, target))
     return rows, notes

@@ -24,6 +24,15 @@ OURS_FIXED_THREADS = "bots, threads fixed"
 
 
 @dataclass(frozen=True)
+class Target:
+    """What a row should reach: `limit` times better than `baseline`, or, with no baseline, a
+    figure of ours below `limit` (a lower-is-better quantity such as memory)."""
+
+    limit: float
+    baseline: str | None = None
+
+
+@dataclass(frozen=True)
 class Row:
     """One measured figure of ours against the baselines measured alongside it."""
 
@@ -32,7 +41,7 @@ class Row:
     better: Better
     ours: float
     baselines: dict[str, float] = field(default_factory=dict)
-    target: str = ""
+    target: Target | None = None
 
     def ratio(self, baseline: str) -> float | None:
         """How many times better ours is (>1: better), whatever the metric's direction."""
@@ -40,6 +49,21 @@ class Row:
         if other is None or other <= 0 or self.ours <= 0:
             return None
         return self.ours / other if self.better == "higher" else other / self.ours
+
+    def verdict(self) -> str:
+        """The target and whether this run met it: ">= 1.05x llama-server: missed"; "" without
+        a target; "not measured" where its baseline did not run."""
+        target = self.target
+        if target is None:
+            return ""
+        if target.baseline is None:
+            met: bool | None = self.ours < target.limit
+            goal = f"< {target.limit:g}"
+        else:
+            ratio = self.ratio(target.baseline)
+            met = None if ratio is None else ratio >= target.limit
+            goal = f">= {target.limit:g}x {target.baseline}"
+        return f"{goal}: {'not measured' if met is None else 'met' if met else 'missed'}"
 
 
 @dataclass(frozen=True)
@@ -105,5 +129,6 @@ def format_report(report: Report) -> str:
         cells = "".join(
             f"{fig(row.baselines.get(name))} | {times(row.ratio(name))} | " for name in columns
         )
-        lines.append(f"| {row.workload} | {row.metric} | {fig(row.ours)} | {cells}{row.target} |")
+        verdict = row.verdict()
+        lines.append(f"| {row.workload} | {row.metric} | {fig(row.ours)} | {cells}{verdict} |")
     return "\n".join(lines)
