@@ -36,6 +36,7 @@ TINY = Workload(
     knowledge_tokens=16,
     reply_tokens=4,
     naive_messages=2,
+    followup_pause_s=0.3,
     concurrency=(2,),
     concurrency_prompt_tokens=32,
     concurrency_reply_tokens=4,
@@ -87,6 +88,8 @@ async def test_bench_runs_every_section_and_prints_one_table() -> None:
     report = await run_engine_bench(workload=TINY, with_server=False, progress=progress)
     sections = {row.workload.split(" (")[0] for row in report.rows}
     assert {"single stream", "follow-up TTFT", "2 concurrent streams", "memory"} <= sections
+    paused = [r for r in report.rows if "0.3 s to write each" in r.workload]
+    assert len(paused) == 2 and NAIVE not in paused[0].baselines
     quoting = [r for r in report.rows if r.workload.startswith("answers quoting")]
     assert quoting and quoting[0].baselines[OURS_NO_SPEC] > 0
     single = [r for r in report.rows if r.workload == "single stream"]

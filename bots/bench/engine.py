@@ -157,6 +157,13 @@ async def run_engine_bench(
                     engines, count, workload, {NAIVE: workload.naive_messages}, say
                 )
             )
+            say(f"   again, {workload.followup_pause_s:g} s to write each message")
+            del engines[NAIVE]  # its full prompts take no less time after a pause
+            keep(
+                await bench_followups(
+                    engines, count, workload, {}, say, pause_s=workload.followup_pause_s
+                )
+            )
             if SERVER in engines:
                 await engines.pop(SERVER).close()
         say("3/6 concurrency")

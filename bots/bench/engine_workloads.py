@@ -50,6 +50,9 @@ class Workload:
     knowledge_tokens: int = 150
     reply_tokens: int = 32
     naive_messages: int = 40  # the naive baseline pays the full prompt every time: a sample
+    # The follow-ups again with this long to write each message, as a person takes: the time
+    # the batched engine prepares each conversation's next turn in (next_turn.py).
+    followup_pause_s: float = 1.0
     concurrency: tuple[int, ...] = (1, 2, 4, 8)
     concurrency_prompt_tokens: int = 300
     concurrency_reply_tokens: int = 64
@@ -81,6 +84,7 @@ QUICK = Workload(
     concurrency_prompt_tokens=60,
     concurrency_reply_tokens=8,
     concurrency_repeats=1,
+    followup_pause_s=0.3,
     memory_personas=3,
     quoting_questions=1,
     quoting_reply_tokens=24,
@@ -188,13 +192,20 @@ async def bench_followups(
     w: Workload,
     limits: dict[str, int],
     say: Callable[[str], None],
+    *,
+    pause_s: float = 0.0,
 ) -> list[Row]:
-    """The interleaved conversations; each engine keeps its own replies as history."""
+    """The interleaved conversations; each engine keeps its own replies as history.
+
+    Requests say how the history remembers each question, as the chat service's do. With a
+    pause, each message is sent `pause_s` after the previous reply ended, and the personas and
+    conversations are others than without (nothing cached from that run)."""
+    seed = SEED + 1 if pause_s else SEED
     instructions = [
-        persona_instructions(p, w.persona_tokens, count, seed=SEED) for p in range(w.personas)
+        persona_instructions(p, w.persona_tokens, count, seed=seed) for p in range(w.personas)
     ]
     schedule = interleaved_schedule(
-        w.personas, w.conversations, w.turns, w.knowledge_tokens, count, SEED
+        w.personas, w.conversations, w.turns, w.knowledge_tokens, count, seed
     )
     ttfts: dict[str, list[float]] = {}
     for name, engine in engines.items():
@@ -208,7 +219,9 @@ async def bench_followups(
                 max_tokens=w.reply_tokens,
                 temperature=0.0,
                 timeout_s=REMOTE_TIMEOUT_S,
+                remembered_as=turn.question,
             )
+            await asyncio.sleep(pause_s)
             text, sample = await timed(engine, request)
             past.append((turn.question, text))
             ttfts[name].append(sample.ttft_ms)
@@ -216,7 +229,8 @@ async def bench_followups(
     rows = []
     for metric, q, target in (("p50 ms", 0.5, Target(2.0, SERVER)), ("p95 ms", 0.95, TARGET_P95)):
         values = {name: percentile(t, q) for name, t in ttfts.items()}
-        label = f"follow-up TTFT ({w.personas} personas, {n} messages)"
+        paused = f", {pause_s:g} s to write each" if pause_s else ""
+        label = f"follow-up TTFT ({w.personas} personas, {n} messages{paused})"
         rows.append(Row(label, metric, "lower", values.pop(OURS), values, target))
     return rows
 

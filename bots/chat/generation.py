@@ -38,6 +38,7 @@ def generation_request(
         timeout_s=model.timeout_s,
         reuse_cache=not incoming.fresh,
         adapter=engine_adapter(persona),
+        remembered_as=incoming.text,  # as the store keeps the user turn
     )
 
 

@@ -49,6 +49,11 @@ class GenerationRequest:
     reuse_cache: bool = True
     # None: the base model as it is. Requests with different adapters never share a decode.
     adapter: Adapter | None = None
+    # How the conversation's history will hold this turn's user message (the question without
+    # the documents that came with it). With it, the batched engine evaluates the next turn's
+    # start (the history, this question and this reply) while it is idle: the follow-up's
+    # first token comes sooner, its reply is the same.
+    remembered_as: str | None = None
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,10 @@ DEFAULT_QUEUE_SIZE = 32
 # Evicted sequences kept in RAM, reserved at start: about fourteen 1,500-token persona prefixes
 # of the default model; memory does not grow with the persona count.
 DEFAULT_PARK_BYTES = 512 * 1024 * 1024
+# How long the engine stays idle before it prepares a conversation's next turn: a person takes
+# longer to write a follow-up, while a client sending requests back to back should not wait for
+# a chunk of preparation in front of each (next_turn.py).
+NEXT_TURN_GRACE_S = 0.25
 CLOSE_TIMEOUT_S = 30.0
 
 
@@ -82,7 +86,7 @@ class BatchedEngine:
         self._queue_size = queue_size
         self._kv_cells = max(kv_cells, n_ctx)
         # Each running generation and each cached prefix needs an id of its own; keep spares.
-        self._n_seq_max = min(max(n_seq_max, parallel + 2), LLAMA_MAX_SEQ)
+        self._n_seq_max = min(max(n_seq_max, parallel + 3), LLAMA_MAX_SEQ)
         self._park_bytes = park_bytes
         self._flash_attn = flash_attn
         self._speculation = speculation or Speculation()
@@ -216,8 +220,16 @@ class BatchedEngine:
             model.close()
             raise
         self._model = model
-        kv = KVCache(ctx, SequenceTable(self._n_seq_max, self._park_bytes))
-        return Scheduler(model, kv, context_size=self.context_size, speculation=self._speculation)
+        # The context's last sequence id is the padding's (padding.py), on a CPU only.
+        pad_seq = self._n_seq_max - 1 if model.gpu_layers == 0 else None
+        kv = KVCache(ctx, SequenceTable(self._n_seq_max - 1, self._park_bytes))
+        return Scheduler(
+            model,
+            kv,
+            context_size=self.context_size,
+            speculation=self._speculation,
+            pad_seq=pad_seq,
+        )
 
     def _tell_places(self, waiting: list[Task]) -> None:
         """Tell each waiting task how many requests must end before it starts, when that
@@ -236,10 +248,17 @@ class BatchedEngine:
         share = CpuShare(self._n_threads) if self._adapt_threads else None
         self._cpu_share = share
         threads = self._n_threads
+        busy_until = 0.0  # when the last step for a request ended
         try:
             while True:
                 with self._cond:
                     while not self._stopping and not self._inbox and not self._active:
+                        if scheduler.next_turns.waiting:
+                            left = busy_until + NEXT_TURN_GRACE_S - time.monotonic()
+                            if left <= 0:
+                                break
+                            self._cond.wait(left)
+                            continue
                         if share is not None:
                             share.pause()
                         self._cond.wait()
@@ -264,8 +283,12 @@ class BatchedEngine:
                         share.configured,
                         share.others,
                     )
-                self._active = scheduler.step(self._active)
-                self._outbox.flush()
+                if self._active:
+                    self._active = scheduler.step(self._active)
+                    self._outbox.flush()
+                    busy_until = time.monotonic()
+                else:  # nothing to answer: a conversation's next turn, one chunk
+                    scheduler.idle_step()
                 scheduler.kv.cool_down()
         finally:
             with self._cond:

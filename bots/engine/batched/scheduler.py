@@ -27,6 +27,8 @@ from bots.engine.base import ChatMessage, EngineError, EngineTimeout, Piece, Usa
 from bots.engine.batched.adapter_turns import AdapterTurns
 from bots.engine.batched.draft_odds import DraftOdds
 from bots.engine.batched.kv import KVCache, held_tokens
+from bots.engine.batched.next_turn import NextTurns
+from bots.engine.batched.padding import decode_padded
 from bots.engine.batched.prefix_cache import common_prefix
 from bots.engine.batched.slot import Slot, SlotState
 from bots.engine.batched.speculation import Drafter, Speculation
@@ -56,8 +58,10 @@ class Scheduler:
         *,
         context_size: int,
         speculation: Speculation | None = None,
+        pad_seq: int | None = None,
     ) -> None:
         self.model = model
+        self.pad_seq = pad_seq  # the sequence id small decodes are padded with (padding.py)
         self.kv = kv
         self.ctx = kv.ctx
         self.context_size = context_size
@@ -71,6 +75,7 @@ class Scheduler:
         self.drafted = 0
         self.accepted = 0
         self.odds = DraftOdds()
+        self.next_turns = NextTurns(model, kv, self.adapters, pad_seq)
 
     def describe(self) -> str:
         layers = self.model.gpu_layers
@@ -81,7 +86,7 @@ class Scheduler:
             if spec.enabled
             else "speculation off"
         )
-        return f"{where}; {self.kv.describe()}; {drafts}"
+        return f"{where}; {self.kv.describe()}; {drafts}; {self.next_turns.describe()}"
 
     def close(self) -> None:
         self.ctx.close()
@@ -99,6 +104,7 @@ class Scheduler:
         except Exception as exc:  # a template or tokenizer error belongs to this request only
             task.emit(EngineError(f"cannot build the prompt: {exc}"))
             return None
+        self.next_turns.pause(slot.tokens)
         if len(slot.tokens) >= self.context_size:
             task.emit(
                 EngineError(
@@ -206,6 +212,10 @@ class Scheduler:
             self.odds.stepped(streams, tokens, time.perf_counter() - started)
         return [slot for slot in running if slot.state is not SlotState.IDLE]
 
+    def idle_step(self) -> None:
+        """With no request running: one chunk of a conversation's next turn (next_turn.py)."""
+        self.next_turns.step(self.batch, BATCH_TOKENS)
+
     def _plan(self, slots: list[Slot], *, prompts: bool, drafts: bool) -> list[Slot]:
         batch = self.batch
         batch.clear()
@@ -263,7 +273,7 @@ class Scheduler:
         while slots:
             planned = self._plan(slots, prompts=prompts, drafts=drafts)
             if planned:
-                rc = self.ctx.decode(self.batch)
+                rc = decode_padded(self.ctx, self.batch, self.pad_seq)
                 if rc == 0:
                     return planned
                 if rc != 1:
@@ -355,6 +365,7 @@ class Scheduler:
         slot.state = SlotState.GENERATING
         text = slot.text.push(self.model.piece(token))
         if text:
+            slot.shown.append(text)
             slot.task.emit(Piece(text))
         if slot.text.stopped:
             self._finish(slot, "stop", flush=False)
@@ -372,6 +383,7 @@ class Scheduler:
         task = slot.task
         tail = slot.text.flush() if flush else ""
         if tail:
+            slot.shown.append(tail)
             task.emit(Piece(tail))
         end = time.monotonic()
         usage = Usage(
@@ -383,6 +395,9 @@ class Scheduler:
             total_ms=(end - slot.admitted) * 1000,
         )
         task.emit(Piece("", finish_reason=reason, usage=usage))
+        if reason != "cancelled":
+            shown = "".join(slot.shown)
+            self.next_turns.add(task.request, shown, last_turn_start=slot.last_turn_start)
 
     def _retire(self, slot: Slot) -> None:
         """Keep the slot's sequence as an idle cache entry: what its KV cells hold."""

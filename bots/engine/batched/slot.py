@@ -49,6 +49,7 @@ class Slot:
     max_new: int = 0
     # Sampled reply tokens; the last one is not decoded yet while GENERATING.
     generated: list[int] = field(default_factory=list)
+    shown: list[str] = field(default_factory=list)  # the reply's text as it was streamed
     sampler: Sampler | None = None
     first_token_at: float | None = None
     batch_index: int = -1  # where this step's logits are
