@@ -99,7 +99,7 @@ async def test_bench_runs_every_section_and_prints_one_table() -> None:
     assert table.count("\n|") == len(report.rows) + 2  # header and separator lines
     busy = [r for r in report.rows if r.workload.startswith("busy machine")]
     assert busy and busy[0].ours > 0 and busy[0].baselines[OURS_FIXED_THREADS] > 0
-    assert "6/6 memory" in progress.getvalue()
+    assert "7/7 memory" in progress.getvalue()
 
 
 def test_build_server_takes_cmake_options_from_the_command_line(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ import importlib.metadata
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -79,6 +79,33 @@ from bots.engine.quantize import prepared_model_path
 
 # The Q8_0 copy of the default model that `bots serve` makes on a CPU (model.quantize_q8).
 MODEL_CACHE_DIR = Path("~/.cache/bots/models").expanduser()
+
+
+def server_for_followups(server: Path, setup: Setup) -> contextlib.AbstractContextManager[str]:
+    """llama-server as the follow-up workload runs it: a few slots, `--cache-reuse`."""
+    slots = TTFT_SERVER_SLOTS
+    args = [
+        "-c", str(SERVER_SLOT_CTX * slots), "-np", str(slots),
+        "--cache-reuse", str(SERVER_CACHE_REUSE),
+    ]  # fmt: skip
+    return llama_server(server, setup, args)
+
+
+async def paused_followup_rows(
+    setup: Setup, server: Path | None, workload: Workload, say: Callable[[str], None]
+) -> list[Row]:
+    """The follow-ups with a pause before each message, on a bots engine and a llama-server of
+    their own: the first run's persona prefixes would hold most of a shared engine's park."""
+    ours = ours_engine(setup, parallel=DEFAULT_PARALLEL)
+    async with started(ours), contextlib.AsyncExitStack() as stack:
+        engines: dict[str, Engine] = {OURS: ours}
+        if server is not None:
+            url = stack.enter_context(server_for_followups(server, setup))
+            engines[SERVER] = await remote(url, TTFT_SERVER_SLOTS)
+            stack.push_async_callback(engines[SERVER].close)
+        return await bench_followups(
+            engines, ours.count_tokens, workload, {}, say, pause_s=workload.followup_pause_s
+        )
 
 
 async def run_engine_bench(
@@ -137,45 +164,35 @@ async def run_engine_bench(
                     llama_server(server, setup, ["-c", str(ENGINE_N_CTX), "-np", "1"])
                 )
                 engines[SERVER] = await remote(url, 1)
-            say("1/6 single stream")
+            say("1/7 single stream")
             keep(await bench_single(engines, count, workload))
             if SERVER in engines:
                 await engines.pop(SERVER).close()
         with contextlib.ExitStack() as stack:
             engines = {OURS: ours, NAIVE: naive}
             if server is not None:
-                slots = TTFT_SERVER_SLOTS
-                args = [
-                    "-c", str(SERVER_SLOT_CTX * slots), "-np", str(slots),
-                    "--cache-reuse", str(SERVER_CACHE_REUSE),
-                ]  # fmt: skip
-                url = stack.enter_context(llama_server(server, setup, args))
-                engines[SERVER] = await remote(url, slots)
-            say("2/6 follow-up TTFT (the longest part)")
+                url = stack.enter_context(server_for_followups(server, setup))
+                engines[SERVER] = await remote(url, TTFT_SERVER_SLOTS)
+            say("2/7 follow-up TTFT (the longest part)")
             keep(
                 await bench_followups(
                     engines, count, workload, {NAIVE: workload.naive_messages}, say
                 )
             )
-            say(f"   again, {workload.followup_pause_s:g} s to write each message")
-            del engines[NAIVE]  # its full prompts take no less time after a pause
-            keep(
-                await bench_followups(
-                    engines, count, workload, {}, say, pause_s=workload.followup_pause_s
-                )
-            )
             if SERVER in engines:
                 await engines.pop(SERVER).close()
-        say("3/6 concurrency")
+        say("3/7 concurrency")
         for n in workload.concurrency:
             keep(await concurrency_rows(ours, server, setup, n, count, workload))
-    say("4/6 quoting answers")
+    say("4/7 quoting answers")
     quoted, quoting_notes = await quoting_rows(setup, server, workload)
     keep(quoted)
     notes += quoting_notes
-    say("5/6 busy machine: one other process keeps a core busy")
+    say(f"5/7 follow-up TTFT again, {workload.followup_pause_s:g} s to write each message")
+    keep(await paused_followup_rows(setup, server, workload, say))
+    say("6/7 busy machine: one other process keeps a core busy")
     keep(await busy_rows(setup, server, workload))
-    say("6/6 memory")
+    say("7/7 memory")
     keep([bench_memory(setup, workload)])
     notes.append(f"load average at end: {load_average()}")
     if server is None and with_server:

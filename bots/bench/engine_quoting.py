@@ -86,8 +86,8 @@ async def _generation_rate(engine: Engine, request: GenerationRequest) -> tuple[
 
 
 def _drafts(engine: BatchedEngine) -> str:
-    detail = engine.status().detail
-    return detail.rsplit("; ", 1)[-1]
+    parts = engine.status().detail.split("; ")
+    return next((p for p in parts if p.startswith("n-gram drafts")), "speculation off")
 
 
 async def quoting_rows(
