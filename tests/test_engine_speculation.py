@@ -248,6 +248,9 @@ async def test_many_rejected_drafts_leave_no_cells_behind(
     engine = speculating
     spec = scheduler(engine)
     rejected_before = spec.drafted - spec.accepted  # the shared engine's earlier tests
+    # Draft whatever the odds say: this is about the cells of rejected drafts, and the odds
+    # (measured step times) would decline most drafts of a sampled poem on a slow machine.
+    monkeypatch.setattr(spec.odds, "length", lambda match, most, streams=1: most)
     for i in range(6):
         req = request(HANDBOOK, f"{POEM} Number {i}.", temperature=1.0, seed=i, max_tokens=48)
         await collect(engine, req)
