@@ -253,15 +253,15 @@ class BatchedEngine:
             while True:
                 with self._cond:
                     while not self._stopping and not self._inbox and not self._active:
-                        if scheduler.next_turns.waiting:
-                            left = busy_until + NEXT_TURN_GRACE_S - time.monotonic()
-                            if left <= 0:
-                                break
-                            self._cond.wait(left)
-                            continue
-                        if share is not None:
+                        if share is not None:  # the grace time too: others may use it freely
                             share.pause()
-                        self._cond.wait()
+                        if not scheduler.next_turns.waiting:
+                            self._cond.wait()
+                            continue
+                        left = busy_until + NEXT_TURN_GRACE_S - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
                     if self._stopping:
                         break
                     admitted: list[Task] = []
